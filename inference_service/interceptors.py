@@ -1,0 +1,131 @@
+"""The one place where exceptions become gRPC statuses, for every handler kind.
+
+Domain errors keep their code and reason; an out-of-memory error becomes
+RESOURCE_EXHAUSTED and the service keeps serving; anything else becomes
+INTERNAL with a safe message and the stack in the log. Each call also gets a
+request id (from the `x-request-id` metadata, or a fresh one) stamped on every
+log line it causes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from inference_service.errors import ERROR_DOMAIN, MillmError, OutOfMemoryError
+from inference_service.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _as_domain_error(exc: BaseException) -> MillmError:
+    if isinstance(exc, MillmError):
+        return exc
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        # torch.OutOfMemoryError is matched by name: this module must not import torch.
+        log.error("out of memory while serving a request", exc_info=exc)
+        return OutOfMemoryError("The server ran out of memory for this request; retry with a shorter input or fewer tokens.")
+    log.error("unexpected error", exc_info=exc)
+    error = MillmError("Internal server error; the details are in the inference service log.")
+    return error
+
+
+def status_details(error: MillmError) -> bytes:
+    """Serialises `error` as a google.rpc.Status with one ErrorInfo detail."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata()
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+    return status.SerializeToString()
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Ends the call with the status `exc` maps to. Always raises."""
+    error = _as_domain_error(exc)
+    await context.abort(
+        error.code, error.message, trailing_metadata=((STATUS_DETAILS_KEY, status_details(error)),)
+    )
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and value:
+            return str(value)[:64]
+    return uuid.uuid4().hex[:16]
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Applies the error table and the request id to unary and streaming handlers."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = request_id_var.set(_request_id(context))
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)
+        finally:
+            request_id_var.reset(token)
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        token = request_id_var.set(_request_id(context))
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)
+        finally:
+            request_id_var.reset(token)
+
+    return wrapper
