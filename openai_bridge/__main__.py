@@ -1,0 +1,3 @@
+from openai_bridge.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""The FastAPI application: routes, error handlers, middleware and the admin UI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
+
+from openai_bridge import health
+from openai_bridge.config import BridgeSettings
+from openai_bridge.errors import install_exception_handlers
+from openai_bridge.inference_client import InferenceClient
+from openai_bridge.middleware import ApiKeyMiddleware, RequestIdMiddleware
+from openai_bridge.openai_api import chat, completions, embeddings, models
+from openai_bridge.state import BridgeState
+
+# The repository's admin_web/ folder, next to this package.
+ADMIN_WEB_DIR = Path(__file__).resolve().parent.parent / "admin_web"
+
+
+def create_app(
+    settings: BridgeSettings,
+    client: InferenceClient,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.close()
+
+    app = FastAPI(
+        title="miLLM OpenAI-compatible API",
+        summary="OpenAI REST + SSE, translated to the miLLM inference service.",
+        lifespan=lifespan,
+    )
+    app.state.bridge = BridgeState(settings=settings, client=client, clock=clock)
+    install_exception_handlers(app)
+    for module in (chat, completions, embeddings, models, health):
+        app.include_router(module.router)
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(RequestIdMiddleware)
+    if ADMIN_WEB_DIR.is_dir():
+        # Last, so that it only sees paths no route claimed.
+        app.mount("/", StaticFiles(directory=ADMIN_WEB_DIR, html=True), name="admin_web")
+    return app

@@ -1,0 +1,30 @@
+"""`millm-bridge` / `python -m openai_bridge`: start the OpenAI bridge."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from openai_bridge.app import create_app
+from openai_bridge.config import BridgeSettings
+from openai_bridge.inference_client import GrpcInferenceClient
+from openai_bridge.logs import setup_logging
+
+
+def main() -> None:
+    settings = BridgeSettings()
+    setup_logging(settings.log_level, settings.log_json)
+    client = GrpcInferenceClient(
+        settings.inference_address,
+        api_key=settings.api_key,
+        timeout_s=settings.request_timeout_s,
+    )
+    app = create_app(settings, client)
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    print(f"miLLM OpenAI API at {base}/v1, admin UI at {base}/", flush=True)
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+    )

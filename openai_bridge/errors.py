@@ -1,0 +1,214 @@
+"""The bridge half of the one error table: gRPC status (+ reason) -> HTTP + OpenAI error JSON.
+
+The inference service reports every failure as a gRPC code plus a
+`google.rpc.ErrorInfo` reason (see `inference_service/errors.py`). This module
+maps that pair to the HTTP status, the OpenAI error `type` and `code`, and the
+retry headers the official SDK honours (`Retry-After`, `x-should-retry`). The
+bridge's own request checks raise the same `InferenceError`, so every error a
+client sees comes out of `ERROR_TABLE`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+Code = grpc.StatusCode
+
+
+class InferenceError(Exception):
+    """A failed call, as a gRPC code and machine-readable reason (`QUEUE_FULL`, ...)."""
+
+    def __init__(
+        self,
+        grpc_code: grpc.StatusCode,
+        reason: str | None,
+        message: str,
+        param: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.grpc_code = grpc_code
+        self.reason = reason
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+
+def invalid_request(
+    message: str, param: str | None = None, reason: str = "INVALID_ARGUMENT"
+) -> InferenceError:
+    """An error in the request itself, found by the bridge before any gRPC call."""
+    return InferenceError(Code.INVALID_ARGUMENT, reason, message, param=param)
+
+
+def unsupported(message: str, param: str | None = None) -> InferenceError:
+    return invalid_request(message, param, reason="UNSUPPORTED")
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """How one (gRPC code, reason) row looks to an OpenAI client."""
+
+    status: int
+    type: str
+    # OpenAI `code`; None means: the reason in lower case, or null without one.
+    code: str | None = None
+    # Seconds for `Retry-After` when the service did not say; None: no header.
+    retry_after_s: int | None = None
+    # Value of `x-should-retry`; None: no header, the SDK's defaults apply.
+    should_retry: bool | None = None
+
+
+# Rows keyed by (code, reason); (code, None) is the row for any other reason.
+ERROR_TABLE: dict[tuple[grpc.StatusCode, str | None], HttpError] = {
+    (Code.INVALID_ARGUMENT, None): HttpError(400, "invalid_request_error"),
+    (Code.INVALID_ARGUMENT, "INVALID_ARGUMENT"): HttpError(
+        400, "invalid_request_error", "invalid_value"
+    ),
+    (Code.OUT_OF_RANGE, None): HttpError(400, "invalid_request_error", "invalid_value"),
+    (Code.NOT_FOUND, None): HttpError(404, "not_found_error"),
+    (Code.NOT_FOUND, "MODEL_NOT_FOUND"): HttpError(404, "invalid_request_error", "model_not_found"),
+    # The SDK retries 409; a duplicate stays a duplicate.
+    (Code.ALREADY_EXISTS, None): HttpError(409, "conflict_error", should_retry=False),
+    (Code.FAILED_PRECONDITION, None): HttpError(400, "invalid_request_error"),
+    # Nothing is loading, so retrying cannot help until an operator loads a model.
+    (Code.FAILED_PRECONDITION, "NO_MODEL_LOADED"): HttpError(
+        503, "service_unavailable_error", should_retry=False
+    ),
+    (Code.RESOURCE_EXHAUSTED, None): HttpError(429, "rate_limit_error"),
+    (Code.RESOURCE_EXHAUSTED, "QUEUE_FULL"): HttpError(429, "rate_limit_error", retry_after_s=1),
+    # A request that ran the device out of memory will do so again: 503 without
+    # retries, not 429 (which invites the SDK to triple the load).
+    (Code.RESOURCE_EXHAUSTED, "OUT_OF_MEMORY"): HttpError(503, "server_error", should_retry=False),
+    (Code.UNAVAILABLE, None): HttpError(503, "service_unavailable_error", retry_after_s=1),
+    (Code.UNAVAILABLE, "MODEL_LOADING"): HttpError(
+        503, "service_unavailable_error", retry_after_s=5
+    ),
+    (Code.UNAUTHENTICATED, None): HttpError(401, "authentication_error", "invalid_api_key"),
+    (Code.PERMISSION_DENIED, None): HttpError(403, "permission_error"),
+    (Code.CANCELLED, None): HttpError(499, "request_cancelled", "cancelled"),
+    (Code.DEADLINE_EXCEEDED, None): HttpError(504, "timeout_error", "timeout"),
+    (Code.UNIMPLEMENTED, None): HttpError(501, "not_supported_error", should_retry=False),
+    (Code.INTERNAL, None): HttpError(500, "server_error"),
+    (Code.UNKNOWN, None): HttpError(500, "server_error"),
+}
+_FALLBACK = HttpError(500, "server_error")
+
+
+def lookup(grpc_code: grpc.StatusCode, reason: str | None) -> HttpError:
+    return ERROR_TABLE.get((grpc_code, reason)) or ERROR_TABLE.get((grpc_code, None), _FALLBACK)
+
+
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error envelope, exactly `{"error": {message, type, param, code}}`."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def describe(error: InferenceError) -> tuple[HttpError, dict[str, Any]]:
+    """The table row and the JSON body for `error`."""
+    row = lookup(error.grpc_code, error.reason)
+    code = row.code
+    if code is None and error.reason:
+        code = error.reason.lower()
+    return row, error_body(error.message, row.type, error.param, code)
+
+
+def error_headers(error: InferenceError, row: HttpError) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    retry_after = error.retry_after_s if error.retry_after_s is not None else row.retry_after_s
+    if retry_after is not None and row.status in (429, 503):
+        headers["Retry-After"] = str(retry_after)
+    if row.should_retry is not None:
+        headers["x-should-retry"] = "true" if row.should_retry else "false"
+    return headers
+
+
+def error_response(error: InferenceError) -> JSONResponse:
+    row, body = describe(error)
+    return JSONResponse(body, status_code=row.status, headers=error_headers(error, row))
+
+
+def _http_type(status: int) -> str:
+    if status == 404:
+        return "not_found_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+    """('body', 'messages', 0, 'content', 'list[...]', 1) -> 'messages.0.content.1'."""
+    if loc[:1] == ("body",):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc if not _is_type_tag(p)) or None
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
+
+
+def _is_type_tag(part: Any) -> bool:
+    # Pydantic puts the union member in `loc` ("str", "list[ContentPart]", ...).
+    return isinstance(part, str) and (
+        part in _TYPE_TAGS or "[" in part or part.startswith("function-")
+    )
+
+
+async def _on_inference_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InferenceError)
+    if lookup(exc.grpc_code, exc.reason).status >= 500:
+        log.warning(
+            "%s %s failed: %s %s", request.method, request.url.path, exc.grpc_code.name, exc.message
+        )
+    return error_response(exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI answers 422 by default; OpenAI clients expect 400 with `param`.
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    first = errors[0] if errors else {"loc": (), "msg": "Invalid request body."}
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        message, param = "The request body is not valid JSON.", None
+    else:
+        param = _param_from_loc(loc)
+        message = str(first.get("msg", "Invalid request body."))
+        message = f"{message} (at `{param}`)" if param else f"{message} (the request body)"
+    return error_response(invalid_request(message, param))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        message = f"Unknown route: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    body = error_body(message, _http_type(exc.status_code), None, None)
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = error_body("Internal server error; the details are in the bridge log.", "server_error")
+    return JSONResponse(body, status_code=500)
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(InferenceError, _on_inference_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,41 @@
+"""GET /health: 200 when the inference service serves a ready model, 503 otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from millm.v1 import inference_service_pb2 as pb
+from openai_bridge.errors import InferenceError
+from openai_bridge.state import State
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(state: State) -> JSONResponse:
+    try:
+        info = await state.client.server_info()
+    except InferenceError as error:
+        body: dict[str, Any] = {
+            "status": "unavailable",
+            "model_state": None,
+            "message": error.message,
+        }
+        return JSONResponse(body, status_code=503)
+    model_state = pb.ModelState.Name(info.model_state).removeprefix("MODEL_STATE_")
+    ready = info.model_state == pb.MODEL_STATE_READY
+    body = {
+        "status": "ok" if ready else model_state.lower(),
+        "model_state": model_state,
+        "model": info.model.id if info.HasField("model") else None,
+        "version": info.version,
+        "queue_depth": info.queue_depth,
+        "max_queue": info.max_queue,
+    }
+    headers = {}
+    if not ready and info.retry_after_s:
+        headers["Retry-After"] = str(info.retry_after_s)
+    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)

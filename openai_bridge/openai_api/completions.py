@@ -1,0 +1,75 @@
+"""POST /v1/completions (the legacy text completions API)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from openai_bridge.inference_client import GenerationStream
+from openai_bridge.openai_api import translate
+from openai_bridge.openai_api.generation import collect, sse_body, until_disconnected
+from openai_bridge.openai_api.protocol import CompletionRequest
+from openai_bridge.sse import sse_response
+from openai_bridge.state import State
+
+router = APIRouter()
+
+OBJECT = "text_completion"
+
+
+async def completion_chunks(
+    stream: GenerationStream, ids: translate.ResponseIds, include_usage: bool, logprobs: bool
+) -> AsyncIterator[dict[str, Any]]:
+    text_offset = 0
+    async for message in stream:
+        if message.WhichOneof("kind") == "delta":
+            delta = message.delta
+            if not delta.text and not (logprobs and delta.logprobs):
+                continue
+            yield translate.completion_chunk(
+                ids,
+                delta.text,
+                include_usage=include_usage,
+                logprobs=(
+                    translate.completion_logprobs(delta.logprobs, text_offset) if logprobs else None
+                ),
+            )
+            text_offset += sum(len(e.token) for e in delta.logprobs)
+        elif message.WhichOneof("kind") == "finished":
+            finished = message.finished
+            yield translate.completion_chunk(
+                ids, "", include_usage=include_usage, finish=translate.finish_reason(finished)
+            )
+            if include_usage:
+                yield translate.usage_chunk(ids, OBJECT, finished.usage)
+            return
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(
+    body: CompletionRequest,
+    request: Request,
+    state: State,
+) -> Response:
+    start = translate.completion_start(body)
+    stream = await state.client.generate(start)
+    ids = translate.ResponseIds(
+        id=f"cmpl-{stream.accepted.request_id}",
+        created=int(state.clock()),
+        model=stream.accepted.model or body.model or "",
+    )
+    logprobs = body.logprobs is not None
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(
+            sse_body(stream, completion_chunks(stream, ids, include_usage, logprobs))
+        )
+    result = await until_disconnected(request, collect(stream))
+    return JSONResponse(
+        translate.text_completion(
+            ids, result.text, result.logprobs if logprobs else None, result.finished
+        )
+    )
