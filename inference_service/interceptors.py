@@ -18,7 +18,12 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from inference_service.errors import ERROR_DOMAIN, MillmError, OutOfMemoryError
+from inference_service.errors import (
+    ERROR_DOMAIN,
+    MillmError,
+    OutOfMemoryError,
+    UnauthenticatedError,
+)
 from inference_service.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -32,10 +37,12 @@ def _as_domain_error(exc: BaseException) -> MillmError:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         # torch.OutOfMemoryError is matched by name: this module must not import torch.
         log.error("out of memory while serving a request", exc_info=exc)
-        return OutOfMemoryError("The server ran out of memory for this request; retry with a shorter input or fewer tokens.")
+        return OutOfMemoryError(
+            "The server ran out of memory for this request; "
+            "retry with a shorter input or fewer tokens."
+        )
     log.error("unexpected error", exc_info=exc)
-    error = MillmError("Internal server error; the details are in the inference service log.")
-    return error
+    return MillmError("Internal server error; the details are in the inference service log.")
 
 
 def status_details(error: MillmError) -> bytes:
@@ -129,3 +136,53 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
             request_id_var.reset(token)
 
     return wrapper
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires `authorization: Bearer <key>` on every call but health checks."""
+
+    _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+    def __init__(self, api_key: str) -> None:
+        self._expected = f"Bearer {api_key}"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method or ""
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if (
+            method.startswith(self._OPEN_PREFIXES)
+            or metadata.get("authorization") == self._expected
+        ):
+            return await continuation(handler_call_details)
+        return _unauthenticated_handler(await continuation(handler_call_details))
+
+
+def _unauthenticated_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await abort_with(
+            context,
+            UnauthenticatedError("Missing or wrong API key: send `authorization: Bearer <key>`."),
+        )
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await abort_with(
+            context,
+            UnauthenticatedError("Missing or wrong API key: send `authorization: Bearer <key>`."),
+        )
+        yield  # pragma: no cover - makes this an async generator
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)

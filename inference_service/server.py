@@ -1,0 +1,99 @@
+"""Builds and runs the gRPC server: services, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from inference_service.config import InferenceSettings
+from inference_service.host import ModelHost, ModelState
+from inference_service.interceptors import AuthInterceptor, ErrorInterceptor
+from inference_service.servicers.inference import InferenceServicer
+from millm.v1 import inference_service_pb2, inference_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+# Long generations stream slowly; keepalive pings keep idle-looking connections open.
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class InferenceServer:
+    """The running service: a gRPC server plus the model host."""
+
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        self._health = health.aio.HealthServicer()
+        self.host = ModelHost(settings, on_state_change=self._on_model_state)
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+        if settings.api_key:
+            interceptors.insert(0, AuthInterceptor(settings.api_key))
+        self._server = grpc.aio.server(interceptors=interceptors, options=_CHANNEL_OPTIONS)
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(self.host), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self.port = self._server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        self._load_task: asyncio.Task[None] | None = None
+
+    def _on_model_state(self, state: ModelState) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if state is ModelState.READY
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        # The health servicer's set() is a coroutine in grpc.aio; state changes
+        # happen on the event loop, so schedule it there.
+        for service in ("", INFERENCE_SERVICE):
+            asyncio.get_running_loop().create_task(self._health.set(service, status))
+
+    async def start(self) -> None:
+        for service in ("", INFERENCE_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        log.info("gRPC listening on %s:%d", self.settings.grpc_host, self.port)
+        self._load_task = asyncio.create_task(self.host.load())
+
+    async def wait_until_ready(self) -> None:
+        if self._load_task is not None:
+            await self._load_task
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._load_task
+        self.host.shutdown()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: InferenceSettings) -> None:
+    server = InferenceServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

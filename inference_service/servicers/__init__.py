@@ -1,0 +1,1 @@
+"""Thin gRPC adapters: one module per service, translation in `convert.py`."""

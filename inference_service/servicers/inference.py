@@ -1,0 +1,148 @@
+"""gRPC adapter for millm.v1.InferenceService: validates the envelope, calls the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from inference_service import __version__
+from inference_service.engine.types import GenerationRequest
+from inference_service.errors import InvalidArgumentError, ModelNotFoundError
+from inference_service.host import LOADING_RETRY_AFTER_S, ModelHost, ModelState
+from inference_service.logs import request_id_var
+from inference_service.servicers import convert
+from millm.v1 import inference_service_pb2 as pb
+from millm.v1 import inference_service_pb2_grpc as pb_grpc
+
+_MODEL_STATES = {
+    ModelState.NOT_LOADED: pb.MODEL_STATE_NOT_LOADED,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+}
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    def __init__(self, host: ModelHost) -> None:
+        self._host = host
+
+    def _engine_for(self, model: str):
+        engine = self._host.require_engine()
+        served = engine.description.id
+        if model and model != served:
+            raise ModelNotFoundError(
+                f"The model '{model}' does not exist; this server serves '{served}'.", param="model"
+            )
+        return engine
+
+    def _prompt_ids(self, engine, start: pb.GenerateStart) -> tuple[int, ...]:
+        which = start.WhichOneof("input")
+        if which == "chat":
+            return tuple(engine.render_chat(convert.chat_turns(start.chat)))
+        if which == "prompt":
+            return tuple(engine.encode_text(start.prompt, add_special_tokens=True))
+        if which == "prompt_token_ids":
+            return tuple(start.prompt_token_ids.ids)
+        raise InvalidArgumentError(
+            "The request has no input: send chat messages or a prompt.", param="messages"
+        )
+
+    async def Generate(
+        self, request_iterator: AsyncIterator[pb.GenerateRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidArgumentError(
+                "The first message on Generate must be `start`.", param="start"
+            )
+        start = first.start
+        engine = self._engine_for(start.model)
+        request = GenerationRequest(
+            request_id=request_id_var.get(),
+            prompt_token_ids=self._prompt_ids(engine, start),
+            sampling=convert.sampling_options(start.sampling),
+        )
+        prompt_param = "prompt" if start.WhichOneof("input") != "chat" else "messages"
+        handle = engine.submit_generation(request, prompt_param=prompt_param)
+        # Later client messages (cancel) are read beside the token stream.
+        watcher = asyncio.create_task(_watch_for_cancel(request_iterator, handle))
+        try:
+            yield pb.GenerateResponse(
+                accepted=pb.GenerateAccepted(
+                    request_id=request.request_id,
+                    prompt_tokens=len(request.prompt_token_ids),
+                    model=engine.description.id,
+                )
+            )
+            async for event in handle.events():
+                yield convert.generate_response(event)
+        finally:
+            # Runs on normal end, on error and when the client cancels the call.
+            handle.cancel()
+            watcher.cancel()
+
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        engine = self._engine_for(request.model)
+        if not request.inputs:
+            raise InvalidArgumentError("`input` must not be empty.", param="input")
+        hidden = engine.description.hidden_size
+        if request.HasField("dimensions") and request.dimensions != hidden:
+            raise InvalidArgumentError(
+                f"`dimensions` must be {hidden} for this model (embeddings are not truncated).",
+                param="dimensions",
+            )
+        token_lists = []
+        for item in request.inputs:
+            if item.WhichOneof("input") == "token_ids":
+                token_lists.append(list(item.token_ids.ids))
+            else:
+                token_lists.append(engine.encode_text(item.text, add_special_tokens=False))
+        vectors = await engine.embed(token_lists)
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=v) for v in vectors],
+            prompt_tokens=sum(len(t) for t in token_lists),
+            model=engine.description.id,
+        )
+
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
+        engine = self._engine_for(request.model)
+        if request.WhichOneof("input") == "chat":
+            ids = engine.render_chat(convert.chat_turns(request.chat))
+        else:
+            ids = engine.encode_text(request.text, add_special_tokens=request.add_special_tokens)
+        return pb.TokenizeResponse(
+            token_ids=ids,
+            tokens=engine.token_strings(ids),
+            max_context_tokens=engine.description.max_context_tokens,
+        )
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
+        engine = self._host.engine
+        response = pb.GetServerInfoResponse(
+            version=__version__,
+            model_state=_MODEL_STATES[self._host.state],
+            retry_after_s=LOADING_RETRY_AFTER_S if self._host.state is ModelState.LOADING else 0,
+        )
+        if engine is not None:
+            response.queue_depth = engine.queue_depth
+            response.max_queue = engine.max_queue
+            if self._host.state is ModelState.READY:
+                response.model.CopyFrom(convert.model_info(engine.description))
+        return response
+
+
+async def _watch_for_cancel(request_iterator: AsyncIterator[pb.GenerateRequest], handle) -> None:
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, StopAsyncIteration):
+        async for message in request_iterator:
+            if message.WhichOneof("kind") == "cancel":
+                handle.cancel()
+                return
