@@ -176,9 +176,11 @@ def main() -> None:
     try:
         loaded = load_model(InferenceSettings(data_dir=TEST_DATA_DIR))
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        # grpc.aio binds a channel to the event loop current at its creation.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         channel = grpc.aio.insecure_channel(grpc_address)
         stub = pb_grpc.InferenceServiceStub(channel)
-        loop = asyncio.new_event_loop()
         print(
             f"model {MODEL}, float32, torch threads {torch.get_num_threads()}, "
             f"{args.rounds} rounds, max_tokens {args.max_tokens}, greedy"
