@@ -26,6 +26,11 @@ class InferenceSettings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_dir: Path = Path.home() / ".cache" / "millm"
+    # Empty: SQLite at <data_dir>/millm.db. Otherwise a SQLAlchemy URL, for example
+    # postgresql://user:password@host/millm (driver psycopg 3).
+    database_url: str = ""
+    # Hugging Face Hub endpoint for downloads; empty uses HF_ENDPOINT or huggingface.co.
+    hf_endpoint: str = ""
     # Requests admitted at once (one running, the rest waiting) before RESOURCE_EXHAUSTED.
     max_queue: int = Field(default=16, ge=1)
     # Completion length when a request does not say.

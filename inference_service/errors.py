@@ -83,3 +83,40 @@ class NoModelLoadedError(MillmError):
 class UnauthenticatedError(MillmError):
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
+
+
+class NotFoundError(MillmError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class PermissionDeniedError(MillmError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class UnavailableError(MillmError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+class ModelInUseError(MillmError):
+    """An action conflicts with the model being served (for example deleting it)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "MODEL_IN_USE"
+
+
+class CorruptedFileError(MillmError):
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "CORRUPTED_FILE"
+
+
+class CancelledError(MillmError):
+    code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
+class UnimplementedError(MillmError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNSUPPORTED"

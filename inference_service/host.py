@@ -7,9 +7,16 @@ UNAVAILABLE (loading) or FAILED_PRECONDITION (nothing loaded) error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import enum
+import gc
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
+
+import psutil
 
 from inference_service.config import InferenceSettings
 from inference_service.errors import ModelLoadingError, NoModelLoadedError
@@ -18,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # A client told "still loading" retries after this many seconds.
 LOADING_RETRY_AFTER_S = 5
+# How long a model switch lets running requests finish before cancelling them.
+DRAIN_TIMEOUT_S = 30.0
 
 
 class ModelState(enum.Enum):
@@ -38,6 +47,9 @@ class ModelHost:
         self._state = ModelState.NOT_LOADED
         self._engine = None  # Engine once READY; typed loosely to keep torch out of import time
         self.load_error: str | None = None
+        # The settings the current model was loaded with (its `model` is the source).
+        self.loaded_settings: InferenceSettings | None = None
+        self._switch_lock = asyncio.Lock()
 
     @property
     def state(self) -> ModelState:
@@ -52,22 +64,61 @@ class ModelHost:
         self._on_state_change(state)
 
     async def load(self) -> None:
-        """Loads the configured model off the event loop, then starts serving it."""
+        """Loads the configured model at start-up; a failure leaves the state FAILED."""
+        try:
+            await self.switch(self._settings)
+        except Exception:
+            log.exception("loading model %r failed", self._settings.model)
+
+    async def switch(self, settings: InferenceSettings, options: Any = None) -> float:
+        """Serves the model `settings` describe instead of the current one; returns load seconds.
+
+        While this runs, requests get MODEL_LOADING (503 with Retry-After); running
+        generations get `DRAIN_TIMEOUT_S` to finish before they are cancelled.
+        """
         # Imported here so `--help` and settings errors do not wait for torch.
         from inference_service.engine.engine import Engine
         from inference_service.engine.loader import load_model
 
-        self._set_state(ModelState.LOADING)
-        try:
-            loaded = await asyncio.to_thread(load_model, self._settings)
-            self._engine = Engine(loaded, self._settings)
-        except Exception as exc:
-            log.exception("loading model %r failed", self._settings.model)
-            self.load_error = str(exc)
-            self._set_state(ModelState.FAILED)
+        async with self._switch_lock:
+            self._set_state(ModelState.LOADING)
+            await self._release_engine()
+            started = time.monotonic()
+            try:
+                args = (settings,) if options is None else (settings, options)
+                loaded = await asyncio.to_thread(load_model, *args)
+                self._engine = Engine(loaded, settings)
+            except Exception as exc:
+                self.load_error = str(exc)
+                self._set_state(ModelState.FAILED)
+                raise
+            self.loaded_settings = settings
+            self.load_error = None
+            log.info("serving model %s", loaded.description.id)
+            self._set_state(ModelState.READY)
+            return time.monotonic() - started
+
+    async def unload(self) -> tuple[int, int]:
+        """Stops serving and frees the model; returns resident bytes before and after."""
+        async with self._switch_lock:
+            before = psutil.Process().memory_info().rss
+            await self._release_engine()
+            self.loaded_settings = None
+            self._set_state(ModelState.NOT_LOADED)
+            return before, psutil.Process().memory_info().rss
+
+    async def _release_engine(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is None:
             return
-        log.info("serving model %s", loaded.description.id)
-        self._set_state(ModelState.READY)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        # The count is updated from the lane thread; a short poll keeps this simple.
+        while engine.queue_depth and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        engine.shutdown()
+        del engine
+        gc.collect()
+        _return_freed_memory()
 
     def require_engine(self):
         if self._engine is not None and self._state is ModelState.READY:
@@ -86,3 +137,16 @@ class ModelHost:
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
+
+
+def _return_freed_memory() -> None:
+    """Asks glibc to hand freed heap pages back to the OS, so unloading shows in RSS."""
+    with contextlib.suppress(OSError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

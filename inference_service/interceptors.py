@@ -23,6 +23,7 @@ from inference_service.errors import (
     MillmError,
     OutOfMemoryError,
     UnauthenticatedError,
+    UnimplementedError,
 )
 from inference_service.logs import request_id_var
 
@@ -41,6 +42,8 @@ def _as_domain_error(exc: BaseException) -> MillmError:
             "The server ran out of memory for this request; "
             "retry with a shorter input or fewer tokens."
         )
+    if isinstance(exc, NotImplementedError):
+        return UnimplementedError("This RPC is not implemented by this server version.")
     log.error("unexpected error", exc_info=exc)
     return MillmError("Internal server error; the details are in the inference service log.")
 

@@ -14,12 +14,29 @@ from grpc_reflection.v1alpha import reflection
 from inference_service.config import InferenceSettings
 from inference_service.host import ModelHost, ModelState
 from inference_service.interceptors import AuthInterceptor, ErrorInterceptor
+from inference_service.models.catalog import ModelCatalog
+from inference_service.operations.manager import OperationsManager
+from inference_service.operations.store import DatabaseOperationStore
 from inference_service.servicers.inference import InferenceServicer
-from millm.v1 import inference_service_pb2, inference_service_pb2_grpc
+from inference_service.servicers.models import ModelServicer
+from inference_service.servicers.operations import OperationsServicer
+from inference_service.storage.database import Database, resolve_url
+from millm.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    operations_service_pb2,
+    operations_service_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+OPERATIONS_SERVICE = operations_service_pb2.DESCRIPTOR.services_by_name[
+    "OperationsService"
+].full_name
 # Long generations stream slowly; keepalive pings keep idle-looking connections open.
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -35,9 +52,24 @@ class InferenceServer:
     """The running service: a gRPC server plus the model host."""
 
     def __init__(self, settings: InferenceSettings) -> None:
+        """Builds everything; call from a running event loop."""
         self.settings = settings
         self._health = health.aio.HealthServicer()
         self.host = ModelHost(settings, on_state_change=self._on_model_state)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(resolve_url(settings.database_url, settings.data_dir))
+        self.db.migrate()
+        store = DatabaseOperationStore(self.db)
+        if interrupted := store.fail_interrupted():
+            log.warning(
+                "%d operations were cut short by the last stop; start them again to resume",
+                interrupted,
+            )
+        self.operations = OperationsManager(store, asyncio.get_running_loop())
+        self.catalog = ModelCatalog(
+            self.db, settings.data_dir, self.operations, hub_endpoint=settings.hf_endpoint or None
+        )
+        self.catalog.reconcile()
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
         if settings.api_key:
             interceptors.insert(0, AuthInterceptor(settings.api_key))
@@ -45,9 +77,22 @@ class InferenceServer:
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(self.host), self._server
         )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.host, self.catalog), self._server
+        )
+        operations_service_pb2_grpc.add_OperationsServiceServicer_to_server(
+            OperationsServicer(self.operations), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+            [
+                INFERENCE_SERVICE,
+                MODEL_SERVICE,
+                OPERATIONS_SERVICE,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ],
+            self._server,
         )
         self.port = self._server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         self._load_task: asyncio.Task[None] | None = None
@@ -82,6 +127,7 @@ class InferenceServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._load_task
         self.host.shutdown()
+        self.db.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

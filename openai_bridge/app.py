@@ -14,6 +14,9 @@ from openai_bridge import health
 from openai_bridge.config import BridgeSettings
 from openai_bridge.errors import install_exception_handlers
 from openai_bridge.inference_client import InferenceClient
+from openai_bridge.management import models as management_models
+from openai_bridge.management import operations as management_operations
+from openai_bridge.management_client import ManagementClient
 from openai_bridge.middleware import ApiKeyMiddleware, RequestIdMiddleware
 from openai_bridge.openai_api import chat, completions, embeddings, models
 from openai_bridge.state import BridgeState
@@ -26,6 +29,7 @@ def create_app(
     settings: BridgeSettings,
     client: InferenceClient,
     *,
+    management: ManagementClient | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     @asynccontextmanager
@@ -38,9 +42,19 @@ def create_app(
         summary="OpenAI REST + SSE, translated to the miLLM inference service.",
         lifespan=lifespan,
     )
-    app.state.bridge = BridgeState(settings=settings, client=client, clock=clock)
+    app.state.bridge = BridgeState(
+        settings=settings, client=client, clock=clock, management=management
+    )
     install_exception_handlers(app)
-    for module in (chat, completions, embeddings, models, health):
+    for module in (
+        chat,
+        completions,
+        embeddings,
+        models,
+        health,
+        management_models,
+        management_operations,
+    ):
         app.include_router(module.router)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)

@@ -8,6 +8,7 @@ from openai_bridge.app import create_app
 from openai_bridge.config import BridgeSettings
 from openai_bridge.inference_client import GrpcInferenceClient
 from openai_bridge.logs import setup_logging
+from openai_bridge.management_client import GrpcManagementClient
 
 
 def main() -> None:
@@ -18,7 +19,8 @@ def main() -> None:
         api_key=settings.api_key,
         timeout_s=settings.request_timeout_s,
     )
-    app = create_app(settings, client)
+    # Shares the inference client's channel: one connection to the service.
+    app = create_app(settings, client, management=GrpcManagementClient(client))
     base = f"http://{settings.http_host}:{settings.http_port}"
     print(f"miLLM OpenAI API at {base}/v1, admin UI at {base}/", flush=True)
     uvicorn.run(

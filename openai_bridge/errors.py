@@ -81,6 +81,11 @@ ERROR_TABLE: dict[tuple[grpc.StatusCode, str | None], HttpError] = {
     # The SDK retries 409; a duplicate stays a duplicate.
     (Code.ALREADY_EXISTS, None): HttpError(409, "conflict_error", should_retry=False),
     (Code.FAILED_PRECONDITION, None): HttpError(400, "invalid_request_error"),
+    # Deleting the model being served: a conflict with server state that lasts
+    # until an operator unloads it, so no automatic retries.
+    (Code.FAILED_PRECONDITION, "MODEL_IN_USE"): HttpError(
+        409, "conflict_error", should_retry=False
+    ),
     # Nothing is loading, so retrying cannot help until an operator loads a model.
     (Code.FAILED_PRECONDITION, "NO_MODEL_LOADED"): HttpError(
         503, "service_unavailable_error", should_retry=False

@@ -153,14 +153,29 @@ class GrpcInferenceClient(InferenceClient):
         self._stub: pb_grpc.InferenceServiceStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _get_stub(self) -> pb_grpc.InferenceServiceStub:
+    @property
+    def timeout_s(self) -> float:
+        """Deadline of each unary call."""
+        return self._timeout_s
+
+    def channel(self) -> grpc.aio.Channel:
+        """The one channel to the service; other clients (management) share it."""
         # A grpc.aio channel belongs to the loop it was made on.
         loop = asyncio.get_running_loop()
-        if self._stub is None or self._loop is not loop:
+        if self._channel is None or self._loop is not loop:
             self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
             self._stub = pb_grpc.InferenceServiceStub(self._channel)
             self._loop = loop
+        return self._channel
+
+    def _get_stub(self) -> pb_grpc.InferenceServiceStub:
+        self.channel()
+        assert self._stub is not None
         return self._stub
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Request id and API key, sent with every call."""
+        return self._metadata()
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         metadata: tuple[tuple[str, str], ...] = (("x-request-id", request_id_var.get()),)

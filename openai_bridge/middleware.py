@@ -7,8 +7,9 @@ import re
 import uuid
 
 import grpc
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders, QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from openai_bridge.errors import InferenceError, error_response
 from openai_bridge.logs import request_id_var
@@ -24,12 +25,19 @@ class RequestIdMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         incoming = Headers(scope=scope).get("x-request-id", "")
         request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex[:16]
         token = request_id_var.set(request_id)
+        if scope["type"] == "websocket":
+            # No response headers to stamp; the id still reaches logs and gRPC metadata.
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                request_id_var.reset(token)
+            return
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -43,21 +51,45 @@ class RequestIdMiddleware:
 
 
 class ApiKeyMiddleware:
-    """Requires `Authorization: Bearer <key>` on /v1/* and /api/*; the UI and /health stay open."""
+    """Requires the API key on /v1/* and /api/*; the UI and /health stay open.
+
+    One rule: the key comes as `Authorization: Bearer <key>`; a WebSocket may
+    send it as `?api_key=<key>` instead, since browsers cannot set headers on
+    one. A refused WebSocket gets the same 401 JSON as HTTP where the server
+    supports denial responses, otherwise close code 1008 before the handshake.
+    """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self._expected = f"Bearer {api_key}".encode()
 
+    def _presented(self, scope: Scope) -> bytes:
+        given = Headers(scope=scope).get("authorization", "")
+        if not given and scope["type"] == "websocket":
+            query_key = QueryParams(scope.get("query_string", b"")).get("api_key")
+            if query_key:
+                given = f"Bearer {query_key}"
+        return given.encode()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and _PROTECTED.match(scope["path"]):
-            given = Headers(scope=scope).get("authorization", "").encode()
-            if not hmac.compare_digest(given, self._expected):
-                error = InferenceError(
+        if (
+            scope["type"] in ("http", "websocket")
+            and _PROTECTED.match(scope["path"])
+            and not hmac.compare_digest(self._presented(scope), self._expected)
+        ):
+            response = error_response(
+                InferenceError(
                     grpc.StatusCode.UNAUTHENTICATED,
                     None,
-                    "Missing or invalid API key; send it as `Authorization: Bearer <key>`.",
+                    "Missing or invalid API key; send it as `Authorization: Bearer <key>`"
+                    " (WebSockets may use `?api_key=<key>`).",
                 )
-                await error_response(error)(scope, receive, send)
-                return
+            )
+            if scope["type"] == "http":
+                await response(scope, receive, send)
+            elif "websocket.http.response" in scope.get("extensions", {}):
+                await WebSocket(scope, receive, send).send_denial_response(response)
+            else:
+                await WebSocket(scope, receive, send).close(1008)
+            return
         await self.app(scope, receive, send)

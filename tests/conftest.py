@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.fixtures.postgres"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Shared by all test runs so the built-in model is converted from GGUF only once.
 TEST_DATA_DIR = REPO_ROOT / ".cache" / "millm"

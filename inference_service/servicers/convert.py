@@ -11,7 +11,10 @@ from inference_service.engine.types import (
     TokenEvent,
     TokenLogprob,
 )
+from inference_service.models.catalog import CachedModel
+from inference_service.operations.types import OperationSnapshot
 from millm.v1 import inference_service_pb2 as pb
+from millm.v1 import model_service_pb2, operation_pb2
 
 _FINISH_REASONS = {
     "stop": pb.FINISH_REASON_STOP,
@@ -92,4 +95,68 @@ def model_info(description: ModelDescription) -> pb.ModelInfo:
         device=description.device,
         parameter_count=description.parameter_count,
         loaded_at_unix_s=description.loaded_at_unix_s,
+    )
+
+
+_OPERATION_STATES = {
+    "pending": operation_pb2.OPERATION_STATE_PENDING,
+    "running": operation_pb2.OPERATION_STATE_RUNNING,
+    "succeeded": operation_pb2.OPERATION_STATE_SUCCEEDED,
+    "failed": operation_pb2.OPERATION_STATE_FAILED,
+    "cancelled": operation_pb2.OPERATION_STATE_CANCELLED,
+}
+_OPERATION_KINDS = {"model_download": operation_pb2.OPERATION_KIND_MODEL_DOWNLOAD}
+
+
+def operation(snapshot: OperationSnapshot) -> operation_pb2.Operation:
+    message = operation_pb2.Operation(
+        id=snapshot.id,
+        kind=_OPERATION_KINDS.get(snapshot.kind, operation_pb2.OPERATION_KIND_UNSPECIFIED),
+        state=_OPERATION_STATES[snapshot.state],
+        stage=snapshot.stage,
+        target=snapshot.target,
+        bytes_done=snapshot.bytes_done,
+        bytes_total=snapshot.bytes_total,
+        bytes_per_s=snapshot.bytes_per_s,
+        error_message=snapshot.error_message,
+        error_reason=snapshot.error_reason,
+        created_at_unix_ms=snapshot.created_at_unix_ms,
+        updated_at_unix_ms=snapshot.updated_at_unix_ms,
+        finished_at_unix_ms=snapshot.finished_at_unix_ms,
+    )
+    if snapshot.eta_s is not None:
+        message.eta_s = snapshot.eta_s
+    return message
+
+
+_WEIGHT_FORMATS = {
+    "safetensors": model_service_pb2.WEIGHT_FORMAT_SAFETENSORS,
+    "pytorch": model_service_pb2.WEIGHT_FORMAT_PYTORCH,
+    "gguf": model_service_pb2.WEIGHT_FORMAT_GGUF,
+}
+_CACHED_STATES = {
+    "downloading": model_service_pb2.CACHED_MODEL_STATE_DOWNLOADING,
+    "ready": model_service_pb2.CACHED_MODEL_STATE_READY,
+    "corrupted": model_service_pb2.CACHED_MODEL_STATE_CORRUPTED,
+    "missing": model_service_pb2.CACHED_MODEL_STATE_MISSING,
+}
+
+
+def weight_format(value: int) -> str | None:
+    """The domain name of a requested WeightFormat; None for 'no preference'."""
+    names = {v: k for k, v in _WEIGHT_FORMATS.items()}
+    return names.get(value)
+
+
+def cached_model(model: CachedModel, *, loaded: bool) -> model_service_pb2.CachedModel:
+    return model_service_pb2.CachedModel(
+        id=model.id,
+        repo_id=model.repo_id,
+        revision=model.revision,
+        commit_sha=model.commit_sha,
+        format=_WEIGHT_FORMATS.get(model.format, model_service_pb2.WEIGHT_FORMAT_UNSPECIFIED),
+        parameter_count=model.parameter_count,
+        size_bytes=model.size_bytes,
+        state=_CACHED_STATES[model.state],
+        loaded=loaded,
     )

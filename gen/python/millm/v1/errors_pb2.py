@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15millm/v1/errors.proto\x12\x08millm.v1*\xf4\x02\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12(\n$ERROR_REASON_CONTEXT_LENGTH_EXCEEDED\x10\x02\x12 \n\x1c\x45RROR_REASON_MODEL_NOT_FOUND\x10\x03\x12\x1b\n\x17\x45RROR_REASON_QUEUE_FULL\x10\x04\x12\x1e\n\x1a\x45RROR_REASON_MODEL_LOADING\x10\x05\x12 \n\x1c\x45RROR_REASON_NO_MODEL_LOADED\x10\x06\x12\x1e\n\x1a\x45RROR_REASON_OUT_OF_MEMORY\x10\x07\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x08\x12\x1c\n\x18\x45RROR_REASON_UNSUPPORTED\x10\t\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15millm/v1/errors.proto\x12\x08millm.v1*\xae\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x01\x12(\n$ERROR_REASON_CONTEXT_LENGTH_EXCEEDED\x10\x02\x12 \n\x1c\x45RROR_REASON_MODEL_NOT_FOUND\x10\x03\x12\x1b\n\x17\x45RROR_REASON_QUEUE_FULL\x10\x04\x12\x1e\n\x1a\x45RROR_REASON_MODEL_LOADING\x10\x05\x12 \n\x1c\x45RROR_REASON_NO_MODEL_LOADED\x10\x06\x12\x1e\n\x1a\x45RROR_REASON_OUT_OF_MEMORY\x10\x07\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x08\x12\x1c\n\x18\x45RROR_REASON_UNSUPPORTED\x10\t\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\n\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\x0b\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\x0c\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\r\x12\x1d\n\x19\x45RROR_REASON_MODEL_IN_USE\x10\x0e\x12\x1f\n\x1b\x45RROR_REASON_CORRUPTED_FILE\x10\x0f\x12\x1a\n\x16\x45RROR_REASON_CANCELLED\x10\x10\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'millm.v1.errors_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=36
-  _globals['_ERRORREASON']._serialized_end=408
+  _globals['_ERRORREASON']._serialized_end=594
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The request uses a capability this server or model does not offer."""
     ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 10
     """The caller did not present a valid API key."""
+    ERROR_REASON_NOT_FOUND: _ErrorReason.ValueType  # 11
+    """The named resource (a cached model, an operation, a Hub repository)
+    does not exist.
+    """
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 12
+    """The Hub refused access: the repository is private or gated, or missing
+    (the Hub does not tell anonymous callers which); send a token.
+    """
+    ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 13
+    """A dependency, such as the Hugging Face Hub, could not be reached."""
+    ERROR_REASON_MODEL_IN_USE: _ErrorReason.ValueType  # 14
+    """The action conflicts with the model being served, such as deleting it."""
+    ERROR_REASON_CORRUPTED_FILE: _ErrorReason.ValueType  # 15
+    """A downloaded file failed its integrity check and was removed."""
+    ERROR_REASON_CANCELLED: _ErrorReason.ValueType  # 16
+    """The client cancelled the work."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons miLLM puts in the
@@ -76,4 +92,20 @@ ERROR_REASON_UNSUPPORTED: ErrorReason.ValueType  # 9
 """The request uses a capability this server or model does not offer."""
 ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 10
 """The caller did not present a valid API key."""
+ERROR_REASON_NOT_FOUND: ErrorReason.ValueType  # 11
+"""The named resource (a cached model, an operation, a Hub repository)
+does not exist.
+"""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 12
+"""The Hub refused access: the repository is private or gated, or missing
+(the Hub does not tell anonymous callers which); send a token.
+"""
+ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 13
+"""A dependency, such as the Hugging Face Hub, could not be reached."""
+ERROR_REASON_MODEL_IN_USE: ErrorReason.ValueType  # 14
+"""The action conflicts with the model being served, such as deleting it."""
+ERROR_REASON_CORRUPTED_FILE: ErrorReason.ValueType  # 15
+"""A downloaded file failed its integrity check and was removed."""
+ERROR_REASON_CANCELLED: ErrorReason.ValueType  # 16
+"""The client cancelled the work."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

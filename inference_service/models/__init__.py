@@ -1,0 +1,1 @@
+"""The model cache: what is downloaded, its state on disk, and downloads into it."""

@@ -1,0 +1,1 @@
+"""Long-running operations: progress snapshots that clients can re-watch, and cancel."""

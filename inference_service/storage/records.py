@@ -1,0 +1,93 @@
+"""Domain records the repositories return: frozen, detached from any session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class ModelFormat(StrEnum):
+    SAFETENSORS = "safetensors"
+    PYTORCH = "pytorch"
+    GGUF = "gguf"
+
+
+class ModelState(StrEnum):
+    DOWNLOADING = "downloading"
+    READY = "ready"
+    CORRUPTED = "corrupted"
+    MISSING = "missing"
+
+
+class OperationKind(StrEnum):
+    MODEL_DOWNLOAD = "model_download"
+    SAE_DOWNLOAD = "sae_download"
+    TRAINING = "training"
+
+
+class OperationState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED_STATES = (OperationState.PENDING, OperationState.RUNNING)
+FINISHED_STATES = (OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED)
+
+
+def model_record_id(repo_id: str, revision: str) -> str:
+    """The key of a downloaded model: `owner/name@revision`."""
+    return f"{repo_id}@{revision}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    path: str  # relative to the record's local_dir, '/'-separated
+    size_bytes: int
+    sha256: str | None = None
+    verified: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    id: str
+    repo_id: str
+    revision: str
+    commit_sha: str | None
+    format: ModelFormat
+    parameter_count: int | None
+    size_bytes: int
+    state: ModelState
+    local_dir: str  # relative to the data directory
+    created_at: datetime
+    updated_at: datetime
+    files: tuple[ModelFile, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    id: str
+    kind: str  # an OperationKind value; kept open so new kinds need no migration
+    state: OperationState
+    stage: str
+    bytes_done: int
+    bytes_total: int | None  # None while unknown
+    error_message: str | None
+    target: str
+    params_json: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class OperationPage:
+    items: tuple[Operation, ...]
+    next_offset: int | None  # None on the last page

@@ -1,0 +1,362 @@
+"""Repositories: the queries the service needs, returning detached domain records.
+
+Repositories are bound to one session, so calls made through one `transaction()`
+commit or roll back together::
+
+    with transaction(db) as tx:
+        tx.operations.create(...)
+        tx.model_records.set_state(...)
+
+From async code: `await asyncio.to_thread(run, db, lambda tx: tx.operations.get(op_id))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import CursorResult, Executable, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from inference_service.storage.database import Database
+from inference_service.storage.records import (
+    FINISHED_STATES,
+    UNFINISHED_STATES,
+    ModelFile,
+    ModelFormat,
+    ModelRecord,
+    ModelState,
+    Operation,
+    OperationPage,
+    OperationState,
+    model_record_id,
+)
+from inference_service.storage.tables import ModelFileRow, ModelRecordRow, OperationRow
+
+T = TypeVar("T")
+
+INTERRUPTED_MESSAGE = "interrupted by a restart"
+
+
+class RecordNotFoundError(LookupError):
+    """The row a write addressed does not exist."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rowcount(session: Session, statement: Executable) -> int:
+    """Rows an UPDATE or DELETE matched."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+class ModelRecords:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def upsert(
+        self,
+        *,
+        repo_id: str,
+        revision: str,
+        format: ModelFormat,
+        local_dir: str,
+        state: ModelState = ModelState.DOWNLOADING,
+        commit_sha: str | None = None,
+        parameter_count: int | None = None,
+        size_bytes: int = 0,
+    ) -> ModelRecord:
+        """Insert the record for (repo_id, revision) or overwrite it, keeping created_at."""
+        now = _now()
+        record_id = model_record_id(repo_id, revision)
+        values: dict[str, object] = {
+            "id": record_id,
+            "repo_id": repo_id,
+            "revision": revision,
+            "commit_sha": commit_sha,
+            "format": ModelFormat(format).value,
+            "parameter_count": parameter_count,
+            "size_bytes": size_bytes,
+            "state": ModelState(state).value,
+            "local_dir": local_dir,
+            "created_at": now,
+            "updated_at": now,
+        }
+        dialect = self._session.get_bind().dialect.name
+        upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ModelRecordRow)
+        changed = {k: v for k, v in values.items() if k not in ("id", "created_at")}
+        self._session.execute(
+            upsert.values(values).on_conflict_do_update(index_elements=["id"], set_=changed)
+        )
+        record = self.get(record_id)
+        assert record is not None
+        return record
+
+    def get(self, record_id: str) -> ModelRecord | None:
+        row = self._session.get(ModelRecordRow, record_id, populate_existing=True)
+        if row is None:
+            return None
+        files = self._session.scalars(
+            select(ModelFileRow)
+            .where(ModelFileRow.record_id == record_id)
+            .order_by(ModelFileRow.path)
+        )
+        return _model_record(row, tuple(_model_file(f) for f in files))
+
+    def list(self, *, state: ModelState | None = None) -> tuple[ModelRecord, ...]:
+        """Every record ordered by id, without files (use `get` for those)."""
+        query = select(ModelRecordRow).order_by(ModelRecordRow.id)
+        if state is not None:
+            query = query.where(ModelRecordRow.state == ModelState(state).value)
+        return tuple(_model_record(row) for row in self._session.scalars(query))
+
+    def delete(self, record_id: str) -> bool:
+        """Delete the record and (by cascade) its files; False if it was not there."""
+        statement = delete(ModelRecordRow).where(ModelRecordRow.id == record_id)
+        return _rowcount(self._session, statement) > 0
+
+    def set_state(self, record_id: str, state: ModelState) -> None:
+        self._update(record_id, state=ModelState(state).value)
+
+    def replace_files(self, record_id: str, files: Iterable[ModelFile]) -> None:
+        """Make `files` the record's whole file list and its size their total."""
+        files = list(files)
+        self._update(record_id, size_bytes=sum(f.size_bytes for f in files))
+        self._session.execute(delete(ModelFileRow).where(ModelFileRow.record_id == record_id))
+        if files:
+            self._session.execute(
+                insert(ModelFileRow),
+                [
+                    {
+                        "record_id": record_id,
+                        "path": f.path,
+                        "size_bytes": f.size_bytes,
+                        "sha256": f.sha256,
+                        "verified": f.verified,
+                    }
+                    for f in files
+                ],
+            )
+
+    def _update(self, record_id: str, **values: object) -> None:
+        matched = _rowcount(
+            self._session,
+            update(ModelRecordRow)
+            .where(ModelRecordRow.id == record_id)
+            .values(updated_at=_now(), **values),
+        )
+        if matched == 0:
+            raise RecordNotFoundError(f"model record {record_id!r} not found")
+
+
+class Operations:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def create(
+        self,
+        *,
+        id: str,
+        kind: str,
+        target: str,
+        params_json: str = "{}",
+        state: OperationState = OperationState.PENDING,
+        stage: str = "",
+        bytes_total: int | None = None,
+    ) -> Operation:
+        now = _now()
+        row = OperationRow(
+            id=id,
+            kind=kind,
+            state=OperationState(state).value,
+            stage=stage,
+            bytes_done=0,
+            bytes_total=bytes_total,
+            error_message=None,
+            target=target,
+            params_json=params_json,
+            created_at=now,
+            updated_at=now,
+            finished_at=None,
+        )
+        self._session.add(row)
+        self._session.flush()
+        return _operation(row)
+
+    def get(self, operation_id: str) -> Operation | None:
+        row = self._session.get(OperationRow, operation_id, populate_existing=True)
+        return None if row is None else _operation(row)
+
+    def list(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        states: Sequence[OperationState] = (),
+        kind: str | None = None,
+    ) -> OperationPage:
+        """Newest first; `next_offset` is None on the last page."""
+        if limit < 1 or offset < 0:
+            raise ValueError("limit must be >= 1 and offset >= 0")
+        query = select(OperationRow).order_by(
+            OperationRow.created_at.desc(), OperationRow.id.desc()
+        )
+        if states:
+            query = query.where(OperationRow.state.in_([OperationState(s).value for s in states]))
+        if kind is not None:
+            query = query.where(OperationRow.kind == kind)
+        rows = list(self._session.scalars(query.limit(limit + 1).offset(offset)))
+        next_offset = offset + limit if len(rows) > limit else None
+        return OperationPage(tuple(_operation(r) for r in rows[:limit]), next_offset)
+
+    def update_progress(
+        self,
+        operation_id: str,
+        *,
+        bytes_done: int,
+        bytes_total: int | None = None,
+        stage: str | None = None,
+        state: OperationState | None = None,
+    ) -> None:
+        """One UPDATE; fields left None keep their value. Finished operations are not touched."""
+        values: dict[str, object] = {"bytes_done": bytes_done, "updated_at": _now()}
+        if bytes_total is not None:
+            values["bytes_total"] = bytes_total
+        if stage is not None:
+            values["stage"] = stage
+        if state is not None:
+            if OperationState(state) in FINISHED_STATES:
+                raise ValueError("use finish() to end an operation")
+            values["state"] = OperationState(state).value
+        self._update_unfinished(operation_id, values)
+
+    def finish(
+        self, operation_id: str, state: OperationState, error_message: str | None = None
+    ) -> Operation:
+        """Move an unfinished operation to a final state."""
+        state = OperationState(state)
+        if state not in FINISHED_STATES:
+            raise ValueError(f"{state} is not a final state")
+        now = _now()
+        self._update_unfinished(
+            operation_id,
+            {
+                "state": state.value,
+                "error_message": error_message,
+                "updated_at": now,
+                "finished_at": now,
+            },
+        )
+        operation = self.get(operation_id)
+        assert operation is not None
+        return operation
+
+    def list_unfinished(self) -> tuple[Operation, ...]:
+        query = (
+            select(OperationRow)
+            .where(OperationRow.state.in_([s.value for s in UNFINISHED_STATES]))
+            .order_by(OperationRow.created_at, OperationRow.id)
+        )
+        return tuple(_operation(r) for r in self._session.scalars(query))
+
+    def mark_interrupted(self, operation_ids: Iterable[str]) -> int:
+        """Fail operations a restart cut short; returns how many were still unfinished."""
+        ids = list(operation_ids)
+        if not ids:
+            return 0
+        now = _now()
+        matched = _rowcount(
+            self._session,
+            update(OperationRow)
+            .where(OperationRow.id.in_(ids))
+            .where(OperationRow.state.in_([s.value for s in UNFINISHED_STATES]))
+            .values(
+                state=OperationState.FAILED.value,
+                error_message=INTERRUPTED_MESSAGE,
+                updated_at=now,
+                finished_at=now,
+            ),
+        )
+        return matched
+
+    def count(self) -> int:
+        return self._session.scalar(select(func.count()).select_from(OperationRow)) or 0
+
+    def _update_unfinished(self, operation_id: str, values: dict[str, object]) -> None:
+        matched = _rowcount(
+            self._session,
+            update(OperationRow)
+            .where(OperationRow.id == operation_id)
+            .where(OperationRow.state.in_([s.value for s in UNFINISHED_STATES]))
+            .values(values),
+        )
+        if matched == 0:
+            if self._session.get(OperationRow, operation_id) is None:
+                raise RecordNotFoundError(f"operation {operation_id!r} not found")
+            raise ValueError(f"operation {operation_id!r} has already finished")
+
+
+@dataclass(frozen=True, slots=True)
+class Repositories:
+    """The repositories of one transaction."""
+
+    model_records: ModelRecords
+    operations: Operations
+
+
+@contextmanager
+def transaction(db: Database) -> Iterator[Repositories]:
+    """Repositories sharing one transaction: committed on success, rolled back on error."""
+    with db.session() as session:
+        yield Repositories(ModelRecords(session), Operations(session))
+
+
+def run(db: Database, work: Callable[[Repositories], T]) -> T:
+    """`work` in one transaction; the shape `asyncio.to_thread` wants."""
+    with transaction(db) as tx:
+        return work(tx)
+
+
+def _model_file(row: ModelFileRow) -> ModelFile:
+    return ModelFile(
+        path=row.path, size_bytes=row.size_bytes, sha256=row.sha256, verified=row.verified
+    )
+
+
+def _model_record(row: ModelRecordRow, files: tuple[ModelFile, ...] = ()) -> ModelRecord:
+    return ModelRecord(
+        id=row.id,
+        repo_id=row.repo_id,
+        revision=row.revision,
+        commit_sha=row.commit_sha,
+        format=ModelFormat(row.format),
+        parameter_count=row.parameter_count,
+        size_bytes=row.size_bytes,
+        state=ModelState(row.state),
+        local_dir=row.local_dir,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        files=files,
+    )
+
+
+def _operation(row: OperationRow) -> Operation:
+    return Operation(
+        id=row.id,
+        kind=row.kind,
+        state=OperationState(row.state),
+        stage=row.stage,
+        bytes_done=row.bytes_done,
+        bytes_total=row.bytes_total,
+        error_message=row.error_message,
+        target=row.target,
+        params_json=row.params_json,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )

@@ -1,0 +1,122 @@
+"""The SQL schema as SQLAlchemy declarative tables.
+
+Changing anything here needs a migration in `migrations/versions/`; the test suite
+fails when the migrated schema and these tables disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from inference_service.storage.records import ModelFormat, ModelState, OperationState
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Explicit constraint names so Alembic can alter them later (SQLite batch mode needs names).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _one_of(column: str, values: type[ModelFormat | ModelState | OperationState]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class TableBase(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UtcDateTime()}
+
+
+class ModelRecordRow(TableBase):
+    """A language model on disk (or on its way there)."""
+
+    __tablename__ = "model_records"
+    __table_args__ = (
+        CheckConstraint(_one_of("format", ModelFormat), name="format"),
+        CheckConstraint(_one_of("state", ModelState), name="state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    repo_id: Mapped[str] = mapped_column(String(256))
+    revision: Mapped[str] = mapped_column(String(256))
+    commit_sha: Mapped[str | None] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    parameter_count: Mapped[int | None] = mapped_column(BigInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    local_dir: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ModelFileRow(TableBase):
+    __tablename__ = "model_files"
+
+    record_id: Mapped[str] = mapped_column(
+        String(512), ForeignKey("model_records.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    verified: Mapped[bool]
+
+
+class OperationRow(TableBase):
+    """Slow work (downloads, training) a client can re-watch after a restart."""
+
+    __tablename__ = "operations"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", OperationState), name="state"),
+        Index("ix_operations_created_at_id", "created_at", "id"),
+        Index("ix_operations_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str] = mapped_column(String(64))
+    bytes_done: Mapped[int] = mapped_column(BigInteger)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(String(1024))
+    params_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]

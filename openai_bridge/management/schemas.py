@@ -1,0 +1,53 @@
+"""Request bodies of the /api/v1 management API.
+
+Unknown fields are refused (a misspelt `quantisation` should not silently load
+an unquantized model); enum-like fields are checked here, other values by the
+inference service.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+WeightFormatName = Literal["safetensors", "pytorch"]
+QuantizationName = Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
+
+
+class ManagementBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DownloadBody(ManagementBody):
+    """POST /api/v1/models/download."""
+
+    repo_id: str = Field(min_length=1, max_length=200)
+    revision: str | None = Field(default=None, max_length=200)
+    # Used for this download only; never logged.
+    token: str | None = Field(default=None, repr=False)
+    format: WeightFormatName | None = None
+
+
+class LoadSpecBody(ManagementBody):
+    """How to load a model (`millm.v1.LoadSpec`); omitted fields take the server defaults."""
+
+    dtype: str | None = Field(default=None, max_length=32)
+    quantization: QuantizationName | None = None
+    device: str | None = Field(default=None, max_length=32)
+    context_tokens: int | None = Field(default=None, ge=0, le=UINT32_MAX)
+
+
+class EstimateBody(LoadSpecBody):
+    """POST /api/v1/models/{id}/estimate."""
+
+    sae_bytes: int | None = Field(default=None, ge=0, le=UINT64_MAX)
+
+
+class LoadBody(LoadSpecBody):
+    """POST /api/v1/models/{id}/load."""
+
+    allow_overcommit: bool = False

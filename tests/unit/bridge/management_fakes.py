@@ -1,0 +1,179 @@
+"""An in-memory ManagementClient, scripted per test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from millm.v1 import model_service_pb2 as mpb
+from millm.v1 import operation_pb2 as opb
+from millm.v1 import operations_service_pb2 as ospb
+from openai_bridge.errors import InferenceError
+from openai_bridge.management_client import ManagementClient
+
+HANG = object()  # a watch script entry: wait until cancelled
+
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def cached(id_: str = SMOL, **fields) -> mpb.CachedModel:
+    defaults = {
+        "repo_id": id_,
+        "revision": "main",
+        "commit_sha": "abc123",
+        "format": mpb.WEIGHT_FORMAT_SAFETENSORS,
+        "parameter_count": 134_515_008,
+        "size_bytes": 269_060_381,
+        "state": mpb.CACHED_MODEL_STATE_READY,
+    }
+    return mpb.CachedModel(id=id_, **{**defaults, **fields})
+
+
+def operation(state: int = opb.OPERATION_STATE_RUNNING, **fields) -> opb.Operation:
+    defaults = {
+        "id": "op-1",
+        "kind": opb.OPERATION_KIND_MODEL_DOWNLOAD,
+        "stage": "downloading",
+        "target": SMOL,
+        "bytes_done": 1000,
+        "bytes_total": 4000,
+        "bytes_per_s": 500.0,
+        "created_at_unix_ms": 1_700_000_000_000,
+        "updated_at_unix_ms": 1_700_000_001_000,
+    }
+    return opb.Operation(state=state, **{**defaults, **fields})
+
+
+def not_found(what: str = "model") -> InferenceError:
+    return InferenceError(
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND" if what == "model" else None,
+        f"No such {what}.",
+        param="id" if what == "model" else None,
+    )
+
+
+class FakeManagementClient(ManagementClient):
+    """Answers from `models` and `operations`; records every request in `calls`.
+
+    `errors[method_name]` makes that method raise; `watch_script` is what
+    `watch_operation` yields (an exception in it is raised there, HANG waits).
+    """
+
+    def __init__(self) -> None:
+        self.models: dict[str, mpb.CachedModel] = {SMOL: cached(), "builtin": builtin()}
+        self.operations: dict[str, opb.Operation] = {"op-1": operation()}
+        self.errors: dict[str, InferenceError] = {}
+        self.calls: list[tuple[str, object]] = []
+        self.watch_script: list = []
+        self.watch_cancelled = asyncio.Event()
+        self.watch_hanging = asyncio.Event()
+
+    def _enter(self, name: str, request: object) -> None:
+        self.calls.append((name, request))
+        if name in self.errors:
+            raise self.errors[name]
+
+    def _model(self, id_: str) -> mpb.CachedModel:
+        if id_ not in self.models:
+            raise not_found("model")
+        return self.models[id_]
+
+    def _operation(self, id_: str) -> opb.Operation:
+        if id_ not in self.operations:
+            raise not_found("operation")
+        return self.operations[id_]
+
+    async def list_models(self, request: mpb.ListModelsRequest) -> mpb.ListModelsResponse:
+        self._enter("list_models", request)
+        models = list(self.models.values())
+        if request.page_size and len(models) > request.page_size:
+            return mpb.ListModelsResponse(models=models[: request.page_size], next_page_token="p2")
+        return mpb.ListModelsResponse(models=models)
+
+    async def get_model(self, request: mpb.GetModelRequest) -> mpb.GetModelResponse:
+        self._enter("get_model", request)
+        return mpb.GetModelResponse(model=self._model(request.id))
+
+    async def download_model(self, request: mpb.DownloadModelRequest) -> mpb.DownloadModelResponse:
+        self._enter("download_model", request)
+        op = operation(opb.OPERATION_STATE_PENDING, id="op-2", target=request.repo_id, stage="")
+        self.operations[op.id] = op
+        return mpb.DownloadModelResponse(operation=op)
+
+    async def estimate_model_memory(
+        self, request: mpb.EstimateModelMemoryRequest
+    ) -> mpb.EstimateModelMemoryResponse:
+        self._enter("estimate_model_memory", request)
+        self._model(request.id)
+        return mpb.EstimateModelMemoryResponse(
+            weights_bytes=300,
+            kv_cache_bytes=50,
+            overhead_bytes=25,
+            sae_bytes=request.sae_bytes,
+            total_bytes=375 + request.sae_bytes,
+            available_bytes=1000,
+            fits=True,
+            device="cpu",
+        )
+
+    async def load_model(self, request: mpb.LoadModelRequest) -> mpb.LoadModelResponse:
+        self._enter("load_model", request)
+        model = mpb.CachedModel()
+        model.CopyFrom(self._model(request.id))
+        model.loaded = True
+        return mpb.LoadModelResponse(model=model, load_s=1.5)
+
+    async def unload_model(self, request: mpb.UnloadModelRequest) -> mpb.UnloadModelResponse:
+        self._enter("unload_model", request)
+        return mpb.UnloadModelResponse(rss_before_bytes=2000, rss_after_bytes=500)
+
+    async def delete_model(self, request: mpb.DeleteModelRequest) -> mpb.DeleteModelResponse:
+        self._enter("delete_model", request)
+        model = self._model(request.id)
+        del self.models[request.id]
+        return mpb.DeleteModelResponse(freed_bytes=model.size_bytes)
+
+    async def list_operations(
+        self, request: ospb.ListOperationsRequest
+    ) -> ospb.ListOperationsResponse:
+        self._enter("list_operations", request)
+        return ospb.ListOperationsResponse(operations=list(self.operations.values()))
+
+    async def get_operation(self, request: ospb.GetOperationRequest) -> ospb.GetOperationResponse:
+        self._enter("get_operation", request)
+        return ospb.GetOperationResponse(operation=self._operation(request.id))
+
+    async def cancel_operation(
+        self, request: ospb.CancelOperationRequest
+    ) -> ospb.CancelOperationResponse:
+        self._enter("cancel_operation", request)
+        op = self._operation(request.id)
+        op.state = opb.OPERATION_STATE_CANCELLED
+        return ospb.CancelOperationResponse(operation=op)
+
+    async def watch_operation(self, operation_id: str) -> AsyncIterator[opb.Operation]:
+        self._enter("watch_operation", operation_id)
+        try:
+            for entry in self.watch_script:
+                if entry is HANG:
+                    self.watch_hanging.set()
+                    await asyncio.Event().wait()
+                if isinstance(entry, BaseException):
+                    raise entry
+                yield entry
+        except (asyncio.CancelledError, GeneratorExit):
+            self.watch_cancelled.set()
+            raise
+
+
+def builtin() -> mpb.CachedModel:
+    return mpb.CachedModel(
+        id="builtin",
+        format=mpb.WEIGHT_FORMAT_GGUF,
+        size_bytes=100,
+        state=mpb.CACHED_MODEL_STATE_READY,
+        loaded=True,
+    )

@@ -1,0 +1,1 @@
+"""Tests of the local Hugging Face Hub fixture."""
