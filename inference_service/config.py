@@ -24,6 +24,8 @@ class InferenceSettings(BaseSettings):
     # The id clients use in the OpenAI `model` field; derived from the source if empty.
     model_id: str = ""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # int8_dynamic is the fast CPU path; bnb_* need bitsandbytes.
+    quantization: Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"] = "none"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_dir: Path = Path.home() / ".cache" / "millm"
     # Empty: SQLite at <data_dir>/millm.db. Otherwise a SQLAlchemy URL, for example

@@ -7,10 +7,7 @@ UNAVAILABLE (loading) or FAILED_PRECONDITION (nothing loaded) error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import enum
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -52,6 +49,11 @@ class ModelHost:
         self._switch_lock = asyncio.Lock()
 
     @property
+    def base_settings(self) -> InferenceSettings:
+        """The settings the service started with; loads derive theirs from these."""
+        return self._settings
+
+    @property
     def state(self) -> ModelState:
         return self._state
 
@@ -85,8 +87,7 @@ class ModelHost:
             await self._release_engine()
             started = time.monotonic()
             try:
-                args = (settings,) if options is None else (settings, options)
-                loaded = await asyncio.to_thread(load_model, *args)
+                loaded = await asyncio.to_thread(load_model, settings, options)
                 self._engine = Engine(loaded, settings)
             except Exception as exc:
                 self.load_error = str(exc)
@@ -116,9 +117,10 @@ class ModelHost:
         while engine.queue_depth and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         engine.shutdown()
+        from inference_service.engine.loader import unload
+
+        unload(engine.loaded_model)
         del engine
-        gc.collect()
-        _return_freed_memory()
 
     def require_engine(self):
         if self._engine is not None and self._state is ModelState.READY:
@@ -137,16 +139,3 @@ class ModelHost:
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
-
-
-def _return_freed_memory() -> None:
-    """Asks glibc to hand freed heap pages back to the OS, so unloading shows in RSS."""
-    with contextlib.suppress(OSError):  # not glibc
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass

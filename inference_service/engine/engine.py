@@ -125,6 +125,11 @@ class Engine:
         return self._loaded.description
 
     @property
+    def loaded_model(self) -> LoadedModel:
+        """The model this engine serves; `loader.unload` it only after `shutdown()`."""
+        return self._loaded
+
+    @property
     def max_queue(self) -> int:
         return self._settings.max_queue
 

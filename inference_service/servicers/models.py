@@ -79,13 +79,13 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     async def EstimateModelMemory(
         self, request: pb.EstimateModelMemoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.EstimateModelMemoryResponse:
-        from inference_service.models.loading import estimate_for
+        from inference_service.models.loading import estimate_for, settings_for
 
         model = await asyncio.to_thread(self._catalog.get, request.id)
         estimate = await asyncio.to_thread(
             estimate_for,
-            self._host.settings_for(model),
-            _load_options(request.spec),
+            settings_for(self._host.base_settings, model),
+            _spec(request.spec),
             request.sae_bytes,
         )
         return pb.EstimateModelMemoryResponse(**estimate)
@@ -93,7 +93,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadModelResponse:
-        from inference_service.models.loading import check_memory
+        from inference_service.models.loading import check_memory, load_options, settings_for
 
         model = await asyncio.to_thread(self._catalog.get, request.id)
         if model.state != "ready":
@@ -101,10 +101,12 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
                 f"'{model.id}' is {model.state}, not ready; download it again before loading.",
                 param="id",
             )
-        settings = self._host.settings_for(model)
-        options = _load_options(request.spec)
-        warning = await asyncio.to_thread(check_memory, settings, options, request.allow_overcommit)
-        load_s = await self._host.switch(settings, options)
+        settings = settings_for(self._host.base_settings, model)
+        spec = _spec(request.spec)
+        warning = await asyncio.to_thread(check_memory, settings, spec, request.allow_overcommit)
+        if warning:
+            log.warning("loading %s although it may not fit: %s", model.id, warning)
+        load_s = await self._host.switch(settings, load_options(settings, spec))
         return pb.LoadModelResponse(
             model=self._message(model), load_s=load_s, warning=warning or ""
         )
@@ -124,7 +126,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         return pb.DeleteModelResponse(freed_bytes=freed)
 
 
-def _load_options(spec: pb.LoadSpec) -> dict[str, object]:
+def _spec(spec: pb.LoadSpec) -> dict[str, object]:
     return {
         "dtype": spec.dtype or None,
         "quantization": _QUANTIZATIONS.get(spec.quantization, "none"),

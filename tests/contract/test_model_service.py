@@ -11,6 +11,8 @@ import pytest
 
 from inference_service.config import InferenceSettings
 from inference_service.server import InferenceServer
+from millm.v1 import inference_service_pb2 as ipb
+from millm.v1 import inference_service_pb2_grpc as ipb_grpc
 from millm.v1 import model_service_pb2 as pb
 from millm.v1 import model_service_pb2_grpc as pb_grpc
 from millm.v1 import operation_pb2
@@ -30,12 +32,17 @@ def hub(data_dir):
         yield running
 
 
-@pytest.fixture(scope="module")
-async def server(data_dir, hub, tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def server(request, data_dir, hub, tmp_path_factory):
     own = tmp_path_factory.mktemp("model-service")
     # The built-in model's converted copy is shared so it is not converted again.
     shutil.copytree(data_dir / "models" / "converted", own / "models" / "converted")
-    settings = InferenceSettings(grpc_port=0, data_dir=own, hf_endpoint=hub.url)
+    database_url = ""
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("postgres_server").create_database()
+    settings = InferenceSettings(
+        grpc_port=0, data_dir=own, hf_endpoint=hub.url, database_url=database_url
+    )
     srv = InferenceServer(settings)
     await srv.start()
     await srv.wait_until_ready()
@@ -124,3 +131,85 @@ async def test_bad_requests(channel):
             opb.GetOperationRequest(id="nope")
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_download_load_serve_delete_cycle(channel, server):
+    models = pb_grpc.ModelServiceStub(channel)
+    repo = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    started = await models.DownloadModel(pb.DownloadModelRequest(repo_id=repo))
+    assert (await _watch(channel, started.operation.id))[
+        -1
+    ].state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    model_id = f"{repo}@main"
+
+    loaded = await models.LoadModel(pb.LoadModelRequest(id=model_id))
+    assert loaded.model.loaded and loaded.load_s > 0
+    info = await ipb_grpc.InferenceServiceStub(channel).GetServerInfo(ipb.GetServerInfoRequest())
+    assert info.model.id == "smollm2-135m-instruct" and info.model.source == "local"
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await models.DeleteModel(pb.DeleteModelRequest(id=model_id))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    unloaded = await models.UnloadModel(pb.UnloadModelRequest())
+    assert unloaded.rss_after_bytes < unloaded.rss_before_bytes
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ipb_grpc.InferenceServiceStub(channel).Tokenize(ipb.TokenizeRequest(text="hi"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    freed = await models.DeleteModel(pb.DeleteModelRequest(id=model_id))
+    assert freed.freed_bytes > 500_000_000
+    await models.LoadModel(pb.LoadModelRequest(id="builtin"))
+    assert server.host.engine.description.id == "smollm2-135m-instruct"
+
+
+async def test_estimate_and_quantized_load_of_the_builtin_model(channel):
+    models = pb_grpc.ModelServiceStub(channel)
+    f32 = await models.EstimateModelMemory(
+        pb.EstimateModelMemoryRequest(
+            id="builtin", spec=pb.LoadSpec(dtype="float32", context_tokens=512)
+        )
+    )
+    bf16 = await models.EstimateModelMemory(
+        pb.EstimateModelMemoryRequest(
+            id="builtin", spec=pb.LoadSpec(dtype="bfloat16", context_tokens=512)
+        )
+    )
+    assert f32.weights_bytes == 2 * bf16.weights_bytes
+    assert (
+        f32.fits and f32.total_bytes == f32.weights_bytes + f32.kv_cache_bytes + f32.overhead_bytes
+    )
+
+    loaded = await models.LoadModel(
+        pb.LoadModelRequest(
+            id="builtin", spec=pb.LoadSpec(quantization=pb.QUANTIZATION_INT8_DYNAMIC)
+        )
+    )
+    assert loaded.model.loaded
+    reply = [
+        r
+        async for r in ipb_grpc.InferenceServiceStub(channel).Generate(
+            iter(
+                [
+                    ipb.GenerateRequest(
+                        start=ipb.GenerateStart(
+                            chat=ipb.ChatMessages(
+                                messages=[
+                                    ipb.ChatMessage(
+                                        role="user", content="What is the capital of France?"
+                                    )
+                                ]
+                            ),
+                            sampling=ipb.SamplingParams(temperature=0, max_tokens=12),
+                        )
+                    )
+                ]
+            )
+        )
+    ]
+    assert "Paris" in "".join(r.delta.text for r in reply if r.HasField("delta"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await models.LoadModel(pb.LoadModelRequest(id="builtin", spec=pb.LoadSpec(dtype="float64")))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await models.LoadModel(pb.LoadModelRequest(id="builtin"))

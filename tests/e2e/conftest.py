@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.fixtures.local_hub import LocalHub
 
 STARTUP_TIMEOUT_S = 240
 
@@ -21,6 +22,7 @@ class Stack:
     http_url: str
     grpc_address: str
     max_queue: int
+    hub: LocalHub
 
 
 def _wait_healthy(url: str, processes: list[subprocess.Popen]) -> None:
@@ -39,7 +41,13 @@ def _wait_healthy(url: str, processes: list[subprocess.Popen]) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(data_dir, tmp_path_factory):
+def local_hub():
+    with LocalHub() as hub:
+        yield hub
+
+
+@pytest.fixture(scope="session")
+def stack(data_dir, tmp_path_factory, local_hub):
     grpc_port, http_port = free_port(), free_port()
     max_queue = 9
     env = {
@@ -49,6 +57,9 @@ def stack(data_dir, tmp_path_factory):
         "MILLM_HTTP_PORT": str(http_port),
         "MILLM_INFERENCE_ADDRESS": f"127.0.0.1:{grpc_port}",
         "MILLM_MAX_QUEUE": str(max_queue),
+        "MILLM_HF_ENDPOINT": local_hub.url,
+        # Records of this run stay out of the shared data directory's database.
+        "MILLM_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('db') / 'millm.db'}",
     }
     logs = tmp_path_factory.mktemp("stack-logs")
     processes = []
@@ -66,7 +77,7 @@ def stack(data_dir, tmp_path_factory):
     url = f"http://127.0.0.1:{http_port}"
     try:
         _wait_healthy(url, processes)
-        yield Stack(http_url=url, grpc_address=f"127.0.0.1:{grpc_port}", max_queue=max_queue)
+        yield Stack(url, f"127.0.0.1:{grpc_port}", max_queue, local_hub)
     except Exception:
         for name in ("inference_service", "openai_bridge"):
             sys.stderr.write((logs / f"{name}.log").read_text()[-4000:])

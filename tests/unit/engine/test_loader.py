@@ -59,7 +59,7 @@ def test_local_folder_source_and_derived_id(data_dir: Path) -> None:
     ],
 )
 def test_hub_ids(model: str, model_id: str, expected: tuple[str, str], tmp_path: Path) -> None:
-    source, _, derived = loader._resolve(
+    source, _, derived = loader.resolve_source(
         InferenceSettings(model=model, model_id=model_id, data_dir=tmp_path)
     )
     assert (source, derived) == expected
@@ -68,4 +68,4 @@ def test_hub_ids(model: str, model_id: str, expected: tuple[str, str], tmp_path:
 @pytest.mark.parametrize("model", ["/nonexistent/model.gguf", "/nonexistent/folder", "./nope"])
 def test_missing_local_sources_are_reported(model: str, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError):
-        loader._resolve(InferenceSettings(model=model, data_dir=tmp_path))
+        loader.resolve_source(InferenceSettings(model=model, data_dir=tmp_path))

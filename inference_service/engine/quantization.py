@@ -1,0 +1,184 @@
+"""How a model is loaded: dtype, quantization and device, validated before any weight loads.
+
+Modes:
+
+- ``none``: plain weights in ``dtype``.
+- ``int8_dynamic``: the float32 model with every ``nn.Linear`` replaced by
+  ``torch.ao.quantization.quantize_dynamic``'s int8 version (weights int8, activations
+  quantized per call). CPU only; the fast CPU path, because decode on a CPU is bound by
+  memory bandwidth and int8 weights are a quarter of the float32 bytes.
+  The output layer is quantized too. When its weight is tied to the input embedding
+  (as in SmolLM2) that breaks the tie: the embedding stays float32 for lookups and the
+  output layer gets its own int8 copy (vocab x hidden bytes more than the tied int8
+  size, but the biggest single matrix read per token shrinks 4x).
+- ``bnb_8bit`` / ``bnb_4bit``: bitsandbytes ``Linear8bitLt`` / ``Linear4bit`` (NF4 data
+  type off by default: FP4) through ``BitsAndBytesConfig``. bitsandbytes 0.50 runs them on
+  the CPU too (slowly); it keeps the output layer, the embedding and the norms in
+  ``dtype``. Needs the optional package ``bitsandbytes``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+import torch
+
+from inference_service.errors import InvalidArgumentError, UnsupportedError
+
+Dtype = Literal["float32", "float16", "bfloat16"]
+Quantization = Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
+Device = Literal["auto", "cpu", "cuda"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+BNB_MODES = frozenset({"bnb_8bit", "bnb_4bit"})
+BNB_INSTALL = "pip install bitsandbytes==0.50.2"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What to load the weights as. `device` "auto" means CUDA when available."""
+
+    dtype: Dtype = "float32"
+    quantization: Quantization = "none"
+    device: Device = "auto"
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> LoadOptions:
+        """Options from the settings; `overrides` that are None keep the setting."""
+        values: dict[str, Any] = {
+            "dtype": getattr(settings, "dtype", "float32"),
+            # Not a settings field yet: MILLM_QUANTIZATION once it is.
+            "quantization": getattr(settings, "quantization", "none"),
+            "device": getattr(settings, "device", "auto"),
+        }
+        names = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in names:
+                raise TypeError(f"unknown load option {key!r}")
+            if value is not None:
+                values[key] = value
+        return cls(**values)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def validate(options: LoadOptions) -> list[str]:
+    """Raises on options that cannot work; returns warnings for ones that work badly."""
+    _check_choice("dtype", options.dtype, Dtype)
+    _check_choice("quantization", options.quantization, Quantization)
+    _check_choice("device", options.device, Device)
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(
+            "device is cuda but no CUDA device is available; use device auto or cpu.",
+            param="device",
+        )
+    device = options.resolved_device()
+    warnings_: list[str] = []
+    if options.quantization == "int8_dynamic":
+        if device.type != "cpu":
+            raise InvalidArgumentError(
+                "quantization int8_dynamic runs on the CPU only; use device cpu, "
+                "or bnb_8bit / bnb_4bit on CUDA.",
+                param="quantization",
+            )
+        if options.dtype != "float32":
+            raise InvalidArgumentError(
+                f"quantization int8_dynamic quantizes a float32 model; dtype {options.dtype} "
+                "cannot be combined with it (use dtype float32).",
+                param="dtype",
+            )
+    if options.quantization in BNB_MODES:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UnsupportedError(
+                f"quantization {options.quantization} needs the bitsandbytes package, which "
+                f"is not installed: {BNB_INSTALL}",
+                param="quantization",
+            )
+        if device.type == "cpu":
+            warnings_.append(
+                f"quantization {options.quantization} on the CPU is slow (a few tokens/s); "
+                "int8_dynamic is the fast CPU path."
+            )
+    if options.dtype == "float16" and device.type == "cpu":
+        warnings_.append(
+            "dtype float16 on the CPU is slow (no native float16 matmul on most CPUs); "
+            "bfloat16 halves memory as well and runs faster."
+        )
+    return warnings_
+
+
+def _check_choice(param: str, value: object, choices: Any) -> None:
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise InvalidArgumentError(
+            f"{param} must be one of {', '.join(allowed)}; got {value!r}.", param=param
+        )
+
+
+def bnb_config(options: LoadOptions) -> Any:
+    """The `quantization_config` for `from_pretrained` in a bitsandbytes mode."""
+    from transformers import BitsAndBytesConfig
+
+    if options.quantization == "bnb_8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=options.torch_dtype)
+
+
+def silence_bnb_cast_warning() -> None:
+    """Hides bitsandbytes' warning, repeated on every forward pass, that 8-bit matmuls cast
+    float32 inputs to float16. Process-wide: the decode loop runs far from the loader."""
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+
+
+def quantize_int8_dynamic(model: Any) -> Any:
+    """Replaces every nn.Linear (the output layer included) with a dynamic int8 one."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which is not a
+        # dependency here; the eager API still works in torch 2.13.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    # A tied output layer keeps pointing at the embedding in the config; say it is not.
+    if getattr(quantized.config, "tie_word_embeddings", False):
+        quantized.config.tie_word_embeddings = False
+    return quantized
+
+
+def model_bytes(model: Any) -> int:
+    """Bytes the model's weights take, int8 packed weights and bnb buffers included."""
+
+    def size(tensor: Any) -> int:
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+            return 0
+        return tensor.numel() * tensor.element_size()
+
+    # parameters() and buffers() skip repeats, so a tied weight counts once.
+    total = sum(size(t) for t in model.parameters()) + sum(size(t) for t in model.buffers())
+    for module in model.modules():
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            # Packed int8 weights are no parameters; unpacking gives fresh tensors
+            # (and the int8 weight's per-tensor scale is a Python float).
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                weight, bias = module._weight_bias()
+            total += size(weight) + size(bias)
+        quant_state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if quant_state is not None:
+            total += size(getattr(quant_state, "absmax", None))
+    return total

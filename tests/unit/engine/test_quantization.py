@@ -1,0 +1,136 @@
+"""Quantized loading of the real built-in model, proven through the engine's decode loop."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference_service.config import InferenceSettings
+from inference_service.engine import quantization
+from inference_service.engine.generation import run_generation
+from inference_service.engine.loader import LoadedModel, LoadOptions, load_model, unload
+from inference_service.engine.prompts import render_chat
+from inference_service.engine.types import (
+    ChatTurn,
+    FinishedEvent,
+    GenerationEvent,
+    GenerationRequest,
+    SamplingOptions,
+)
+from inference_service.errors import InvalidArgumentError, UnsupportedError
+
+needs_bnb = pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed"
+)
+
+
+def answer(loaded: LoadedModel, question: str, max_tokens: int) -> str:
+    prompt = render_chat(loaded.tokenizer, [ChatTurn("user", question)])
+    events: list[GenerationEvent] = []
+    request = GenerationRequest(
+        "q", tuple(prompt), SamplingOptions(temperature=0.0, max_tokens=max_tokens)
+    )
+    run_generation(loaded, request, events.append, lambda: False)
+    assert isinstance(events[-1], FinishedEvent)
+    return "".join(e.text for e in events[:-1])  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def load(data_dir: Path):
+    """Loads with options; unloads after the test so the modes do not pile up in memory."""
+    models: list[LoadedModel] = []
+
+    def _load(**options: str) -> LoadedModel:
+        settings = InferenceSettings(data_dir=data_dir, device="cpu")
+        loaded = load_model(settings, LoadOptions.from_settings(settings, **options))
+        models.append(loaded)
+        return loaded
+
+    yield _load
+    for loaded in models:
+        unload(loaded)
+
+
+def test_int8_dynamic_answers_and_reports_itself(load) -> None:
+    loaded = load(quantization="int8_dynamic")
+    assert "Paris" in answer(loaded, "What is the capital of France?", 12)
+    d = loaded.description
+    assert (d.dtype, d.extra["quantization"]) == ("float32", "int8_dynamic")
+    assert d.parameter_count == 134_515_008  # logical parameters, as in float32
+    # Every linear layer is int8, the output layer included (its tie to the float32
+    # embedding is broken on purpose: see quantization.py).
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    assert isinstance(loaded.model.lm_head, dynamic)
+    assert isinstance(loaded.model.model.layers[0].mlp.up_proj, dynamic)
+    assert loaded.model.model.embed_tokens.weight.dtype == torch.float32
+    assert loaded.model.config.tie_word_embeddings is False
+    # int8 linear weights + float32 embedding: under half the float32 model's 513 MiB.
+    assert 200 << 20 < int(d.extra["weights_bytes"]) < 260 << 20
+
+
+@needs_bnb
+@pytest.mark.parametrize(
+    ("mode", "layer", "max_bytes"),
+    [("bnb_8bit", "Linear8bitLt", 230 << 20), ("bnb_4bit", "Linear4bit", 180 << 20)],
+)
+def test_bitsandbytes_answers_on_cpu(load, mode: str, layer: str, max_bytes: int) -> None:
+    loaded = load(quantization=mode)
+    assert "Paris" in answer(loaded, "What is the capital of France?", 8)
+    assert type(loaded.model.model.layers[0].self_attn.q_proj).__name__ == layer
+    d = loaded.description
+    assert (d.extra["quantization"], d.device) == (mode, "cpu")
+    assert d.parameter_count == 134_515_008
+    assert int(d.extra["weights_bytes"]) < max_bytes
+
+
+def test_options_come_from_settings_with_overrides() -> None:
+    settings = InferenceSettings(dtype="bfloat16", device="cpu")
+    assert LoadOptions.from_settings(settings) == LoadOptions("bfloat16", "none", "cpu")
+    assert LoadOptions.from_settings(settings, dtype=None, quantization="bnb_4bit") == (
+        LoadOptions("bfloat16", "bnb_4bit", "cpu")
+    )
+    with pytest.raises(TypeError):
+        LoadOptions.from_settings(settings, colour="red")
+
+
+@pytest.mark.parametrize(
+    ("options", "param", "words"),
+    [
+        (LoadOptions(dtype="float64"), "dtype", "dtype must be one of"),  # type: ignore[arg-type]
+        (LoadOptions(quantization="gptq"), "quantization", "quantization must be"),  # type: ignore[arg-type]
+        (LoadOptions(device="tpu"), "device", "device must be"),  # type: ignore[arg-type]
+        (LoadOptions("bfloat16", "int8_dynamic", "cpu"), "dtype", "float32 model"),
+    ],
+)
+def test_invalid_options_are_refused_clearly(options, param: str, words: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=words) as caught:
+        quantization.validate(options)
+    assert caught.value.param == param
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine")
+def test_cuda_only_requests_fail_without_cuda() -> None:
+    with pytest.raises(InvalidArgumentError, match="no CUDA device") as caught:
+        quantization.validate(LoadOptions(device="cuda"))
+    assert caught.value.param == "device"
+
+
+def test_float16_on_cpu_is_allowed_with_a_warning() -> None:
+    (warning,) = quantization.validate(LoadOptions("float16", "none", "cpu"))
+    assert "float16 on the CPU is slow" in warning
+    assert quantization.validate(LoadOptions("bfloat16", "none", "cpu")) == []
+
+
+def test_bitsandbytes_missing_says_how_to_install(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        quantization.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real(name, *a),
+    )
+    with pytest.raises(UnsupportedError, match="pip install bitsandbytes") as caught:
+        quantization.validate(LoadOptions(quantization="bnb_8bit", device="cpu"))
+    assert caught.value.param == "quantization"
