@@ -9,6 +9,7 @@ log line it causes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,9 +121,16 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
         except Exception as exc:
             await abort_with(context, exc)
         finally:
-            request_id_var.reset(token)
+            _reset_request_id(token)
 
     return wrapper
+
+
+def _reset_request_id(token: Any) -> None:
+    # A stream closed by grpc (GeneratorExit) may finalise in another context, where
+    # the token is foreign; each call runs in its own task, so nothing leaks then.
+    with contextlib.suppress(ValueError):
+        request_id_var.reset(token)
 
 
 def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
@@ -136,7 +144,7 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
         except Exception as exc:
             await abort_with(context, exc)
         finally:
-            request_id_var.reset(token)
+            _reset_request_id(token)
 
     return wrapper
 

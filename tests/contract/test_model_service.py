@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from inference_service.config import InferenceSettings
+from inference_service.host import ModelState
 from inference_service.server import InferenceServer
 from millm.v1 import inference_service_pb2 as ipb
 from millm.v1 import inference_service_pb2_grpc as ipb_grpc
@@ -213,3 +214,61 @@ async def test_estimate_and_quantized_load_of_the_builtin_model(channel):
         await models.LoadModel(pb.LoadModelRequest(id="builtin", spec=pb.LoadSpec(dtype="float64")))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     await models.LoadModel(pb.LoadModelRequest(id="builtin"))
+
+
+async def test_files_removed_by_hand_show_as_missing(channel, server, hub):
+    stub = pb_grpc.ModelServiceStub(channel)
+    hub.add_repo("acme/removed", SMALL)
+    started = await stub.DownloadModel(pb.DownloadModelRequest(repo_id="acme/removed"))
+    assert (await _watch(channel, started.operation.id))[
+        -1
+    ].state == operation_pb2.OPERATION_STATE_SUCCEEDED
+    shutil.rmtree(server.catalog.get("acme/removed@main").local_dir)
+    listed = await stub.ListModels(pb.ListModelsRequest())
+    assert {m.id: m.state for m in listed.models}[
+        "acme/removed@main"
+    ] == pb.CACHED_MODEL_STATE_MISSING
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.LoadModel(pb.LoadModelRequest(id="acme/removed@main"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_switch_under_load_completes_or_refuses_cleanly(channel, server):
+    inference = ipb_grpc.InferenceServiceStub(channel)
+    start = ipb.GenerateStart(
+        prompt="Once upon a time", sampling=ipb.SamplingParams(temperature=0, max_tokens=12)
+    )
+
+    async def generate() -> str:
+        try:
+            responses = [
+                r async for r in inference.Generate(iter([ipb.GenerateRequest(start=start)]))
+            ]
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            return "unavailable"
+        finished = responses[-1].finished
+        if finished.finish_reason == ipb.FINISH_REASON_CANCELLED:
+            return "cancelled"  # the switch's drain period ran out: a clean end too
+        assert finished.usage.completion_tokens > 0
+        return "completed"
+
+    before = [asyncio.create_task(generate()) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    models = pb_grpc.ModelServiceStub(channel)
+
+    async def load_builtin() -> pb.LoadModelResponse:
+        return await models.LoadModel(pb.LoadModelRequest(id="builtin"))
+
+    switch = asyncio.create_task(load_builtin())
+    while server.host.state is not ModelState.LOADING:
+        await asyncio.sleep(0.01)
+    during = [asyncio.create_task(generate()) for _ in range(3)]
+    await switch
+    outcomes = await asyncio.gather(*before, *during)
+    # Requests admitted before the switch finish (or are cancelled cleanly if the
+    # drain period runs out); those arriving during it get UNAVAILABLE (HTTP 503).
+    assert set(outcomes[:3]) <= {"completed", "cancelled"} and outcomes[0] == "completed"
+    assert set(outcomes[3:]) == {"unavailable"}
+    after = await generate()
+    assert after == "completed"
