@@ -261,7 +261,7 @@ async def test_switch_under_load_completes_or_refuses_cleanly(channel, server):
         return await models.LoadModel(pb.LoadModelRequest(id="builtin"))
 
     switch = asyncio.create_task(load_builtin())
-    while server.host.state is not ModelState.LOADING:
+    while server.host.state is not ModelState.LOADING:  # noqa: ASYNC110 - a test poll
         await asyncio.sleep(0.01)
     during = [asyncio.create_task(generate()) for _ in range(3)]
     await switch

@@ -75,9 +75,6 @@ def test_killed_service_resumes_the_download_after_restart(data_dir, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         channel.close()
-        fetched_before = sum(
-            r.bytes_sent for r in hub.requests if r.filename == "model.safetensors"
-        )
 
         hub.reset_faults()
         proc, channel = _start_service(env, port)
