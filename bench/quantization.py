@@ -35,11 +35,9 @@ import httpx
 import openai
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from stack import START_TIMEOUT_S, service_env, spawn, start_stack, stop, stream_chat
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import TEST_DATA_DIR, free_port  # noqa: E402
+from tests.conftest import TEST_DATA_DIR, free_port
 
 PROMPT = "Write a long story about a lighthouse keeper."
 # (label, dtype, quantization); the last float32 pass shows drift.
@@ -51,14 +49,6 @@ MODES = [
     ("bnb_4bit", "float32", "bnb_4bit"),
     ("float32 (2nd pass)", "float32", "none"),
 ]
-START_TIMEOUT_S = 300
-
-
-@dataclass
-class Sample:
-    ttft_s: float
-    decode_tok_s: float
-    tokens: int
 
 
 @dataclass
@@ -72,91 +62,12 @@ class Row:
     error: str = ""
 
 
-def _decode_rate(token_times: list[float]) -> float:
-    # Tokens after the first, over the time they took: excludes prefill.
-    if len(token_times) < 2:
-        return float("nan")
-    return (len(token_times) - 1) / (token_times[-1] - token_times[0])
-
-
-def run_bridge(client: openai.OpenAI, model: str, max_tokens: int) -> Sample:
-    t0 = time.perf_counter()
-    times: list[float] = []
-    stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": PROMPT}],
-        temperature=0,
-        max_tokens=max_tokens,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    tokens = 0
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            times.append(time.perf_counter())
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    if not times:
-        raise RuntimeError("the stream carried no content")
-    return Sample(times[0] - t0, _decode_rate(times), tokens)
-
-
-def _env(data_dir: Path, grpc_port: int, http_port: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "MILLM_DATA_DIR": str(data_dir),
-        "MILLM_GRPC_PORT": str(grpc_port),
-        "MILLM_HTTP_PORT": str(http_port),
-        "MILLM_INFERENCE_ADDRESS": f"127.0.0.1:{grpc_port}",
-        "MILLM_LOG_LEVEL": "WARNING",
-    }
-
-
-def _spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def start_stack(data_dir: Path, logs: Path, procs: list[subprocess.Popen]) -> str:
-    """Starts inference service and bridge (appended to `procs`); returns the bridge URL."""
-    grpc_port, http_port = free_port(), free_port()
-    env = _env(data_dir, grpc_port, http_port)
-    for module in ("inference_service", "openai_bridge"):
-        procs.append(_spawn(module, env, logs / f"{module}.log"))
-    url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            break
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"stack did not start; logs in {logs}")
-
-
 def time_service_start(data_dir: Path, log: Path) -> float:
     """Seconds from spawning an inference service until gRPC health says SERVING."""
     grpc_port = free_port()
-    env = _env(data_dir, grpc_port, free_port())
+    env = service_env(data_dir, grpc_port, free_port())
     t0 = time.perf_counter()
-    proc = _spawn("inference_service", env, log)
+    proc = spawn("inference_service", env, log)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -192,8 +103,8 @@ def measure_mode(
         return row
     row.load_s = response.json()["load_s"]
     model = client.models.list().data[0].id
-    run_bridge(client, model, args.max_tokens)  # warm-up, not recorded
-    samples = [run_bridge(client, model, args.max_tokens) for _ in range(args.rounds)]
+    stream_chat(client, model, PROMPT, args.max_tokens)  # warm-up, not recorded
+    samples = [stream_chat(client, model, PROMPT, args.max_tokens) for _ in range(args.rounds)]
     rates = [s.decode_tok_s for s in samples]
     row.ttft_ms = statistics.median(s.ttft_s for s in samples) * 1000
     row.decode_tok_s = statistics.median(rates)
@@ -224,7 +135,7 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     rows: list[Row] = []
     try:
-        url = start_stack(TEST_DATA_DIR, logs, procs)
+        url, _ = start_stack(TEST_DATA_DIR, logs, procs)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
         with httpx.Client(base_url=url, timeout=300) as http:
             for label, dtype, quantization in MODES:

@@ -16,30 +16,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 import openai
 import torch
+from stack import Sample, decode_rate, start_stack, stop, stream_chat
 from transformers.generation.streamers import BaseStreamer
 
+from inference_service.config import InferenceSettings
+from inference_service.engine.loader import load_model
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import inference_service_pb2_grpc as pb_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from inference_service.config import InferenceSettings  # noqa: E402
-from inference_service.engine.loader import load_model  # noqa: E402
-from tests.conftest import TEST_DATA_DIR, free_port  # noqa: E402
+from tests.conftest import TEST_DATA_DIR
 
 MODEL = "smollm2-135m-instruct"
 SHORT = "Write a long story about a lighthouse keeper."
@@ -50,38 +42,6 @@ LONG = (
     )
     + " Now write a long story about a lighthouse keeper."
 )
-
-
-@dataclass
-class Sample:
-    ttft_s: float
-    decode_tok_s: float
-    tokens: int
-
-
-def _decode_rate(token_times: list[float]) -> float:
-    # Tokens after the first, over the time they took: excludes prefill.
-    return (len(token_times) - 1) / (token_times[-1] - token_times[0])
-
-
-def run_bridge(client: openai.OpenAI, prompt: str, max_tokens: int) -> Sample:
-    t0 = time.perf_counter()
-    times: list[float] = []
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": prompt}],
-        temperature=0,
-        max_tokens=max_tokens,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    tokens = 0
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            times.append(time.perf_counter())
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    return Sample(times[0] - t0, _decode_rate(times), tokens)
 
 
 async def run_grpc(stub: pb_grpc.InferenceServiceStub, prompt: str, max_tokens: int) -> Sample:
@@ -97,7 +57,7 @@ async def run_grpc(stub: pb_grpc.InferenceServiceStub, prompt: str, max_tokens: 
             times.append(time.perf_counter())
         if response.HasField("finished"):
             tokens = response.finished.usage.completion_tokens
-    return Sample(times[0] - t0, _decode_rate(times), tokens)
+    return Sample(times[0] - t0, decode_rate(times), tokens)
 
 
 class _TimingStreamer(BaseStreamer):
@@ -131,38 +91,7 @@ def run_plain(loaded, prompt: str, max_tokens: int) -> Sample:
             streamer=streamer,
             pad_token_id=tokenizer.eos_token_id,
         )
-    return Sample(streamer.times[0] - t0, _decode_rate(streamer.times), out.shape[1] - ids.shape[1])
-
-
-def start_stack(data_dir: Path, logs: Path) -> tuple[list[subprocess.Popen], str, str]:
-    grpc_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "MILLM_DATA_DIR": str(data_dir),
-        "MILLM_GRPC_PORT": str(grpc_port),
-        "MILLM_HTTP_PORT": str(http_port),
-        "MILLM_INFERENCE_ADDRESS": f"127.0.0.1:{grpc_port}",
-        "MILLM_LOG_LEVEL": "WARNING",
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", module],
-            cwd=ROOT,
-            env=env,
-            stdout=open(logs / f"{module}.log", "w"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
-        for module in ("inference_service", "openai_bridge")
-    ]
-    url = f"http://127.0.0.1:{http_port}"
-    for _ in range(480):
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return procs, url, f"127.0.0.1:{grpc_port}"
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"stack did not start; logs in {logs}")
+    return Sample(streamer.times[0] - t0, decode_rate(streamer.times), out.shape[1] - ids.shape[1])
 
 
 def main() -> None:
@@ -172,7 +101,8 @@ def main() -> None:
     args = parser.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="millm-bench-"))
-    procs, url, grpc_address = start_stack(TEST_DATA_DIR, logs)
+    procs: list = []
+    url, grpc_address = start_stack(TEST_DATA_DIR, logs, procs)
     try:
         loaded = load_model(InferenceSettings(data_dir=TEST_DATA_DIR))
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -188,7 +118,9 @@ def main() -> None:
         print(f"{'prompt':<7} {'path':<22} {'TTFT ms':>9} {'decode tok/s':>13} {'tokens':>7}")
         for name, prompt in (("short", SHORT), ("long", LONG)):
             runs = {
-                "a bridge+openai SDK": lambda p=prompt: run_bridge(client, p, args.max_tokens),
+                "a bridge+openai SDK": lambda p=prompt: stream_chat(
+                    client, MODEL, p, args.max_tokens
+                ),
                 "b gRPC direct": lambda p=prompt: loop.run_until_complete(
                     run_grpc(stub, p, args.max_tokens)
                 ),
@@ -218,9 +150,7 @@ def main() -> None:
             )
         loop.run_until_complete(channel.close())
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=15)
+        stop(procs)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""What the benchmarks share: starting the stack, one timed streaming chat, stopping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.conftest import free_port  # noqa: E402
+
+START_TIMEOUT_S = 300
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    decode_tok_s: float
+    tokens: int
+
+
+def decode_rate(token_times: list[float]) -> float:
+    """Tokens after the first, over the time they took: excludes prefill."""
+    if len(token_times) < 2:
+        return float("nan")
+    return (len(token_times) - 1) / (token_times[-1] - token_times[0])
+
+
+def stream_chat(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> Sample:
+    """One greedy streaming chat through the bridge with the official SDK."""
+    t0 = time.perf_counter()
+    times: list[float] = []
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        temperature=0,
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    tokens = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            times.append(time.perf_counter())
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    if not times:
+        raise RuntimeError("the stream carried no content")
+    return Sample(times[0] - t0, decode_rate(times), tokens)
+
+
+def service_env(data_dir: Path, grpc_port: int, http_port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MILLM_DATA_DIR": str(data_dir),
+        "MILLM_GRPC_PORT": str(grpc_port),
+        "MILLM_HTTP_PORT": str(http_port),
+        "MILLM_INFERENCE_ADDRESS": f"127.0.0.1:{grpc_port}",
+        "MILLM_LOG_LEVEL": "WARNING",
+    }
+
+
+def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def start_stack(data_dir: Path, logs: Path, procs: list[subprocess.Popen]) -> tuple[str, str]:
+    """Starts inference service and bridge (appended to `procs`) and waits for health.
+
+    Returns the bridge URL and the gRPC address.
+    """
+    grpc_port, http_port = free_port(), free_port()
+    env = service_env(data_dir, grpc_port, http_port)
+    for module in ("inference_service", "openai_bridge"):
+        procs.append(spawn(module, env, logs / f"{module}.log"))
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return url, f"127.0.0.1:{grpc_port}"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"stack did not start; logs in {logs}")
