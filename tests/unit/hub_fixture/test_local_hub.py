@@ -357,18 +357,16 @@ def test_range_requests_directly(hub: LocalHub) -> None:
         assert client.head(url).headers["X-Linked-Size"] == str(len(WEIGHTS))
 
 
-def _converted_model_folder() -> Path | None:
-    for config in sorted(REPO_ROOT.glob(".cache/millm/models/converted/*/config.json")):
-        return config.parent
-    return None
+def _converted_model_folder(data_dir: Path) -> Path:
+    """The built-in model's safetensors copy, converted from the GGUF if not yet cached."""
+    from inference_service.config import InferenceSettings
+    from inference_service.engine.loader import resolve_source
+
+    return Path(resolve_source(InferenceSettings(data_dir=data_dir))[1])
 
 
-@pytest.mark.skipif(
-    _converted_model_folder() is None, reason="converted built-in model not present"
-)
-def test_build_model_repo_files_serves_real_model_folder(tmp_path: Path) -> None:
-    folder = _converted_model_folder()
-    assert folder is not None
+def test_build_model_repo_files_serves_real_model_folder(tmp_path: Path, data_dir: Path) -> None:
+    folder = _converted_model_folder(data_dir)
     files = build_model_repo_files(folder)
     assert {"config.json", "model.safetensors"} <= set(files)
     with LocalHub() as hub:
