@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
-    HfHubHTTPError,
+    HFValidationError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -43,9 +43,12 @@ def hub_error(exc: Exception, repo_id: str, revision: str) -> MillmError:
         return NotFoundError(
             f"The repository '{repo_id}' does not exist on the Hub.", param="repo_id"
         )
-    if isinstance(exc, HfHubHTTPError | OSError):
-        return UnavailableError(
-            f"The Hugging Face Hub could not be reached for '{repo_id}' ({exc}); retry later.",
-            retry_after_s=10,
-        )
-    return InvalidArgumentError(str(exc))
+    if isinstance(exc, HFValidationError):
+        return InvalidArgumentError(str(exc), param="repo_id")
+    # Anything else is transport trouble: huggingface_hub 2.x raises its own httpx
+    # fork's errors, so they are not matched by type.
+    return UnavailableError(
+        f"The Hugging Face Hub could not be reached for '{repo_id}' ({exc}); check the "
+        "network, or point MILLM_HF_ENDPOINT at a reachable Hub, then retry.",
+        retry_after_s=10,
+    )

@@ -91,7 +91,8 @@ def download_model(
             url = hf_hub_url(repo_id, remote.path, revision=commit, endpoint=endpoint)
             try:
                 fetch_file(client, url, part, remote.size, headers, on_bytes, is_cancelled)
-            except httpx.HTTPStatusError as exc:
+            except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+                # Retries are exhausted: report what the caller can act on.
                 raise hub_error(exc, repo_id, revision) from exc
             part.replace(final)
 

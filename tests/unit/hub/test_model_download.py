@@ -11,10 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from inference_service.errors import CorruptedFileError, NotFoundError, PermissionDeniedError
+from inference_service.errors import (
+    CorruptedFileError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from inference_service.hub.fetch import TransferCancelled
 from inference_service.hub.model_download import download_model, repo_dir
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 from tests.fixtures.local_hub import LocalHub
 
 REPO = "acme/tiny-model"
@@ -177,3 +182,10 @@ def test_unknown_repo_is_not_found(hub, tmp_path):
     with pytest.raises(PermissionDeniedError) as anonymous:
         _download(hub, tmp_path, repo_id="acme/nothing-here")
     assert "not found, or it is private" in anonymous.value.message
+
+
+def test_unreachable_hub_is_unavailable_with_what_to_do(hub, tmp_path):
+    with pytest.raises(UnavailableError) as caught:
+        _download(hub, tmp_path, endpoint=f"http://127.0.0.1:{free_port()}")
+    assert "could not be reached" in caught.value.message
+    assert "MILLM_HF_ENDPOINT" in caught.value.message
