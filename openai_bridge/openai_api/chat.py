@@ -10,7 +10,12 @@ from fastapi.responses import JSONResponse, Response
 
 from openai_bridge.inference_client import GenerationStream
 from openai_bridge.openai_api import translate
-from openai_bridge.openai_api.generation import collect, sse_body, until_disconnected
+from openai_bridge.openai_api.generation import (
+    collect,
+    open_generation,
+    sse_body,
+    until_disconnected,
+)
 from openai_bridge.openai_api.protocol import ChatCompletionRequest
 from openai_bridge.sse import sse_response
 from openai_bridge.state import State
@@ -58,13 +63,8 @@ async def create_chat_completion(
     request: Request,
     state: State,
 ) -> Response:
-    start = translate.chat_start(body)
-    # Admission and validation errors raise here, before any status is sent.
-    stream = await state.client.generate(start)
-    ids = translate.ResponseIds(
-        id=f"chatcmpl-{stream.accepted.request_id}",
-        created=int(state.clock()),
-        model=stream.accepted.model or body.model or "",
+    stream, ids = await open_generation(
+        state.client, translate.chat_start(body), "chatcmpl", int(state.clock()), body.model or ""
     )
     logprobs = bool(body.logprobs)
     if body.stream:

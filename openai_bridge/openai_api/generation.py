@@ -18,7 +18,8 @@ from fastapi import Request
 
 from millm.v1 import inference_service_pb2 as pb
 from openai_bridge.errors import InferenceError
-from openai_bridge.inference_client import GenerationStream
+from openai_bridge.inference_client import GenerationStream, InferenceClient
+from openai_bridge.openai_api.translate import ResponseIds
 from openai_bridge.sse import event_stream
 
 T = TypeVar("T")
@@ -77,3 +78,17 @@ async def sse_body(stream: GenerationStream, chunks: AsyncIterator[dict]) -> Asy
             yield data
     finally:
         stream.cancel()
+
+
+async def open_generation(
+    client: InferenceClient, start: pb.GenerateStart, id_prefix: str, created: int, model: str
+) -> tuple[GenerationStream, ResponseIds]:
+    """Starts a generation and names its response; admission and validation errors
+    raise here, before any HTTP status is sent."""
+    stream = await client.generate(start)
+    ids = ResponseIds(
+        id=f"{id_prefix}-{stream.accepted.request_id}",
+        created=created,
+        model=stream.accepted.model or model,
+    )
+    return stream, ids

@@ -223,6 +223,17 @@ def completion_logprobs(entries: Sequence[pb.TokenLogprob], text_offset: int) ->
     }
 
 
+def _envelope(ids: ResponseIds, obj: str) -> dict[str, Any]:
+    """The keys every completion object and chunk starts with, in wire order."""
+    return {
+        "id": ids.id,
+        "object": obj,
+        "created": ids.created,
+        "model": ids.model,
+        "system_fingerprint": None,
+    }
+
+
 def chat_completion(
     ids: ResponseIds,
     text: str,
@@ -230,11 +241,7 @@ def chat_completion(
     finished: pb.GenerateFinished,
 ) -> dict[str, Any]:
     return {
-        "id": ids.id,
-        "object": "chat.completion",
-        "created": ids.created,
-        "model": ids.model,
-        "system_fingerprint": None,
+        **_envelope(ids, "chat.completion"),
         "choices": [
             {
                 "index": 0,
@@ -259,11 +266,7 @@ def text_completion(
     finished: pb.GenerateFinished,
 ) -> dict[str, Any]:
     return {
-        "id": ids.id,
-        "object": "text_completion",
-        "created": ids.created,
-        "model": ids.model,
-        "system_fingerprint": None,
+        **_envelope(ids, "text_completion"),
         "choices": [
             {
                 "text": text,
@@ -279,14 +282,7 @@ def text_completion(
 def _chunk(
     ids: ResponseIds, obj: str, choices: list[dict[str, Any]], include_usage: bool
 ) -> dict[str, Any]:
-    chunk: dict[str, Any] = {
-        "id": ids.id,
-        "object": obj,
-        "created": ids.created,
-        "model": ids.model,
-        "system_fingerprint": None,
-        "choices": choices,
-    }
+    chunk: dict[str, Any] = {**_envelope(ids, obj), "choices": choices}
     if include_usage:
         chunk["usage"] = None
     return chunk
