@@ -16,6 +16,8 @@ from typing import Any
 import psutil
 
 from inference_service.config import InferenceSettings
+from inference_service.engine.engine import Engine
+from inference_service.engine.loader import load_model, unload
 from inference_service.errors import ModelLoadingError, NoModelLoadedError
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ class ModelHost:
         self._settings = settings
         self._on_state_change = on_state_change
         self._state = ModelState.NOT_LOADED
-        self._engine = None  # Engine once READY; typed loosely to keep torch out of import time
+        self._engine: Engine | None = None
         self.load_error: str | None = None
         # The settings the current model was loaded with (its `model` is the source).
         self.loaded_settings: InferenceSettings | None = None
@@ -58,7 +60,7 @@ class ModelHost:
         return self._state
 
     @property
-    def engine(self):
+    def engine(self) -> Engine | None:
         return self._engine
 
     def _set_state(self, state: ModelState) -> None:
@@ -78,10 +80,6 @@ class ModelHost:
         While this runs, requests get MODEL_LOADING (503 with Retry-After); running
         generations get `DRAIN_TIMEOUT_S` to finish before they are cancelled.
         """
-        # Imported here so `--help` and settings errors do not wait for torch.
-        from inference_service.engine.engine import Engine
-        from inference_service.engine.loader import load_model
-
         async with self._switch_lock:
             self._set_state(ModelState.LOADING)
             await self._release_engine()
@@ -117,12 +115,10 @@ class ModelHost:
         while engine.queue_depth and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         engine.shutdown()
-        from inference_service.engine.loader import unload
-
         unload(engine.loaded_model)
         del engine
 
-    def require_engine(self):
+    def require_engine(self) -> Engine:
         if self._engine is not None and self._state is ModelState.READY:
             return self._engine
         if self._state is ModelState.LOADING:

@@ -142,10 +142,12 @@ _CACHED_STATES = {
 }
 
 
+_WEIGHT_FORMAT_NAMES = {v: k for k, v in _WEIGHT_FORMATS.items()}
+
+
 def weight_format(value: int) -> str | None:
     """The domain name of a requested WeightFormat; None for 'no preference'."""
-    names = {v: k for k, v in _WEIGHT_FORMATS.items()}
-    return names.get(value)
+    return _WEIGHT_FORMAT_NAMES.get(value)
 
 
 def cached_model(model: CachedModel, *, loaded: bool) -> model_service_pb2.CachedModel:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from inference_service import __version__
+from inference_service.engine.engine import Engine, GenerationHandle
 from inference_service.engine.types import GenerationRequest
 from inference_service.errors import InvalidArgumentError, ModelNotFoundError
 from inference_service.host import LOADING_RETRY_AFTER_S, ModelHost, ModelState
@@ -29,7 +30,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, host: ModelHost) -> None:
         self._host = host
 
-    def _engine_for(self, model: str):
+    def _engine_for(self, model: str) -> Engine:
         engine = self._host.require_engine()
         served = engine.description.id
         if model and model != served:
@@ -38,7 +39,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         return engine
 
-    def _prompt_ids(self, engine, start: pb.GenerateStart) -> tuple[int, ...]:
+    def _prompt_ids(self, engine: Engine, start: pb.GenerateStart) -> tuple[int, ...]:
         which = start.WhichOneof("input")
         if which == "chat":
             return tuple(engine.render_chat(convert.chat_turns(start.chat)))
@@ -140,7 +141,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return response
 
 
-async def _watch_for_cancel(request_iterator: AsyncIterator[pb.GenerateRequest], handle) -> None:
+async def _watch_for_cancel(
+    request_iterator: AsyncIterator[pb.GenerateRequest], handle: GenerationHandle
+) -> None:
     with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, StopAsyncIteration):
         async for message in request_iterator:
             if message.WhichOneof("kind") == "cancel":

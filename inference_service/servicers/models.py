@@ -10,6 +10,7 @@ import grpc
 from inference_service.errors import InvalidArgumentError
 from inference_service.host import ModelHost
 from inference_service.models.catalog import BUILTIN_ID, CachedModel, ModelCatalog
+from inference_service.models.loading import check_memory, estimate_for, load_options, settings_for
 from inference_service.servicers import convert
 from inference_service.servicers.paging import next_page_token, page_bounds
 from millm.v1 import model_service_pb2 as pb
@@ -79,8 +80,6 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     async def EstimateModelMemory(
         self, request: pb.EstimateModelMemoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.EstimateModelMemoryResponse:
-        from inference_service.models.loading import estimate_for, settings_for
-
         model = await asyncio.to_thread(self._catalog.get, request.id)
         estimate = await asyncio.to_thread(
             estimate_for,
@@ -93,8 +92,6 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadModelResponse:
-        from inference_service.models.loading import check_memory, load_options, settings_for
-
         model = await asyncio.to_thread(self._catalog.get, request.id)
         if model.state != "ready":
             raise InvalidArgumentError(
