@@ -120,3 +120,27 @@ class CancelledError(MillmError):
 class UnimplementedError(MillmError):
     code = grpc.StatusCode.UNIMPLEMENTED
     reason = "UNSUPPORTED"
+
+
+class IncompatibleSaeError(MillmError):
+    """The SAE is valid but does not fit the loaded model; fixed by another SAE or model."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "INCOMPATIBLE_SAE"
+
+
+class LayerOutOfRangeError(MillmError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "LAYER_OUT_OF_RANGE"
+
+
+class SaeInUseError(MillmError):
+    """An action conflicts with the SAE being attached (for example deleting it)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "SAE_IN_USE"
+
+
+class SaeAlreadyAttachedError(MillmError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "SAE_ALREADY_ATTACHED"

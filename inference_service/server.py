@@ -17,9 +17,12 @@ from inference_service.interceptors import AuthInterceptor, ErrorInterceptor
 from inference_service.models.catalog import ModelCatalog
 from inference_service.operations.manager import OperationsManager
 from inference_service.operations.store import DatabaseOperationStore
+from inference_service.sae.catalog import SaeCatalog
+from inference_service.sae.manager import SaeManager
 from inference_service.servicers.inference import InferenceServicer
 from inference_service.servicers.models import ModelServicer
 from inference_service.servicers.operations import OperationsServicer
+from inference_service.servicers.saes import SaeServicer
 from inference_service.storage.database import Database, resolve_url
 from millm.v1 import (
     inference_service_pb2,
@@ -28,6 +31,8 @@ from millm.v1 import (
     model_service_pb2_grpc,
     operations_service_pb2,
     operations_service_pb2_grpc,
+    sae_service_pb2,
+    sae_service_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].fu
 OPERATIONS_SERVICE = operations_service_pb2.DESCRIPTOR.services_by_name[
     "OperationsService"
 ].full_name
+SAE_SERVICE = sae_service_pb2.DESCRIPTOR.services_by_name["SaeService"].full_name
 # Long generations stream slowly; keepalive pings keep idle-looking connections open.
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -70,6 +76,16 @@ class InferenceServer:
             self.db, settings.data_dir, self.operations, hub_endpoint=settings.hf_endpoint or None
         )
         self.catalog.reconcile()
+        self.saes = SaeManager(
+            SaeCatalog(
+                self.db,
+                settings.data_dir,
+                self.operations,
+                hub_endpoint=settings.hf_endpoint or None,
+            ),
+            self.host,
+        )
+        self.saes.catalog.reconcile()
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
         if settings.api_key:
             interceptors.insert(0, AuthInterceptor(settings.api_key))
@@ -80,6 +96,7 @@ class InferenceServer:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.host, self.catalog), self._server
         )
+        sae_service_pb2_grpc.add_SaeServiceServicer_to_server(SaeServicer(self.saes), self._server)
         operations_service_pb2_grpc.add_OperationsServiceServicer_to_server(
             OperationsServicer(self.operations), self._server
         )
@@ -89,6 +106,7 @@ class InferenceServer:
                 INFERENCE_SERVICE,
                 MODEL_SERVICE,
                 OPERATIONS_SERVICE,
+                SAE_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -98,6 +116,7 @@ class InferenceServer:
         self._load_task: asyncio.Task[None] | None = None
 
     def _on_model_state(self, state: ModelState) -> None:
+        self.saes.on_model_state(state)  # attachments go with the model they sat on
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if state is ModelState.READY

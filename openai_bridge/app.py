@@ -16,6 +16,7 @@ from openai_bridge.errors import install_exception_handlers
 from openai_bridge.inference_client import InferenceClient
 from openai_bridge.management import models as management_models
 from openai_bridge.management import operations as management_operations
+from openai_bridge.management import saes as management_saes
 from openai_bridge.management_client import ManagementClient
 from openai_bridge.middleware import ApiKeyMiddleware, RequestIdMiddleware
 from openai_bridge.openai_api import chat, completions, embeddings, models
@@ -54,6 +55,7 @@ def create_app(
         health,
         management_models,
         management_operations,
+        management_saes,
     ):
         app.include_router(module.router)
     if settings.api_key:

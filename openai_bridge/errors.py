@@ -86,6 +86,12 @@ ERROR_TABLE: dict[tuple[grpc.StatusCode, str | None], HttpError] = {
     (Code.FAILED_PRECONDITION, "MODEL_IN_USE"): HttpError(
         409, "conflict_error", should_retry=False
     ),
+    # Deleting an attached SAE or attaching a second one: the state conflict
+    # lasts until someone detaches, so no automatic retries.
+    (Code.FAILED_PRECONDITION, "SAE_IN_USE"): HttpError(409, "conflict_error", should_retry=False),
+    (Code.FAILED_PRECONDITION, "SAE_ALREADY_ATTACHED"): HttpError(
+        409, "conflict_error", should_retry=False
+    ),
     # Nothing is loading, so retrying cannot help until an operator loads a model.
     (Code.FAILED_PRECONDITION, "NO_MODEL_LOADED"): HttpError(
         503, "service_unavailable_error", should_retry=False

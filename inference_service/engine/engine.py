@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from inference_service.config import InferenceSettings
 from inference_service.engine.generation import run_generation
-from inference_service.engine.lane import Lane, LaneJob
+from inference_service.engine.lane import Lane, LaneJob, PassBoundary
 from inference_service.engine.loader import LoadedModel
 from inference_service.engine.prompts import encode_text, render_chat
 from inference_service.engine.types import (
@@ -111,6 +111,7 @@ class Engine:
         # event loop never share the Rust tokenizer with the worker thread.
         self._lane_loaded = dataclasses.replace(loaded, tokenizer=copy.deepcopy(loaded.tokenizer))
         self._lane = Lane()
+        self._boundary = PassBoundary()
         self._lock = threading.Lock()
         self._jobs: set[LaneJob] = set()  # admitted and unfinished
         self._mean_job_s = 2.0
@@ -183,7 +184,12 @@ class Engine:
                 handle._put(event)
 
             run_generation(
-                self._lane_loaded, request, emit, job.is_cancelled, queue_ns=job.queue_ns
+                self._lane_loaded,
+                request,
+                emit,
+                job.is_cancelled,
+                queue_ns=job.queue_ns,
+                between_passes=self._boundary.run_pending,
             )
 
         def on_skip() -> None:
@@ -219,7 +225,12 @@ class Engine:
         deliver = _deliverer(loop, future)
 
         def body(job: LaneJob) -> None:
-            vectors = _embed(self._lane_loaded.model, token_id_lists, job.is_cancelled)
+            vectors = _embed(
+                self._lane_loaded.model,
+                token_id_lists,
+                job.is_cancelled,
+                self._boundary.run_pending,
+            )
             job.release()
             deliver(future.set_result, vectors)
 
@@ -240,18 +251,32 @@ class Engine:
     # ---- other model work ------------------------------------------------------------
 
     async def call_on_lane(self, fn: Callable[[], T]) -> T:
-        """Runs `fn` on the worker lane between two requests' forward passes.
+        """Runs `fn` on the worker lane between two forward passes.
 
         For work that must not race a forward pass (attaching hooks, swapping
-        weights). Not counted by admission: it is the server's own work.
+        weights). A running generation picks it up before its next decode step;
+        an idle lane runs it at once. Not counted by admission: it is the
+        server's own work.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         deliver = _deliverer(loop, future)
 
+        def call() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:
+                deliver(future.set_exception, exc)
+            else:
+                deliver(future.set_result, result)
+
+        self._boundary.post(call)
+        # Whichever comes first runs it: the next forward pass of a generation,
+        # or this job once the lane reaches it.
         job = LaneJob(
-            lambda job: deliver(future.set_result, fn()),
+            lambda job: self._boundary.run_pending(),
             on_error=lambda exc: deliver(future.set_exception, exc),
+            # A stopping lane runs nothing more; the model goes away with its hooks.
             on_skip=lambda: deliver(
                 future.set_exception, NoModelLoadedError("The model is being unloaded.")
             ),
@@ -340,7 +365,10 @@ class _EmbeddingCancelled(Exception):
 
 
 def _embed(
-    model: Any, token_id_lists: list[list[int]], is_cancelled: Callable[[], bool]
+    model: Any,
+    token_id_lists: list[list[int]],
+    is_cancelled: Callable[[], bool],
+    between_passes: Callable[[], None],
 ) -> list[list[float]]:
     """Runs each input alone (no padding), so an input's vector never depends on the
     other inputs of the request."""
@@ -351,6 +379,7 @@ def _embed(
         for ids in token_id_lists:
             if is_cancelled():
                 raise _EmbeddingCancelled
+            between_passes()
             input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
             hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state  # [1, T, H]
             pooled = hidden[0].float().mean(dim=0)  # [H]

@@ -140,8 +140,13 @@ def run_generation(
     is_cancelled: Callable[[], bool],
     *,
     queue_ns: int = 0,
+    between_passes: Callable[[], None] = lambda: None,
 ) -> None:
-    """Generates until a stop, the length limit or cancellation. Runs on the worker lane."""
+    """Generates until a stop, the length limit or cancellation. Runs on the worker lane.
+
+    `between_passes` runs before every forward pass: hook changes posted while
+    this generation runs take effect at its next step.
+    """
     sequence = SequenceState(loaded, request)
     prompt_tokens = len(sequence.prompt_ids)
     prefill_ns = decode_ns = 0
@@ -162,6 +167,7 @@ def run_generation(
         finish("cancelled")
         return
     with torch.inference_mode():
+        between_passes()
         started = time.perf_counter_ns()
         logits = sequence.prefill()
         prefill_ns = time.perf_counter_ns() - started
@@ -179,6 +185,7 @@ def run_generation(
                 decode_ns = time.perf_counter_ns() - started
                 finish("cancelled")
                 return
+            between_passes()
             logits = sequence.step()
 
 

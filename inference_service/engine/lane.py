@@ -151,3 +151,26 @@ class Lane:
                 return
             if isinstance(item, LaneJob):
                 item.cancel()
+
+
+class PassBoundary:
+    """Work that must run on the lane thread between two forward passes.
+
+    Generations poll `run_pending()` before every forward pass, so a hook change
+    waits for at most one decode step instead of for every queued request; an
+    idle lane runs it through an ordinary job. Each posted function runs once.
+    """
+
+    def __init__(self) -> None:
+        self._pending: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def post(self, fn: Callable[[], None]) -> None:
+        self._pending.put(fn)
+
+    def run_pending(self) -> None:
+        while True:
+            try:
+                fn = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            fn()

@@ -149,10 +149,10 @@ def unload(loaded: LoadedModel) -> None:
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
-    _trim_heap()
+    trim_heap()
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """glibc keeps freed heap pages for reuse; hand them back so RSS shows the release."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -302,7 +302,7 @@ def _copy_out_of_file(model: Any) -> None:
                 if tensor is not None and type(tensor) in (torch.nn.Parameter, torch.Tensor):
                     tensor.data = tensor.data.clone()
     gc.collect()
-    _trim_heap()  # quantizing left float32 temporaries in freed heap pages
+    trim_heap()  # quantizing left float32 temporaries in freed heap pages
 
 
 def _parameter_count(model: Any) -> int:

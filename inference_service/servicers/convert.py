@@ -105,7 +105,11 @@ _OPERATION_STATES = {
     "failed": operation_pb2.OPERATION_STATE_FAILED,
     "cancelled": operation_pb2.OPERATION_STATE_CANCELLED,
 }
-_OPERATION_KINDS = {"model_download": operation_pb2.OPERATION_KIND_MODEL_DOWNLOAD}
+_OPERATION_KINDS = {
+    "model_download": operation_pb2.OPERATION_KIND_MODEL_DOWNLOAD,
+    "sae_download": operation_pb2.OPERATION_KIND_SAE_DOWNLOAD,
+    "sae_upload": operation_pb2.OPERATION_KIND_SAE_UPLOAD,
+}
 
 
 def operation(snapshot: OperationSnapshot) -> operation_pb2.Operation:

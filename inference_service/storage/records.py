@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class ModelFormat(StrEnum):
@@ -23,6 +24,7 @@ class ModelState(StrEnum):
 class OperationKind(StrEnum):
     MODEL_DOWNLOAD = "model_download"
     SAE_DOWNLOAD = "sae_download"
+    SAE_UPLOAD = "sae_upload"
     TRAINING = "training"
 
 
@@ -91,3 +93,30 @@ class Operation:
 class OperationPage:
     items: tuple[Operation, ...]
     next_offset: int | None  # None on the last page
+
+
+class SaeState(StrEnum):
+    DOWNLOADING = "downloading"
+    READY = "ready"
+    CORRUPTED = "corrupted"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class SaeRecord:
+    """A cached SAE. What it is (d_in, hook, ...) lives in `spec`, a JSON object the
+    SAE domain reads; where it came from lives in `source`. Both are plain dicts so
+    new fields need no migration."""
+
+    id: str
+    name: str
+    source_key: str  # unique per origin, so a second download of it finds this record
+    source: dict[str, Any]
+    format: str
+    state: SaeState
+    size_bytes: int
+    weights_sha256: str | None
+    local_dir: str  # relative to the data directory
+    spec: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from inference_service.storage.records import ModelFormat, ModelState, OperationState
+from inference_service.storage.records import ModelFormat, ModelState, OperationState, SaeState
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -55,7 +55,7 @@ NAMING_CONVENTION = {
 }
 
 
-def _one_of(column: str, values: type[ModelFormat | ModelState | OperationState]) -> str:
+def _one_of(column: str, values: type[ModelFormat | ModelState | OperationState | SaeState]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
@@ -120,3 +120,23 @@ class OperationRow(TableBase):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+class SaeRecordRow(TableBase):
+    """A Sparse Autoencoder on disk (or on its way there)."""
+
+    __tablename__ = "sae_records"
+    __table_args__ = (CheckConstraint(_one_of("state", SaeState), name="state"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(512))
+    source_key: Mapped[str] = mapped_column(String(1024), unique=True)
+    source_json: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    local_dir: Mapped[str] = mapped_column(String(1024))
+    spec_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

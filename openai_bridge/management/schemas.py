@@ -51,3 +51,59 @@ class LoadBody(LoadSpecBody):
     """POST /api/v1/models/{id}/load."""
 
     allow_overcommit: bool = False
+
+
+# ---------------------------------------------------------------- SAEs
+
+SaeLayoutName = Literal["saelens", "mistudio"]
+
+HUB_ID_MAX = 200
+HOOK_NAME_MAX = 200
+REPO_PATH_MAX = 1000
+
+
+class SaePreviewBody(ManagementBody):
+    """POST /api/v1/saes/preview."""
+
+    repo_id: str = Field(min_length=1, max_length=HUB_ID_MAX)
+    revision: str | None = Field(default=None, max_length=HUB_ID_MAX)
+    # Used for this call only; never logged.
+    token: str | None = Field(default=None, repr=False)
+
+
+class SaeDownloadBody(ManagementBody):
+    """POST /api/v1/saes/download: a Hub folder (`repo_id`, `path`, `revision`) or a
+    registry entry (`release`, `sae_id`); translation refuses both and neither."""
+
+    repo_id: str | None = Field(default=None, min_length=1, max_length=HUB_ID_MAX)
+    path: str | None = Field(default=None, max_length=REPO_PATH_MAX)
+    revision: str | None = Field(default=None, max_length=HUB_ID_MAX)
+    release: str | None = Field(default=None, min_length=1, max_length=HUB_ID_MAX)
+    sae_id: str | None = Field(default=None, min_length=1, max_length=REPO_PATH_MAX)
+    # Used for this download only; never logged.
+    token: str | None = Field(default=None, repr=False)
+
+
+class SaeImportBody(ManagementBody):
+    """POST /api/v1/saes/import."""
+
+    path: str = Field(min_length=1, max_length=4096)
+    name: str | None = Field(default=None, max_length=HUB_ID_MAX)
+
+
+class SaeHookBody(ManagementBody):
+    """POST /api/v1/saes/{id}/compatibility, /{id}/attach and /detach."""
+
+    hook_name: str | None = Field(default=None, max_length=HOOK_NAME_MAX)
+
+
+class SaeUploadBody(ManagementBody):
+    """POST /api/v1/saes/{id}/upload."""
+
+    repo_id: str = Field(min_length=1, max_length=HUB_ID_MAX)
+    path_in_repo: str | None = Field(default=None, max_length=REPO_PATH_MAX)
+    layout: SaeLayoutName | None = None
+    # Needs write access; used for this upload only, never logged.
+    token: str | None = Field(default=None, repr=False)
+    private: bool = False
+    commit_message: str | None = Field(default=None, max_length=REPO_PATH_MAX)

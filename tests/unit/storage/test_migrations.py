@@ -11,7 +11,7 @@ from inference_service.storage.database import MIGRATIONS_DIR
 from inference_service.storage.records import ModelFormat
 from inference_service.storage.tables import TableBase
 
-HEAD = "0001"
+HEAD = "0002"
 
 
 def test_migrate_creates_the_schema(database_url: str) -> None:
@@ -20,7 +20,8 @@ def test_migrate_creates_the_schema(database_url: str) -> None:
     db.migrate()
     assert db.current_revision() == HEAD
     tables = set(inspect(db.engine).get_table_names())
-    assert {"model_records", "model_files", "operations", "alembic_version"} <= tables
+    expected = {"model_records", "model_files", "operations", "sae_records", "alembic_version"}
+    assert expected <= tables
     db.close()
 
 

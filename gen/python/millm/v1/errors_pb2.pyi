@@ -60,6 +60,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A downloaded file failed its integrity check and was removed."""
     ERROR_REASON_CANCELLED: _ErrorReason.ValueType  # 16
     """The client cancelled the work."""
+    ERROR_REASON_INCOMPATIBLE_SAE: _ErrorReason.ValueType  # 17
+    """The SAE does not fit the loaded model (width at the hook site, hook site kind)."""
+    ERROR_REASON_LAYER_OUT_OF_RANGE: _ErrorReason.ValueType  # 18
+    """A layer index outside the loaded model's layers."""
+    ERROR_REASON_SAE_IN_USE: _ErrorReason.ValueType  # 19
+    """An action conflicts with an attached SAE (for example deleting it)."""
+    ERROR_REASON_SAE_ALREADY_ATTACHED: _ErrorReason.ValueType  # 20
+    """Another SAE is already attached; detach it first."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons miLLM puts in the
@@ -108,4 +116,12 @@ ERROR_REASON_CORRUPTED_FILE: ErrorReason.ValueType  # 15
 """A downloaded file failed its integrity check and was removed."""
 ERROR_REASON_CANCELLED: ErrorReason.ValueType  # 16
 """The client cancelled the work."""
+ERROR_REASON_INCOMPATIBLE_SAE: ErrorReason.ValueType  # 17
+"""The SAE does not fit the loaded model (width at the hook site, hook site kind)."""
+ERROR_REASON_LAYER_OUT_OF_RANGE: ErrorReason.ValueType  # 18
+"""A layer index outside the loaded model's layers."""
+ERROR_REASON_SAE_IN_USE: ErrorReason.ValueType  # 19
+"""An action conflicts with an attached SAE (for example deleting it)."""
+ERROR_REASON_SAE_ALREADY_ATTACHED: ErrorReason.ValueType  # 20
+"""Another SAE is already attached; detach it first."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

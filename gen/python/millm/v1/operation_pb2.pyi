@@ -27,6 +27,10 @@ class _OperationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operati
     """Never sent; the zero value of the enum."""
     OPERATION_KIND_MODEL_DOWNLOAD: _OperationKind.ValueType  # 1
     """Downloading a model from the Hugging Face Hub."""
+    OPERATION_KIND_SAE_DOWNLOAD: _OperationKind.ValueType  # 2
+    """Downloading an SAE from the Hugging Face Hub."""
+    OPERATION_KIND_SAE_UPLOAD: _OperationKind.ValueType  # 3
+    """Uploading an SAE to a Hugging Face Hub repository."""
 
 class OperationKind(_OperationKind, metaclass=_OperationKindEnumTypeWrapper):
     """OperationKind says what an operation does."""
@@ -35,6 +39,10 @@ OPERATION_KIND_UNSPECIFIED: OperationKind.ValueType  # 0
 """Never sent; the zero value of the enum."""
 OPERATION_KIND_MODEL_DOWNLOAD: OperationKind.ValueType  # 1
 """Downloading a model from the Hugging Face Hub."""
+OPERATION_KIND_SAE_DOWNLOAD: OperationKind.ValueType  # 2
+"""Downloading an SAE from the Hugging Face Hub."""
+OPERATION_KIND_SAE_UPLOAD: OperationKind.ValueType  # 3
+"""Uploading an SAE to a Hugging Face Hub repository."""
 Global___OperationKind: _TypeAlias = OperationKind  # noqa: Y015
 
 class _OperationState:

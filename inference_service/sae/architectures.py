@@ -1,0 +1,291 @@
+"""SAE tensors and the math on them, one registry entry per architecture.
+
+The math follows SAELens v6 (`sae_lens/saes/*_sae.py`) term for term:
+
+    sae_in = norm_in(x) - b_dec            # b_dec only if apply_b_dec_to_input
+    f      = activation(sae_in @ W_enc + b_enc)   # the part each architecture owns
+    x_hat  = norm_out(f @ W_dec + b_dec)
+
+`norm_in`/`norm_out` are the run-time normalisations ("constant_norm_rescale",
+"layer_norm"). `norm_out` needs numbers taken from the same x in `norm_in`; SAELens
+keeps them on the module between its encode and decode calls, which breaks as soon
+as two inputs interleave. Here they are a value instead: `encode_with_norm(x)`
+returns them as an `InputNorm` and `decode(f, norm)` takes it back. `decode(f)`
+alone is only defined for SAEs whose normalisation is the identity at run time
+("none", "expected_average_only_in"); `forward(x)` is encode and decode of one x.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from inference_service.errors import UnsupportedError
+from inference_service.sae.spec import SaeSpec
+
+# SAELens adds this to the standard deviation in layer_norm's input half only.
+LAYER_NORM_EPS = 1e-5
+# Normalisations that change x at run time and so need an InputNorm to undo.
+RUN_TIME_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm")
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for name, candidate in TORCH_DTYPES.items():
+        if candidate == dtype:
+            return name
+    raise UnsupportedError(
+        f"SAE dtype {dtype} is not supported; supported: {', '.join(TORCH_DTYPES)}"
+    )
+
+
+@dataclass
+class SaeWeights:
+    """The tensors of one SAE, oriented as SAELens stores them."""
+
+    W_enc: Tensor  # [d_in, d_sae]
+    b_enc: Tensor  # [d_sae]; for gated SAEs the gate-path bias (SAELens' b_gate)
+    W_dec: Tensor  # [d_sae, d_in]
+    b_dec: Tensor  # [d_in]
+    threshold: Tensor | None = None  # [d_sae], jumprelu
+    b_mag: Tensor | None = None  # [d_sae], gated
+    r_mag: Tensor | None = None  # [d_sae], gated: log of the magnitude-path rescale
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensors that are set, by field name."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = value
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> SaeWeights:
+        moved = {name: t.to(device=device, dtype=dtype) for name, t in self.tensors().items()}
+        return SaeWeights(**moved)
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """What encode's run-time normalisation did to its input x, so decode can undo it."""
+
+    coeff: Tensor | None = None  # [..., 1] constant_norm_rescale: x was multiplied by it
+    mean: Tensor | None = None  # [..., 1] layer_norm: x's mean ...
+    std: Tensor | None = None  # [..., 1] ... and standard deviation
+
+    def undo(self, y: Tensor) -> Tensor:
+        if self.coeff is not None:
+            return y / self.coeff
+        assert self.mean is not None and self.std is not None
+        return y * self.std + self.mean
+
+
+Encoder = Callable[[Tensor, SaeWeights, SaeSpec], Tensor]
+Decoder = Callable[[Tensor, SaeWeights, SaeSpec], Tensor]
+
+
+def _encode_standard(sae_in: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
+    return torch.relu(sae_in @ w.W_enc + w.b_enc)
+
+
+def _encode_jumprelu(sae_in: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
+    assert w.threshold is not None
+    hidden_pre = sae_in @ w.W_enc + w.b_enc  # [..., d_sae]
+    # ReLU first, as SAELens does: it matters for features with a negative threshold.
+    return torch.relu(hidden_pre) * (hidden_pre > w.threshold).to(hidden_pre.dtype)
+
+
+def _encode_topk(sae_in: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
+    assert spec.k is not None
+    hidden_pre = sae_in @ w.W_enc + w.b_enc  # [..., d_sae]
+    if spec.rescale_acts_by_decoder_norm:
+        # Rank features as if every decoder row had unit norm.
+        hidden_pre = hidden_pre * w.W_dec.norm(dim=-1)
+    values, indices = hidden_pre.topk(spec.k, dim=-1, sorted=False)  # [..., k]
+    return torch.zeros_like(hidden_pre).scatter_(-1, indices, values.relu())
+
+
+def _encode_gated(sae_in: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
+    assert w.b_mag is not None and w.r_mag is not None
+    active = (sae_in @ w.W_enc + w.b_enc > 0).to(sae_in.dtype)  # [..., d_sae]
+    magnitude = torch.relu(sae_in @ (w.W_enc * w.r_mag.exp()) + w.b_mag)  # [..., d_sae]
+    return active * magnitude
+
+
+def _decode_linear(f: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
+    return f @ w.W_dec + w.b_dec
+
+
+def _decode_topk(f: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
+    if spec.rescale_acts_by_decoder_norm:
+        f = f * (1 / w.W_dec.norm(dim=-1))  # undo the ranking rescale of encode
+    return f @ w.W_dec + w.b_dec
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One entry of the registry, keyed like SAELens' `register_sae_class`."""
+
+    name: str
+    encode: Encoder  # sae_in [..., d_in] (normalised, b_dec applied) -> features [..., d_sae]
+    decode: Decoder = _decode_linear  # features [..., d_sae] -> [..., d_in], before norm_out
+    extra_tensors: tuple[str, ...] = ()  # SaeWeights fields beyond W_enc/b_enc/W_dec/b_dec
+    saelens_names: Mapping[str, str] = field(default_factory=dict)  # where SAELens differs
+
+    def saelens_keys(self) -> dict[str, str]:
+        """SaeWeights field -> tensor name in SAELens' sae_weights.safetensors."""
+        names = ("W_enc", "b_enc", "W_dec", "b_dec", *self.extra_tensors)
+        return {name: self.saelens_names.get(name, name) for name in names}
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.name: arch
+    for arch in (
+        Architecture("standard", _encode_standard),
+        Architecture("jumprelu", _encode_jumprelu, extra_tensors=("threshold",)),
+        Architecture("topk", _encode_topk, decode=_decode_topk),
+        Architecture(
+            "gated",
+            _encode_gated,
+            extra_tensors=("b_mag", "r_mag"),
+            saelens_names={"b_enc": "b_gate"},
+        ),
+    )
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UnsupportedError(
+            f"SAE architecture {name!r} is not supported; supported: {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
+def expected_shapes(architecture: str, d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
+    """SaeWeights field -> shape, for the tensors `architecture` uses."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "W_enc": (d_in, d_sae),
+        "b_enc": (d_sae,),
+        "W_dec": (d_sae, d_in),
+        "b_dec": (d_in,),
+    }
+    for name in get_architecture(architecture).extra_tensors:
+        shapes[name] = (d_sae,)
+    return shapes
+
+
+def weight_problems(spec: SaeSpec, weights: SaeWeights) -> list[str]:
+    """What is wrong with `weights` for `spec`, in words; empty when they fit."""
+    d_in = spec.d_in if spec.d_in is not None else weights.W_enc.shape[0]
+    d_sae = spec.d_sae if spec.d_sae is not None else weights.W_enc.shape[-1]
+    expected = expected_shapes(spec.architecture, d_in, d_sae)
+    problems = []
+    for name, tensor in weights.tensors().items():
+        if name not in expected:
+            problems.append(f"{name} is set but {spec.architecture} SAEs have no such tensor")
+        elif tuple(tensor.shape) != expected[name]:
+            problems.append(
+                f"{name} has shape {list(tensor.shape)}, expected {list(expected[name])}"
+            )
+    problems += [f"{name} is missing" for name in expected if getattr(weights, name) is None]
+    if spec.architecture == "topk" and (spec.k is None or not 0 < spec.k <= d_sae):
+        problems.append(f"k must be between 1 and d_sae={d_sae}, got {spec.k}")
+    return problems
+
+
+class Sae:
+    """An SAE ready to run: spec, weights and optional per-feature log10 firing frequency."""
+
+    def __init__(
+        self, spec: SaeSpec, weights: SaeWeights, log_sparsity: Tensor | None = None
+    ) -> None:
+        problems = weight_problems(spec, weights)
+        if log_sparsity is not None and tuple(log_sparsity.shape) != (weights.W_enc.shape[-1],):
+            problems.append(f"log_sparsity has shape {list(log_sparsity.shape)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        d_in, d_sae = weights.W_enc.shape
+        self.spec = dataclasses.replace(
+            spec, d_in=d_in, d_sae=d_sae, dtype=dtype_name(weights.W_enc.dtype)
+        )
+        self.weights = weights
+        self.log_sparsity = log_sparsity
+        self.architecture = ARCHITECTURES[spec.architecture]
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return f"Sae({s.architecture}, d_in={s.d_in}, d_sae={s.d_sae}, hook={s.hook_name})"
+
+    @property
+    def d_in(self) -> int:
+        return self.weights.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.weights.W_enc.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.log_sparsity is None else self.log_sparsity.nbytes
+        return self.weights.nbytes + extra
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> Sae:
+        log_sparsity = None if self.log_sparsity is None else self.log_sparsity.to(device)
+        return Sae(self.spec, self.weights.to(device, dtype), log_sparsity)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[..., d_in] -> feature activations [..., d_sae], in the weights' dtype."""
+        return self.encode_with_norm(x)[0]
+
+    def encode_with_norm(self, x: Tensor) -> tuple[Tensor, InputNorm | None]:
+        """Features of x and what `decode` needs to undo the input normalisation."""
+        sae_in, norm = self._normalize(x.to(self.weights.W_enc.dtype))
+        if self.spec.apply_b_dec_to_input:
+            sae_in = sae_in - self.weights.b_dec
+        return self.architecture.encode(sae_in, self.weights, self.spec), norm
+
+    def decode(self, f: Tensor, norm: InputNorm | None = None) -> Tensor:
+        """Features [..., d_sae] -> reconstruction [..., d_in].
+
+        `norm` is the one `encode_with_norm` returned for the same input; it is
+        required when the SAE normalises its input at run time.
+        """
+        if norm is None and self.spec.normalize_activations in RUN_TIME_NORMALIZATIONS:
+            raise ValueError(
+                f"this SAE uses normalize_activations={self.spec.normalize_activations!r}; "
+                "pass the InputNorm from encode_with_norm(x) to decode"
+            )
+        x_hat = self.architecture.decode(f.to(self.weights.W_dec.dtype), self.weights, self.spec)
+        return x_hat if norm is None else norm.undo(x_hat)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The reconstruction of x: [..., d_in] -> [..., d_in]."""
+        return self.decode(*self.encode_with_norm(x))
+
+    def _normalize(self, x: Tensor) -> tuple[Tensor, InputNorm | None]:
+        kind = self.spec.normalize_activations
+        if kind == "constant_norm_rescale":
+            # Scale every input vector to norm sqrt(d_in).
+            coeff = self.d_in**0.5 / x.norm(dim=-1, keepdim=True)  # [..., 1]
+            return x * coeff, InputNorm(coeff=coeff)
+        if kind == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)  # [..., 1]
+            centred = x - mu
+            std = centred.std(dim=-1, keepdim=True)  # [..., 1], unbiased like SAELens
+            return centred / (std + LAYER_NORM_EPS), InputNorm(mean=mu, std=std)
+        return x, None

@@ -1,0 +1,191 @@
+"""SAEs attached to the served model, keyed by hook site.
+
+Attaching loads the weights off the lane (generation keeps running), then
+installs the site's hook on the lane between two forward passes, so a running
+generation sees the SAE from its next step on. The hook changes nothing until
+something edits the hidden state (steering, later): with an SAE attached and no
+edit, the model's outputs are bit-identical to the model without it.
+
+One SAE at a time for now; the data model is keyed by site so several can follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import torch
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+from inference_service.engine.engine import Engine
+from inference_service.engine.loader import trim_heap
+from inference_service.errors import (
+    NotFoundError,
+    OutOfMemoryError,
+    SaeAlreadyAttachedError,
+)
+from inference_service.sae.architectures import Sae
+from inference_service.sae.hook_sites import DecoderLayers, HookSite
+
+log = logging.getLogger(__name__)
+
+# An edit maps the hidden state at a site, [batch, positions, d_in], to its
+# replacement, or to None to leave it alone.
+HiddenEdit = Callable[[Tensor], Tensor | None]
+
+
+class SiteHook:
+    """The forward hook at one site. It reads `edit` once per call; whoever
+    changes it swaps the reference, so a forward pass sees one edit or the other."""
+
+    def __init__(self, site: HookSite) -> None:
+        self.site = site
+        self.edit: HiddenEdit | None = None
+
+    def on_output(self, module: Any, args: Any, output: Any) -> Any:
+        edit = self.edit
+        if edit is None:
+            return None  # output untouched
+        # Decoder layers return a tensor on current transformers, a tuple on older ones.
+        hidden = output[0] if isinstance(output, tuple) else output
+        changed = edit(hidden)
+        if changed is None:
+            return None
+        return (changed, *output[1:]) if isinstance(output, tuple) else changed
+
+    def on_input(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        edit = self.edit
+        if edit is None:
+            return None
+        if args:
+            changed = edit(args[0])
+            return None if changed is None else ((changed, *args[1:]), kwargs)
+        changed = edit(kwargs["hidden_states"])
+        return None if changed is None else (args, {**kwargs, "hidden_states": changed})
+
+
+@dataclass
+class Attachment:
+    sae_id: str
+    site: HookSite
+    module_name: str
+    sae: Sae | None  # weights on the model's device; None once detached
+    sae_bytes: int
+    hook: SiteHook
+    device: str
+    attached_at_unix_ms: int
+    _handle: RemovableHandle | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Detached:
+    attachment: Attachment
+    freed_bytes: int
+    rss_before_bytes: int
+    rss_after_bytes: int
+
+
+class SaeAttachments:
+    def __init__(self) -> None:
+        self._by_site: dict[HookSite, Attachment] = {}
+
+    def list(self) -> list[Attachment]:
+        return [self._by_site[site] for site in sorted(self._by_site)]
+
+    def for_sae(self, sae_id: str) -> Attachment | None:
+        return next((a for a in self._by_site.values() if a.sae_id == sae_id), None)
+
+    async def attach(
+        self,
+        engine: Engine,
+        layers: DecoderLayers,
+        sae_id: str,
+        site: HookSite,
+        load: Callable[[torch.device], Sae],
+    ) -> Attachment:
+        """Loads the SAE with `load(device)` and hooks it in; on any failure nothing changes."""
+        if self._by_site:
+            current = next(iter(self._by_site.values()))
+            raise SaeAlreadyAttachedError(
+                f"SAE '{current.sae_id}' is attached at {current.site.hook_name}; miLLM "
+                "attaches one SAE at a time for now, so detach it first.",
+                param="id",
+            )
+        device = engine.loaded_model.device
+        try:
+            sae = await asyncio.to_thread(load, device)
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            _release_memory(device)
+            raise OutOfMemoryError(
+                f"Not enough memory on {device} to load the SAE ({exc.__class__.__name__}); "
+                "detach or unload something, or use a smaller SAE."
+            ) from exc
+        hook = SiteHook(site)
+        attachment = Attachment(
+            sae_id=sae_id,
+            site=site,
+            module_name=layers.module_name(site),
+            sae=sae,
+            sae_bytes=sae.nbytes,
+            hook=hook,
+            device=str(device),
+            attached_at_unix_ms=int(time.time() * 1000),
+        )
+        module = layers.layers[site.layer]
+
+        def install() -> RemovableHandle:
+            if site.point == "resid_pre":
+                return module.register_forward_pre_hook(hook.on_input, with_kwargs=True)
+            return module.register_forward_hook(hook.on_output)
+
+        attachment._handle = await engine.call_on_lane(install)
+        self._by_site[site] = attachment
+        log.info("attached SAE %s at %s (%d bytes)", sae_id, site.hook_name, sae.nbytes)
+        return attachment
+
+    async def detach(self, engine: Engine | None, site: HookSite | None) -> Detached:
+        """Removes the hook between forward passes and drops the weights."""
+        attachment = self._pick(site)
+        rss_before = psutil.Process().memory_info().rss
+        handle = attachment._handle
+        if handle is not None and engine is not None:
+            await engine.call_on_lane(handle.remove)
+        del self._by_site[attachment.site]
+        freed = attachment.sae_bytes
+        device = torch.device(attachment.device)
+        # The caller keeps the record, never the tensors: drop them here.
+        attachment.sae = None
+        attachment._handle = None
+        _release_memory(device)
+        log.info("detached SAE %s from %s", attachment.sae_id, attachment.site.hook_name)
+        return Detached(attachment, freed, rss_before, psutil.Process().memory_info().rss)
+
+    def clear(self) -> None:
+        """Forgets everything: the model the hooks sat on is being replaced or unloaded."""
+        if self._by_site:
+            log.info("SAE attachments cleared with the model")
+        self._by_site.clear()
+
+    def _pick(self, site: HookSite | None) -> Attachment:
+        if site is not None:
+            if site not in self._by_site:
+                raise NotFoundError(f"No SAE is attached at {site.hook_name}.", param="hook_name")
+            return self._by_site[site]
+        if not self._by_site:
+            raise NotFoundError("No SAE is attached.")
+        return next(iter(self._by_site.values()))
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        trim_heap()

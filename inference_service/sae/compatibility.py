@@ -1,0 +1,176 @@
+"""Does this SAE fit the loaded model at this hook site? The check every attach runs.
+
+Errors stop an attach; warnings (a different model name, another site than the
+one the SAE was trained on) are reported and the attach goes ahead. Each error
+names what is wrong and what to do, and carries the domain error that an
+attach raises for it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from inference_service.errors import (
+    IncompatibleSaeError,
+    InvalidArgumentError,
+    LayerOutOfRangeError,
+    MillmError,
+    OutOfMemoryError,
+    UnsupportedError,
+)
+from inference_service.sae.hook_sites import HookSite, module_name
+from inference_service.sae.spec import SaeSpec
+
+# Float32 weights: W_enc and W_dec, plus the per-feature and per-input vectors.
+_BYTES_PER_VALUE = 4
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the check needs to know about the served model."""
+
+    name: str
+    num_layers: int
+    d_model: int
+    layers_path: str
+
+
+@dataclass(frozen=True)
+class Issue:
+    error: MillmError
+
+    @property
+    def reason(self) -> str:
+        return self.error.reason
+
+    @property
+    def message(self) -> str:
+        return self.error.message
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    errors: tuple[Issue, ...]
+    warnings: tuple[Issue, ...]
+    site: HookSite | None
+    module_name: str
+    model: ModelFacts
+    sae_bytes: int
+    available_bytes: int
+
+    @property
+    def compatible(self) -> bool:
+        return not self.errors
+
+    def raise_first_error(self) -> None:
+        if self.errors:
+            raise self.errors[0].error
+
+
+def sae_memory_bytes(spec: SaeSpec) -> int:
+    d_in, d_sae = spec.d_in or 0, spec.d_sae or 0
+    return (2 * d_in * d_sae + 2 * d_sae + d_in) * _BYTES_PER_VALUE
+
+
+def check_compatibility(
+    spec: SaeSpec,
+    site: HookSite | None,
+    model: ModelFacts,
+    *,
+    available_bytes: int,
+) -> Compatibility:
+    """`site` is where the caller wants the SAE (None: where it was trained)."""
+    errors: list[MillmError] = []
+    warnings: list[MillmError] = []
+    trained_site = _trained_site(spec)
+    if site is None:
+        site = trained_site
+        if site is None and spec.hook_name:
+            errors.append(
+                UnsupportedError(
+                    f"The SAE was trained at '{spec.hook_name}'; miLLM attaches SAEs to the "
+                    "residual stream only (blocks.L.hook_resid_post or blocks.L.hook_resid_pre).",
+                    param="hook_name",
+                )
+            )
+        elif site is None:
+            errors.append(
+                InvalidArgumentError(
+                    "The SAE does not say which hook site it was trained on; pass hook_name, "
+                    "for example blocks.9.hook_resid_post.",
+                    param="hook_name",
+                )
+            )
+    elif trained_site is not None and site != trained_site:
+        warnings.append(
+            IncompatibleSaeError(
+                f"The SAE was trained at {trained_site.hook_name}, not at {site.hook_name}; "
+                "its features may mean little there."
+            )
+        )
+    if site is not None and not 0 <= site.layer < model.num_layers:
+        errors.append(
+            LayerOutOfRangeError(
+                f"Layer {site.layer} does not exist. Model has {model.num_layers} layers "
+                f"(0-{model.num_layers - 1}).",
+                param="hook_name",
+            )
+        )
+    if spec.d_in is not None and spec.d_in != model.d_model:
+        where = site.hook_name if site is not None else "the residual stream"
+        errors.append(
+            IncompatibleSaeError(
+                f"The SAE reads vectors of width {spec.d_in}, but the model's hidden size at "
+                f"{where} is {model.d_model}. Use an SAE trained on {model.name} (or on a model "
+                f"with hidden size {model.d_model}).",
+                param="id",
+            )
+        )
+    if spec.model_name and not _same_model(spec.model_name, model.name):
+        warnings.append(
+            IncompatibleSaeError(
+                f"The SAE was trained on '{spec.model_name}' and the loaded model is "
+                f"'{model.name}'; its features may not mean anything here."
+            )
+        )
+    needed = sae_memory_bytes(spec)
+    if needed > available_bytes:
+        errors.append(
+            OutOfMemoryError(
+                f"The SAE needs {_gib(needed)} and {_gib(available_bytes)} is free; unload "
+                "something or use a smaller SAE."
+            )
+        )
+    return Compatibility(
+        errors=tuple(Issue(e) for e in errors),
+        warnings=tuple(Issue(w) for w in warnings),
+        site=site,
+        module_name=module_name(model.layers_path, site) if site is not None else "",
+        model=model,
+        sae_bytes=needed,
+        available_bytes=available_bytes,
+    )
+
+
+def _trained_site(spec: SaeSpec) -> HookSite | None:
+    if not spec.hook_name:
+        return None
+    match = re.fullmatch(r"blocks\.(\d+)\.hook_(resid_post|resid_pre)", spec.hook_name)
+    if match is None:
+        return None
+    return HookSite(int(match.group(1)), match.group(2))  # type: ignore[arg-type]
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.rsplit("/", 1)[-1].lower())
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Loose: 'HuggingFaceTB/SmolLM2-135M-Instruct' matches 'smollm2-135m-instruct'."""
+    x, y = _normalise(a), _normalise(b)
+    return bool(x) and bool(y) and (x in y or y in x)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
