@@ -248,6 +248,14 @@ class Sae:
         log_sparsity = None if self.log_sparsity is None else self.log_sparsity.to(device)
         return Sae(self.spec, self.weights.to(device, dtype), log_sparsity)
 
+    def owned(self) -> Sae:
+        """A copy whose tensors live in process memory. Loaded tensors can be views of a
+        memory-mapped file: changing that file under a served model must not crash it,
+        and the memory an attach reports must be memory it really holds."""
+        weights = SaeWeights(**{name: t.clone() for name, t in self.weights.tensors().items()})
+        log_sparsity = None if self.log_sparsity is None else self.log_sparsity.clone()
+        return Sae(self.spec, weights, log_sparsity)
+
     def encode(self, x: Tensor) -> Tensor:
         """[..., d_in] -> feature activations [..., d_sae], in the weights' dtype."""
         return self.encode_with_norm(x)[0]

@@ -120,7 +120,7 @@ class SaeCatalog:
     def load(self, sae_id: str, device: torch.device) -> Sae:
         """The SAE's weights on `device`, every tensor shape checked."""
         cached = self.require_ready(sae_id)
-        return load_sae(cached.folder, device=device, dtype=torch.float32)
+        return load_sae(cached.folder, device=device, dtype=torch.float32).owned()
 
     def require_ready(self, sae_id: str) -> CachedSae:
         """The SAE, if its files are downloaded and valid; else an error saying what to do."""
