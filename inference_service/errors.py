@@ -144,3 +144,13 @@ class SaeInUseError(MillmError):
 class SaeAlreadyAttachedError(MillmError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "SAE_ALREADY_ATTACHED"
+
+
+class NoSaeAttachedError(MillmError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "NO_SAE_ATTACHED"
+
+
+class ProfileNotFoundError(MillmError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "PROFILE_NOT_FOUND"

@@ -68,6 +68,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """An action conflicts with an attached SAE (for example deleting it)."""
     ERROR_REASON_SAE_ALREADY_ATTACHED: _ErrorReason.ValueType  # 20
     """Another SAE is already attached; detach it first."""
+    ERROR_REASON_NO_SAE_ATTACHED: _ErrorReason.ValueType  # 21
+    """Steering or monitoring needs an SAE attached and none is."""
+    ERROR_REASON_PROFILE_NOT_FOUND: _ErrorReason.ValueType  # 22
+    """No steering profile has that name."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons miLLM puts in the
@@ -124,4 +128,8 @@ ERROR_REASON_SAE_IN_USE: ErrorReason.ValueType  # 19
 """An action conflicts with an attached SAE (for example deleting it)."""
 ERROR_REASON_SAE_ALREADY_ATTACHED: ErrorReason.ValueType  # 20
 """Another SAE is already attached; detach it first."""
+ERROR_REASON_NO_SAE_ATTACHED: ErrorReason.ValueType  # 21
+"""Steering or monitoring needs an SAE attached and none is."""
+ERROR_REASON_PROFILE_NOT_FOUND: ErrorReason.ValueType  # 22
+"""No steering profile has that name."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

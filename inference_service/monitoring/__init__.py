@@ -1,0 +1,1 @@
+"""Monitoring: which SAE features fire on live traffic."""

@@ -1,0 +1,137 @@
+"""Activation captures and frames as plain values.
+
+A `Capture` is what the hook hands over from the worker lane: the full feature
+activations of one forward pass of one request. Frames are what subscribers,
+the history and Generate callers see: per token, selected features and the top-k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from inference_service.errors import InvalidArgumentError
+
+Source = Literal["generate", "embed"]
+# Per-token limits that keep frames small (gRPC messages, WebSocket frames).
+MAX_SELECTED_FEATURES = 64
+MAX_TOP_K = 64
+
+
+@dataclass(frozen=True)
+class FeatureValue:
+    index: int
+    value: float
+
+
+@dataclass(frozen=True)
+class TokenActivations:
+    position: int
+    token_id: int
+    token: str
+    features: tuple[FeatureValue, ...]  # the selected features, in the order asked
+    top: tuple[FeatureValue, ...]  # most active first
+
+
+@dataclass(frozen=True)
+class ActivationFrame:
+    request_id: str
+    source: Source
+    hook_name: str
+    tokens: tuple[TokenActivations, ...]
+    captured_at_unix_ms: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which activations someone wants per token."""
+
+    features: tuple[int, ...] = ()
+    top_k: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.features and self.top_k == 0
+
+    def union(self, other: Selection) -> Selection:
+        merged = tuple(dict.fromkeys((*self.features, *other.features)))
+        return Selection(merged, max(self.top_k, other.top_k))
+
+
+def validate_selection(selection: Selection, d_sae: int | None) -> Selection:
+    if len(selection.features) > MAX_SELECTED_FEATURES:
+        raise InvalidArgumentError(
+            f"At most {MAX_SELECTED_FEATURES} features can be selected; "
+            f"got {len(selection.features)}.",
+            param="features",
+        )
+    if not 0 <= selection.top_k <= MAX_TOP_K:
+        raise InvalidArgumentError(
+            f"top_k must be between 0 and {MAX_TOP_K}; got {selection.top_k}.", param="top_k"
+        )
+    for index in selection.features:
+        if index < 0 or (d_sae is not None and index >= d_sae):
+            raise InvalidArgumentError(
+                f"Feature {index} is out of range: the attached SAE has {d_sae} features "
+                f"(0 to {(d_sae or 1) - 1}).",
+                param="features",
+            )
+    return selection
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One forward pass of one request, as the hook saw it (after steering)."""
+
+    request_id: str
+    source: Source
+    hook_name: str
+    positions: tuple[int, ...]  # sequence positions of the rows of `activations`
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]  # display text per position
+    activations: Tensor  # [positions, d_sae], float32, on the CPU
+    captured_at_unix_ms: int
+
+    def frame(self, selection: Selection) -> ActivationFrame:
+        return ActivationFrame(
+            self.request_id,
+            self.source,
+            self.hook_name,
+            select_tokens(self, selection),
+            self.captured_at_unix_ms,
+        )
+
+
+def select_tokens(capture: Capture, selection: Selection) -> tuple[TokenActivations, ...]:
+    """Per position: the selected features' values and the top-k active features."""
+    acts = capture.activations  # [T, d_sae]
+    chosen = acts[:, list(selection.features)].tolist() if selection.features else None
+    top_values: list[list[float]] = []
+    top_indices: list[list[int]] = []
+    if selection.top_k:
+        k = min(selection.top_k, acts.shape[-1])
+        values, indices = torch.topk(acts, k, dim=-1)  # [T, k]
+        top_values, top_indices = values.tolist(), indices.tolist()
+    out = []
+    for row, position in enumerate(capture.positions):
+        features = (
+            tuple(FeatureValue(i, v) for i, v in zip(selection.features, chosen[row], strict=True))
+            if chosen is not None
+            else ()
+        )
+        top = (
+            tuple(
+                FeatureValue(i, v)
+                for i, v in zip(top_indices[row], top_values[row], strict=True)
+                if v > 0.0  # an inactive feature is not among the most active
+            )
+            if selection.top_k
+            else ()
+        )
+        out.append(
+            TokenActivations(position, capture.token_ids[row], capture.tokens[row], features, top)
+        )
+    return tuple(out)

@@ -1,0 +1,109 @@
+"""The global steering: live features, the active profile, and the SAE they steer.
+
+Requests without steering of their own follow `effective()`: the active profile
+when one is active, else the live features. Every change swaps an immutable
+`SteeringSet` by reference, so a forward pass reads one version or the next.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from inference_service.errors import NoSaeAttachedError
+from inference_service.steering.types import (
+    NO_STEERING,
+    SteeringFeature,
+    SteeringSet,
+    validate_features,
+)
+
+
+@dataclass(frozen=True)
+class SteeringTarget:
+    """The attached SAE and served model that steering acts on."""
+
+    sae_id: str
+    sae_name: str
+    weights_sha256: str
+    hook_name: str
+    d_sae: int
+    model_name: str
+
+
+@dataclass(frozen=True)
+class ActiveProfile:
+    name: str
+    steering: SteeringSet
+
+
+class SteeringState:
+    def __init__(self, target: Callable[[], SteeringTarget | None]) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self._live = SteeringSet((), enabled=True)
+        self._profile: ActiveProfile | None = None
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def target(self) -> SteeringTarget | None:
+        return self._target()
+
+    def require_target(self) -> SteeringTarget:
+        target = self._target()
+        if target is None:
+            raise NoSaeAttachedError(
+                "Steering needs an SAE attached to the model; attach one first "
+                "(POST /api/v1/saes/{id}/attach)."
+            )
+        return target
+
+    @property
+    def live(self) -> SteeringSet:
+        return self._live
+
+    @property
+    def active_profile(self) -> ActiveProfile | None:
+        return self._profile
+
+    def effective(self) -> SteeringSet:
+        """What a request without its own steering gets now."""
+        if self._target() is None:
+            return NO_STEERING
+        profile = self._profile
+        return profile.steering if profile is not None else self._live
+
+    # ---- changing ----------------------------------------------------------------------
+
+    def set_live(self, features: Iterable[SteeringFeature], enabled: bool | None = None) -> None:
+        target = self.require_target()
+        checked = validate_features(features, target.d_sae)
+        with self._lock:
+            keep = self._live.enabled if enabled is None else enabled
+            self._live = SteeringSet(checked, keep)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._live = SteeringSet((), self._live.enabled)
+
+    def set_enabled(self, enabled: bool) -> None:
+        with self._lock:
+            self._live = SteeringSet(self._live.features, enabled)
+
+    def activate(self, name: str, steering: SteeringSet) -> None:
+        target = self.require_target()
+        validate_features(steering.features, target.d_sae)
+        with self._lock:
+            self._profile = ActiveProfile(name, steering)
+
+    def deactivate(self) -> str | None:
+        with self._lock:
+            previous, self._profile = self._profile, None
+        return previous.name if previous is not None else None
+
+    def forget_target(self) -> None:
+        """The SAE was detached: the live features named its features, so drop them."""
+        with self._lock:
+            self._live = SteeringSet((), self._live.enabled)
+            self._profile = None
