@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.model"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Shared by all test runs so the built-in model is converted from GGUF only once.

@@ -32,6 +32,7 @@ from inference_service.engine.types import (
     GenerationEvent,
     GenerationRequest,
     ModelDescription,
+    PassObserver,
 )
 from inference_service.engine.validation import fit_context, validate_prompt, validate_sampling
 from inference_service.errors import (
@@ -152,6 +153,11 @@ class Engine:
     def encode_text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return encode_text(self._loaded.tokenizer, text, add_special_tokens=add_special_tokens)
 
+    def lane_token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """`token_strings` for the worker lane, with the lane's own tokenizer copy."""
+        decode = self._lane_loaded.tokenizer.decode
+        return [decode([i], skip_special_tokens=False) for i in token_ids]
+
     def token_strings(self, token_ids: Sequence[int]) -> list[str]:
         """Each token's own text, for display (a piece of a character shows as U+FFFD)."""
         decode = self._loaded.tokenizer.decode
@@ -204,7 +210,9 @@ class Engine:
 
     # ---- embeddings ----------------------------------------------------------------
 
-    async def embed(self, token_id_lists: list[list[int]]) -> list[list[float]]:
+    async def embed(
+        self, token_id_lists: list[list[int]], observer: PassObserver | None = None
+    ) -> list[list[float]]:
         """One L2-normalised, mean-pooled vector per input (float32 values)."""
         if not token_id_lists:
             raise InvalidArgumentError("input must not be empty.", param="input")
@@ -230,6 +238,7 @@ class Engine:
                 token_id_lists,
                 job.is_cancelled,
                 self._boundary.run_pending,
+                observer,
             )
             job.release()
             deliver(future.set_result, vectors)
@@ -369,19 +378,26 @@ def _embed(
     token_id_lists: list[list[int]],
     is_cancelled: Callable[[], bool],
     between_passes: Callable[[], None],
+    observer: PassObserver | None,
 ) -> list[list[float]]:
     """Runs each input alone (no padding), so an input's vector never depends on the
     other inputs of the request."""
     device = next(model.parameters()).device
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     vectors: list[list[float]] = []
-    with torch.inference_mode():
-        for ids in token_id_lists:
-            if is_cancelled():
-                raise _EmbeddingCancelled
-            between_passes()
-            input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
-            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state  # [1, T, H]
-            pooled = hidden[0].float().mean(dim=0)  # [H]
-            vectors.append(F.normalize(pooled, dim=0).tolist())
+    try:
+        with torch.inference_mode():
+            for ids in token_id_lists:
+                if is_cancelled():
+                    raise _EmbeddingCancelled
+                between_passes()
+                if observer is not None:
+                    observer.before_pass(ids, 0)
+                input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
+                hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+                pooled = hidden[0].float().mean(dim=0)  # [1, T, H] -> [H]
+                vectors.append(F.normalize(pooled, dim=0).tolist())
+    finally:
+        if observer is not None:
+            observer.done()
     return vectors

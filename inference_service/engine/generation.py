@@ -8,6 +8,7 @@ sequence runs at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import time
@@ -166,27 +167,40 @@ def run_generation(
     if is_cancelled():
         finish("cancelled")
         return
-    with torch.inference_mode():
-        between_passes()
-        started = time.perf_counter_ns()
-        logits = sequence.prefill()
-        prefill_ns = time.perf_counter_ns() - started
-        started = time.perf_counter_ns()
-        while True:
-            token_id, logprob = sequence.choose(logits)
-            step = sequence.accept(token_id, logprob)
-            emit(step.event)
-            if step.finish_reason is not None:
-                decode_ns = time.perf_counter_ns() - started
-                finish(step.finish_reason)
-                return
-            # Cooperative cancellation: checked between every two forward passes.
-            if is_cancelled():
-                decode_ns = time.perf_counter_ns() - started
-                finish("cancelled")
-                return
+    observer = request.observer
+    try:
+        with torch.inference_mode():
             between_passes()
-            logits = sequence.step()
+            if observer is not None:
+                observer.before_pass(sequence.prompt_ids, 0)
+            started = time.perf_counter_ns()
+            logits = sequence.prefill()
+            prefill_ns = time.perf_counter_ns() - started
+            started = time.perf_counter_ns()
+            while True:
+                token_id, logprob = sequence.choose(logits)
+                step = sequence.accept(token_id, logprob)
+                event = step.event
+                if observer is not None:
+                    event = dataclasses.replace(event, activations=observer.take_activations())
+                emit(event)
+                if step.finish_reason is not None:
+                    decode_ns = time.perf_counter_ns() - started
+                    finish(step.finish_reason)
+                    return
+                # Cooperative cancellation: checked between every two forward passes.
+                if is_cancelled():
+                    decode_ns = time.perf_counter_ns() - started
+                    finish("cancelled")
+                    return
+                between_passes()
+                if observer is not None:
+                    position = len(sequence.prompt_ids) + len(sequence.generated) - 1
+                    observer.before_pass((sequence.generated[-1],), position)
+                logits = sequence.step()
+    finally:
+        if observer is not None:
+            observer.done()
 
 
 def _token_bytes(tokenizer: Any, token_id: int, text: str) -> bytes:

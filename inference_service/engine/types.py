@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -29,11 +30,26 @@ class SamplingOptions:
     presence_penalty: float = 0.0
 
 
+class PassObserver(Protocol):
+    """What a request does around its forward passes (steering, activation capture);
+    called on the worker lane."""
+
+    def before_pass(self, token_ids: Sequence[int], start_position: int) -> None:
+        """The next pass reads `token_ids`, the first at `start_position`."""
+
+    def take_activations(self) -> tuple[Any, ...]:
+        """Activations captured since the last call (monitoring.types.TokenActivations)."""
+
+    def done(self) -> None:
+        """The request is over, however it ended."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingOptions
+    observer: PassObserver | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,9 @@ class TokenEvent:
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Activations of the positions read since the previous event, when asked for
+    # (monitoring.types.TokenActivations).
+    activations: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

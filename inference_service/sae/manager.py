@@ -8,6 +8,7 @@ first and a model switch clears attachments that belonged to the old model.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from inference_service.engine.engine import Engine
@@ -23,6 +24,7 @@ from inference_service.sae.hook_sites import (
     hidden_size,
     parse_hook_site,
 )
+from inference_service.steering.state import SteeringTarget
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,27 @@ class SaeManager:
         self._host = host
         # Attach and detach one at a time: each awaits the lane between its steps.
         self._lock = asyncio.Lock()
+        # Read before every forward pass, so computed once per attach, not per read.
+        self._target: SteeringTarget | None = None
+        self._listeners: list[Callable[[SteeringTarget | None], None]] = []
+
+    def on_attachment_change(self, listener: Callable[[SteeringTarget | None], None]) -> None:
+        """`listener(target)` after every attach, detach and model change (None: nothing)."""
+        self._listeners.append(listener)
+
+    def steering_target(self) -> SteeringTarget | None:
+        return self._target
+
+    def _changed(self, target: SteeringTarget | None) -> None:
+        self._target = target
+        for listener in self._listeners:
+            listener(target)
 
     def on_model_state(self, state: ModelState) -> None:
         if state is not ModelState.READY:
             self.attachments.clear()
+            if self._target is not None:
+                self._changed(None)
 
     def attached_hook(self, sae_id: str) -> str:
         attachment = self.attachments.for_sae(sae_id)
@@ -77,6 +96,18 @@ class SaeManager:
                 compatibility.site,
                 lambda device: self.catalog.load(sae_id, device),
             )
+            cached = self.catalog.get(sae_id)
+            assert cached.spec is not None and attachment.sae is not None
+            self._changed(
+                SteeringTarget(
+                    sae_id=sae_id,
+                    sae_name=cached.record.name,
+                    weights_sha256=cached.record.weights_sha256 or "",
+                    hook_name=attachment.site.hook_name,
+                    d_sae=attachment.sae.d_sae,
+                    model_name=engine.description.id,
+                )
+            )
             return Attached(attachment, compatibility)
 
     async def detach(self, hook_name: str) -> Detached:
@@ -90,7 +121,9 @@ class SaeManager:
                     else "model.layers"
                 )
                 site = parse_hook_site(hook_name, path)
-            return await self.attachments.detach(engine, site)
+            detached = await self.attachments.detach(engine, site)
+            self._changed(None)
+            return detached
 
     def delete(self, sae_id: str) -> int:
         return self.catalog.delete(sae_id, attached=self.attachments.for_sae(sae_id) is not None)

@@ -13,6 +13,7 @@ from inference_service.engine.types import (
 )
 from inference_service.models.catalog import CachedModel
 from inference_service.operations.types import OperationSnapshot
+from inference_service.servicers import steering_convert
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import model_service_pb2, operation_pb2
 
@@ -66,6 +67,7 @@ def generate_response(event: GenerationEvent) -> pb.GenerateResponse:
                 text=event.text,
                 token_ids=event.token_ids,
                 logprobs=[_token_logprob(lp) for lp in event.logprobs],
+                activations=[steering_convert.token_activations(a) for a in event.activations],
             )
         )
     assert isinstance(event, FinishedEvent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,12 +12,18 @@ import grpc
 from inference_service import __version__
 from inference_service.engine.engine import Engine, GenerationHandle
 from inference_service.engine.types import GenerationRequest
-from inference_service.errors import InvalidArgumentError, ModelNotFoundError
+from inference_service.errors import InvalidArgumentError, MillmError, ModelNotFoundError
 from inference_service.host import LOADING_RETRY_AFTER_S, ModelHost, ModelState
 from inference_service.logs import request_id_var
-from inference_service.servicers import convert
+from inference_service.monitoring.types import Selection, Source
+from inference_service.servicers import convert, steering_convert
+from inference_service.steering.runtime import PassContext, SteeringRuntime
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import inference_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+NO_ACTIVATIONS = Selection()
 
 _MODEL_STATES = {
     ModelState.NOT_LOADED: pb.MODEL_STATE_NOT_LOADED,
@@ -27,8 +34,24 @@ _MODEL_STATES = {
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, host: ModelHost) -> None:
+    def __init__(self, host: ModelHost, steering: SteeringRuntime | None = None) -> None:
         self._host = host
+        self._steering = steering
+
+    def _context(
+        self,
+        engine: Engine,
+        source: Source,
+        steering: pb.GenerateStart | pb.EmbedRequest,
+        activations: Selection = NO_ACTIVATIONS,
+    ) -> PassContext | None:
+        """The request's steering and capture, checked before it is admitted."""
+        if self._steering is None:
+            return None
+        choice = steering_convert.choice(steering.steering)
+        return self._steering.context(
+            request_id_var.get(), source, choice, activations, engine.lane_token_strings
+        )
 
     def _engine_for(self, model: str) -> Engine:
         engine = self._host.require_engine()
@@ -61,15 +84,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         start = first.start
         engine = self._engine_for(start.model)
+        observer = self._context(
+            engine, "generate", start, steering_convert.selection(start.activations)
+        )
         request = GenerationRequest(
             request_id=request_id_var.get(),
             prompt_token_ids=self._prompt_ids(engine, start),
             sampling=convert.sampling_options(start.sampling),
+            observer=observer,
         )
         prompt_param = "prompt" if start.WhichOneof("input") != "chat" else "messages"
         handle = engine.submit_generation(request, prompt_param=prompt_param)
-        # Later client messages (cancel) are read beside the token stream.
-        watcher = asyncio.create_task(_watch_for_cancel(request_iterator, handle))
+        # Later client messages (cancel, new steering) are read beside the token stream.
+        watcher = asyncio.create_task(_watch_client(request_iterator, handle, observer))
         try:
             yield pb.GenerateResponse(
                 accepted=pb.GenerateAccepted(
@@ -103,7 +130,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 token_lists.append(list(item.token_ids.ids))
             else:
                 token_lists.append(engine.encode_text(item.text, add_special_tokens=False))
-        vectors = await engine.embed(token_lists)
+        vectors = await engine.embed(token_lists, self._context(engine, "embed", request))
         return pb.EmbedResponse(
             embeddings=[pb.Embedding(values=v) for v in vectors],
             prompt_tokens=sum(len(t) for t in token_lists),
@@ -141,11 +168,22 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return response
 
 
-async def _watch_for_cancel(
-    request_iterator: AsyncIterator[pb.GenerateRequest], handle: GenerationHandle
+async def _watch_client(
+    request_iterator: AsyncIterator[pb.GenerateRequest],
+    handle: GenerationHandle,
+    observer: PassContext | None,
 ) -> None:
+    """Cancels on `cancel`; swaps the generation's steering on `steering`. A steering
+    update that fails validation is ignored with a log line: the stream of tokens
+    has no place for an error short of ending the generation."""
     with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, StopAsyncIteration):
         async for message in request_iterator:
-            if message.WhichOneof("kind") == "cancel":
+            kind = message.WhichOneof("kind")
+            if kind == "cancel":
                 handle.cancel()
                 return
+            if kind == "steering" and observer is not None:
+                try:
+                    observer.update(steering_convert.choice(message.steering))
+                except MillmError as exc:
+                    log.warning("steering update refused: %s", exc.message)

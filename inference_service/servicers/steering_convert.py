@@ -10,7 +10,13 @@ from inference_service.monitoring.types import (
     Selection,
     TokenActivations,
 )
-from inference_service.steering.types import SteeringFeature, SteeringMode, SteeringSet
+from inference_service.steering.types import (
+    FOLLOW_GLOBAL,
+    SteeringChoice,
+    SteeringFeature,
+    SteeringMode,
+    SteeringSet,
+)
 from millm.v1 import monitoring_service_pb2 as monitoring_pb2
 from millm.v1 import steering_pb2 as pb
 
@@ -56,6 +62,18 @@ def steering_set_message(value: SteeringSet) -> pb.SteeringSet:
     return pb.SteeringSet(
         features=[feature_message(f) for f in value.features], enabled=value.enabled
     )
+
+
+def choice(message: pb.RequestSteering) -> SteeringChoice:
+    """A request's steering; an unset message follows the global steering."""
+    which = message.WhichOneof("source")
+    if which == "profile":
+        return SteeringChoice("profile", profile=message.profile)
+    if which == "features":
+        return SteeringChoice("features", steering=steering_set(message.features))
+    if which == "disabled" and message.disabled:
+        return SteeringChoice("disabled")
+    return FOLLOW_GLOBAL
 
 
 def selection(message: pb.ActivationRequest) -> Selection:

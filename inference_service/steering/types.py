@@ -51,6 +51,20 @@ class SteeringSet:
 
 NO_STEERING = SteeringSet((), enabled=False)
 
+ChoiceKind = Literal["global", "profile", "features", "disabled"]
+
+
+@dataclass(frozen=True)
+class SteeringChoice:
+    """Where one request's steering comes from (precedence is the caller's business)."""
+
+    kind: ChoiceKind = "global"
+    profile: str = ""  # kind "profile"
+    steering: SteeringSet = NO_STEERING  # kind "features"
+
+
+FOLLOW_GLOBAL = SteeringChoice()
+
 
 def validate_features(
     features: Iterable[SteeringFeature], d_sae: int | None, *, param: str = "features"

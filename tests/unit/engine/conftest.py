@@ -1,31 +1,15 @@
-"""The real built-in model, loaded once per test session (converted copy reused)."""
+"""Engines over the session's real built-in model (`tests/fixtures/model.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from inference_service.config import InferenceSettings
 from inference_service.engine.engine import Engine
-from inference_service.engine.loader import LoadedModel, load_model
+from inference_service.engine.loader import LoadedModel
 from inference_service.engine.types import ChatTurn
-
-
-@pytest.fixture(scope="session")
-def settings(data_dir: Path) -> InferenceSettings:
-    return InferenceSettings(data_dir=data_dir, dtype="float32", device="cpu")
-
-
-@pytest.fixture(scope="session")
-def loaded(settings: InferenceSettings) -> LoadedModel:
-    return load_model(settings)
-
-
-@pytest.fixture(scope="session")
-def tokenizer(loaded: LoadedModel):
-    return loaded.tokenizer
 
 
 @pytest.fixture

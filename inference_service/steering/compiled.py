@@ -1,0 +1,94 @@
+"""A steering set made ready for one attached SAE: the edit applied at its hook site.
+
+The math is DESIGN section 3, with `h` the hidden state at the site and `f_i` the
+SAE's activation of feature i:
+
+    add       h += s * W_dec[i]          (W_dec[i] / ||W_dec[i]|| when normalised)
+    clamp     h += (c - f_i) * W_dec[i]  (sets feature i to c)
+    multiply  h += (m - 1) * f_i * W_dec[i]
+
+`h` itself is never replaced by the SAE's reconstruction, so only the steered
+features move. All add rows fold into one precomputed vector (one addition per
+position); clamp and multiply need f_i, which for ReLU and JumpReLU SAEs comes from
+column i of W_enc alone. TopK, gated and run-time-normalised SAEs need the full
+encode to know f_i, and get it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from inference_service.sae.architectures import Sae
+from inference_service.steering.types import SteeringSet
+
+# Architectures whose f_i depends on column i of W_enc only.
+_COLUMNWISE = ("standard", "jumprelu")
+
+
+class CompiledSteering:
+    def __init__(self, steering: SteeringSet, sae: Sae) -> None:
+        self.steering = steering
+        self.sae = sae
+        w = sae.weights
+        live = [f for f in steering.features if not f.is_identity()] if steering.enabled else []
+
+        adds = [f for f in live if f.mode == "add"]
+        self._add: Tensor | None = None  # [d_in]
+        if adds:
+            rows = w.W_dec[[f.index for f in adds]].float()  # [n, d_in]
+            norms = rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            scale = torch.tensor([f.strength for f in adds], device=rows.device)  # [n]
+            normalise = torch.tensor([f.normalize for f in adds], device=rows.device)
+            rows = torch.where(normalise.unsqueeze(-1), rows / norms, rows)
+            self._add = (scale.unsqueeze(-1) * rows).sum(dim=0)
+
+        encoded = [f for f in live if f.mode in ("clamp", "multiply")]
+        self._encoded = bool(encoded)
+        if encoded:
+            index = torch.tensor([f.index for f in encoded], device=w.W_dec.device)
+            self._index = index
+            self._rows = w.W_dec[index].float()  # [n, d_in]
+            self._is_clamp = torch.tensor(
+                [f.mode == "clamp" for f in encoded], device=w.W_dec.device
+            )
+            self._amount = torch.tensor(
+                [f.strength for f in encoded], dtype=torch.float32, device=w.W_dec.device
+            )
+            spec = sae.spec
+            self._columnwise = spec.architecture in _COLUMNWISE and spec.normalize_activations in (
+                "none",
+                "expected_average_only_in",
+            )
+            if self._columnwise:
+                self._enc_cols = w.W_enc[:, index].float()  # [d_in, n]
+                self._enc_bias = w.b_enc[index].float()  # [n]
+                self._threshold = w.threshold[index].float() if w.threshold is not None else None
+
+    @property
+    def is_identity(self) -> bool:
+        return self._add is None and not self._encoded
+
+    def apply(self, h: Tensor) -> Tensor:
+        """h [batch, positions, d_in] -> the steered hidden state, same shape and dtype."""
+        out = h
+        if self._encoded:
+            f = self._selected_activations(h)  # [B, T, n]
+            # clamp: c - f; multiply: (m - 1) * f
+            coeff = torch.where(self._is_clamp, self._amount - f, (self._amount - 1.0) * f)
+            out = out + (coeff @ self._rows).to(h.dtype)  # [B, T, d_in]
+        if self._add is not None:
+            out = out + self._add.to(h.dtype)
+        return out
+
+    def _selected_activations(self, h: Tensor) -> Tensor:
+        if not self._columnwise:
+            return self.sae.encode(h.float())[..., self._index]
+        x = h.float()
+        if self.sae.spec.apply_b_dec_to_input:
+            x = x - self.sae.weights.b_dec.float()
+        pre = x @ self._enc_cols + self._enc_bias  # [B, T, n]
+        f = torch.relu(pre)
+        if self._threshold is not None:
+            f = f * (pre > self._threshold)
+        return f

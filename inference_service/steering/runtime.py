@@ -1,0 +1,192 @@
+"""Steering and monitoring at forward-pass time: what one request's passes do at the hook.
+
+A `PassContext` belongs to one request (a generation or an embedding call). The
+engine calls `before_pass()` on the worker lane before every forward pass; it sets
+the site hook's edit to this request's steering and, when someone wants them, a
+capture of the feature activations. The request's steering is fixed when it comes
+from the request itself or a profile; otherwise it follows the global steering,
+read again before every pass, so changes apply from the next decode step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from torch import Tensor
+
+from inference_service.monitoring.types import (
+    Capture,
+    Selection,
+    Source,
+    TokenActivations,
+    select_tokens,
+    validate_selection,
+)
+from inference_service.sae.attachments import Attachment, SaeAttachments
+from inference_service.steering.compiled import CompiledSteering
+from inference_service.steering.state import SteeringState
+from inference_service.steering.types import (
+    NO_STEERING,
+    SteeringChoice,
+    SteeringSet,
+    validate_features,
+)
+
+# Compiled steering sets kept for reuse (global sets, profiles, per-request sets).
+_COMPILED_CACHE = 16
+
+
+class ActivationSink(Protocol):
+    """Live monitoring, as the lane sees it (the monitoring hub)."""
+
+    def wants_capture(self) -> bool: ...
+
+    def publish(self, capture: Capture) -> None: ...
+
+
+class SteeringRuntime:
+    def __init__(
+        self,
+        state: SteeringState,
+        attachments: SaeAttachments,
+        resolve_profile: Callable[[str], SteeringSet],
+        sink: ActivationSink | None = None,
+    ) -> None:
+        self.state = state
+        self._attachments = attachments
+        self._resolve_profile = resolve_profile
+        self.sink = sink
+        self._compiled: OrderedDict[tuple[int, int], CompiledSteering] = OrderedDict()
+
+    def attachment(self) -> Attachment | None:
+        attached = self._attachments.list()
+        return attached[0] if attached else None
+
+    def resolve(self, choice: SteeringChoice) -> SteeringSet | None:
+        """The fixed steering of a choice, validated; None means: follow the global one."""
+        if choice.kind == "global":
+            return None
+        if choice.kind == "disabled":
+            return NO_STEERING
+        if choice.kind == "profile":
+            return self._resolve_profile(choice.profile)
+        target = self.state.require_target()
+        validate_features(choice.steering.features, target.d_sae, param="steering.features")
+        return choice.steering
+
+    def context(
+        self,
+        request_id: str,
+        source: Source,
+        choice: SteeringChoice,
+        selection: Selection,
+        token_text: Callable[[Sequence[int]], list[str]],
+    ) -> PassContext:
+        """Checks the request's steering and selection now, before it is admitted."""
+        fixed = self.resolve(choice)
+        if not selection.empty:
+            target = self.state.require_target()
+            validate_selection(selection, target.d_sae)
+        return PassContext(self, request_id, source, fixed, selection, token_text)
+
+    def compiled(self, steering: SteeringSet, attachment: Attachment) -> CompiledSteering:
+        key = (id(steering), id(attachment))
+        found = self._compiled.get(key)
+        if found is not None and found.steering is steering and found.sae is attachment.sae:
+            self._compiled.move_to_end(key)
+            return found
+        assert attachment.sae is not None
+        compiled = CompiledSteering(steering, attachment.sae)
+        self._compiled[key] = compiled
+        while len(self._compiled) > _COMPILED_CACHE:
+            self._compiled.popitem(last=False)
+        return compiled
+
+    def forget(self) -> None:
+        """The attachment changed: compiled sets hold the old SAE's tensors."""
+        self._compiled.clear()
+
+
+class PassContext:
+    """One request's steering and capture; `before_pass` and `done` run on the lane."""
+
+    def __init__(
+        self,
+        runtime: SteeringRuntime,
+        request_id: str,
+        source: Source,
+        fixed: SteeringSet | None,
+        selection: Selection,
+        token_text: Callable[[Sequence[int]], list[str]],
+    ) -> None:
+        self._runtime = runtime
+        self.request_id = request_id
+        self._source = source
+        self._fixed = fixed
+        self._selection = selection
+        self._token_text = token_text
+        self._pending: list[TokenActivations] = []
+        self._hooked: Attachment | None = None
+
+    def update(self, choice: SteeringChoice) -> None:
+        """New steering for the rest of this request (from the event loop)."""
+        self._fixed = self._runtime.resolve(choice)  # one reference swap
+
+    def before_pass(self, token_ids: Sequence[int], start_position: int) -> None:
+        attachment = self._runtime.attachment()
+        if attachment is None or attachment.sae is None:
+            self._release()
+            return
+        steering = self._fixed if self._fixed is not None else self._runtime.state.effective()
+        compiled = self._runtime.compiled(steering, attachment)
+        sink = self._runtime.sink
+        publish = sink is not None and sink.wants_capture()
+        wanted = not self._selection.empty
+        if compiled.is_identity and not (publish or wanted):
+            attachment.hook.edit = None  # exactly the model without the SAE
+            self._hooked = attachment
+            return
+        ids = tuple(token_ids)
+
+        def edit(h: Tensor) -> Tensor | None:  # h [1, T, d_in]
+            out = None if compiled.is_identity else compiled.apply(h)
+            if publish or wanted:
+                self._capture((h if out is None else out)[0], ids, start_position, publish)
+            return out
+
+        attachment.hook.edit = edit
+        self._hooked = attachment
+
+    def _capture(self, hidden: Tensor, ids: tuple[int, ...], start: int, publish: bool) -> None:
+        attachment = self._hooked
+        assert attachment is not None and attachment.sae is not None
+        acts = attachment.sae.encode(hidden.float()).cpu()  # [T, d_sae]
+        capture = Capture(
+            request_id=self.request_id,
+            source=self._source,
+            hook_name=attachment.site.hook_name,
+            positions=tuple(range(start, start + len(ids))),
+            token_ids=ids,
+            tokens=tuple(self._token_text(ids)),
+            activations=acts,
+            captured_at_unix_ms=int(time.time() * 1000),
+        )
+        if not self._selection.empty:
+            self._pending.extend(select_tokens(capture, self._selection))
+        if publish and self._runtime.sink is not None:
+            self._runtime.sink.publish(capture)
+
+    def take_activations(self) -> tuple[TokenActivations, ...]:
+        taken, self._pending = tuple(self._pending), []
+        return taken
+
+    def done(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._hooked is not None:
+            self._hooked.hook.edit = None
+            self._hooked = None
