@@ -154,3 +154,8 @@ class NoSaeAttachedError(MillmError):
 class ProfileNotFoundError(MillmError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "PROFILE_NOT_FOUND"
+
+
+class AlreadyExistsError(MillmError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"

@@ -15,24 +15,37 @@ from inference_service.config import InferenceSettings
 from inference_service.host import ModelHost, ModelState
 from inference_service.interceptors import AuthInterceptor, ErrorInterceptor
 from inference_service.models.catalog import ModelCatalog
+from inference_service.monitoring.hub import MonitorHub
 from inference_service.operations.manager import OperationsManager
 from inference_service.operations.store import DatabaseOperationStore
+from inference_service.profiles import ProfileManager
 from inference_service.sae.catalog import SaeCatalog
 from inference_service.sae.manager import SaeManager
 from inference_service.servicers.inference import InferenceServicer
 from inference_service.servicers.models import ModelServicer
+from inference_service.servicers.monitoring import MonitoringServicer
 from inference_service.servicers.operations import OperationsServicer
+from inference_service.servicers.profiles import ProfileServicer
 from inference_service.servicers.saes import SaeServicer
+from inference_service.servicers.steering import SteeringServicer
+from inference_service.steering.runtime import SteeringRuntime
+from inference_service.steering.state import SteeringState, SteeringTarget
 from inference_service.storage.database import Database, resolve_url
 from millm.v1 import (
     inference_service_pb2,
     inference_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
+    monitoring_service_pb2,
+    monitoring_service_pb2_grpc,
     operations_service_pb2,
     operations_service_pb2_grpc,
+    profile_service_pb2,
+    profile_service_pb2_grpc,
     sae_service_pb2,
     sae_service_pb2_grpc,
+    steering_service_pb2,
+    steering_service_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +56,11 @@ OPERATIONS_SERVICE = operations_service_pb2.DESCRIPTOR.services_by_name[
     "OperationsService"
 ].full_name
 SAE_SERVICE = sae_service_pb2.DESCRIPTOR.services_by_name["SaeService"].full_name
+STEERING_SERVICE = steering_service_pb2.DESCRIPTOR.services_by_name["SteeringService"].full_name
+PROFILE_SERVICE = profile_service_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
+MONITORING_SERVICE = monitoring_service_pb2.DESCRIPTOR.services_by_name[
+    "MonitoringService"
+].full_name
 # Long generations stream slowly; keepalive pings keep idle-looking connections open.
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -86,12 +104,30 @@ class InferenceServer:
             self.host,
         )
         self.saes.catalog.reconcile()
+        self.monitor = MonitorHub(asyncio.get_running_loop())
+        self.steering_state = SteeringState(self.saes.steering_target)
+        self.profiles = ProfileManager(
+            self.db, self.steering_state, served_model=self._served_model_id
+        )
+        self.steering = SteeringRuntime(
+            self.steering_state, self.saes.attachments, self.profiles.resolve, self.monitor
+        )
+        self.saes.on_attachment_change(self._on_sae_change)
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
         if settings.api_key:
             interceptors.insert(0, AuthInterceptor(settings.api_key))
         self._server = grpc.aio.server(interceptors=interceptors, options=_CHANNEL_OPTIONS)
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(self.host), self._server
+            InferenceServicer(self.host, self.steering), self._server
+        )
+        steering_service_pb2_grpc.add_SteeringServiceServicer_to_server(
+            SteeringServicer(self.steering_state, self._observed_max), self._server
+        )
+        profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(
+            ProfileServicer(self.profiles), self._server
+        )
+        monitoring_service_pb2_grpc.add_MonitoringServiceServicer_to_server(
+            MonitoringServicer(self.monitor, self._attached_d_sae), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.host, self.catalog), self._server
@@ -107,6 +143,9 @@ class InferenceServer:
                 MODEL_SERVICE,
                 OPERATIONS_SERVICE,
                 SAE_SERVICE,
+                STEERING_SERVICE,
+                PROFILE_SERVICE,
+                MONITORING_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -114,6 +153,30 @@ class InferenceServer:
         )
         self.port = self._server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         self._load_task: asyncio.Task[None] | None = None
+
+    def _served_model_id(self) -> str | None:
+        engine = self.host.engine
+        return engine.description.id if engine is not None else None
+
+    def _attached_d_sae(self) -> int | None:
+        target = self.saes.steering_target()
+        return target.d_sae if target is not None else None
+
+    def _observed_max(self, indices: list[int]) -> dict[int, float]:
+        """The largest activation monitoring has seen per feature (features seen active)."""
+        if not indices:
+            return {}
+        stats, _ = self.monitor.statistics(indices, len(indices))
+        return {s.index: s.max for s in stats if s.count}
+
+    def _on_sae_change(self, target: SteeringTarget | None) -> None:
+        """Runs after every attach, detach and model change (in a worker thread on attach)."""
+        self.steering.forget()
+        self.monitor.reset(target.d_sae if target is not None else None)
+        if target is None:
+            self.steering_state.forget_target()
+        else:
+            self.profiles.restore_active()  # a saved active profile for this SAE comes back
 
     def _on_model_state(self, state: ModelState) -> None:
         self.saes.on_model_state(state)  # attachments go with the model they sat on
@@ -133,6 +196,7 @@ class InferenceServer:
         await self._server.start()
         log.info("gRPC listening on %s:%d", self.settings.grpc_host, self.port)
         self._load_task = asyncio.create_task(self.host.load())
+        await asyncio.to_thread(self.profiles.restore_active)
 
     async def wait_until_ready(self) -> None:
         if self._load_task is not None:

@@ -98,7 +98,9 @@ class SaeManager:
             )
             cached = self.catalog.get(sae_id)
             assert cached.spec is not None and attachment.sae is not None
-            self._changed(
+            # Listeners may read the database (a saved active profile comes back).
+            await asyncio.to_thread(
+                self._changed,
                 SteeringTarget(
                     sae_id=sae_id,
                     sae_name=cached.record.name,
@@ -106,7 +108,7 @@ class SaeManager:
                     hook_name=attachment.site.hook_name,
                     d_sae=attachment.sae.d_sae,
                     model_name=engine.description.id,
-                )
+                ),
             )
             return Attached(attachment, compatibility)
 

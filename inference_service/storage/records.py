@@ -120,3 +120,22 @@ class SaeRecord:
     spec: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRecord:
+    """A saved steering profile. `features` are plain dicts (index, mode, strength,
+    normalize, label) that the profiles domain reads; storage does not interpret them."""
+
+    name: str
+    description: str
+    model_name: str
+    sae_id: str  # the cache id when saved; empty when imported without that SAE
+    sae_name: str
+    weights_sha256: str
+    hook_name: str
+    d_sae: int
+    features: tuple[dict[str, Any], ...]
+    active: bool  # the profile to re-activate after a restart
+    created_at: datetime
+    updated_at: datetime

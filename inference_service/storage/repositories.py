@@ -34,6 +34,7 @@ from inference_service.storage.records import (
     Operation,
     OperationPage,
     OperationState,
+    ProfileRecord,
     SaeRecord,
     SaeState,
     model_record_id,
@@ -42,6 +43,7 @@ from inference_service.storage.tables import (
     ModelFileRow,
     ModelRecordRow,
     OperationRow,
+    ProfileRow,
     SaeRecordRow,
 )
 
@@ -52,6 +54,10 @@ INTERRUPTED_MESSAGE = "interrupted by a restart"
 
 class RecordNotFoundError(LookupError):
     """The row a write addressed does not exist."""
+
+
+class RecordExistsError(LookupError):
+    """A create found a row with the same key."""
 
 
 def _now() -> datetime:
@@ -403,6 +409,109 @@ class SaeRecords:
             raise RecordNotFoundError(f"SAE record {record_id!r} not found")
 
 
+class Profiles:
+    """Steering profiles by name; at most one carries the `active` flag."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def save(
+        self,
+        *,
+        name: str,
+        description: str,
+        model_name: str,
+        sae_id: str,
+        sae_name: str,
+        weights_sha256: str,
+        hook_name: str,
+        d_sae: int,
+        features: Sequence[dict[str, Any]],
+        overwrite: bool = False,
+    ) -> ProfileRecord:
+        """Insert a profile; an existing one of that name raises RecordExistsError, or
+        with `overwrite` is replaced (keeping its created_at and active flag)."""
+        now = _now()
+        values: dict[str, object] = {
+            "name": name,
+            "description": description,
+            "model_name": model_name,
+            "sae_id": sae_id,
+            "sae_name": sae_name,
+            "weights_sha256": weights_sha256,
+            "hook_name": hook_name,
+            "d_sae": d_sae,
+            "features_json": _features_json(features),
+            "active": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        dialect = self._session.get_bind().dialect.name
+        insert_ = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ProfileRow)
+        statement = insert_.values(values)
+        if overwrite:
+            kept = ("name", "active", "created_at")
+            changed = {k: v for k, v in values.items() if k not in kept}
+            statement = statement.on_conflict_do_update(index_elements=["name"], set_=changed)
+        else:
+            # ON CONFLICT rather than a read first: two replicas may race on one name.
+            statement = statement.on_conflict_do_nothing(index_elements=["name"])
+        # RETURNING, not rowcount: the ORM insert path does not report rowcount reliably.
+        if self._session.scalar(statement.returning(ProfileRow.name)) is None:
+            raise RecordExistsError(f"profile {name!r} exists")
+        record = self.get(name)
+        assert record is not None
+        return record
+
+    def get(self, name: str) -> ProfileRecord | None:
+        row = self._session.get(ProfileRow, name, populate_existing=True)
+        return None if row is None else _profile(row)
+
+    def list(self) -> tuple[ProfileRecord, ...]:
+        """Every profile, by name."""
+        query = select(ProfileRow).order_by(ProfileRow.name)
+        return tuple(_profile(row) for row in self._session.scalars(query))
+
+    def update(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        features: Sequence[dict[str, Any]] | None = None,
+    ) -> ProfileRecord:
+        """Change the fields given; None keeps a field."""
+        values: dict[str, object] = {"updated_at": _now()}
+        if description is not None:
+            values["description"] = description
+        if features is not None:
+            values["features_json"] = _features_json(features)
+        statement = update(ProfileRow).where(ProfileRow.name == name).values(values)
+        if _rowcount(self._session, statement) == 0:
+            raise RecordNotFoundError(f"profile {name!r} not found")
+        record = self.get(name)
+        assert record is not None
+        return record
+
+    def delete(self, name: str) -> bool:
+        statement = delete(ProfileRow).where(ProfileRow.name == name)
+        return _rowcount(self._session, statement) > 0
+
+    def set_active(self, name: str | None) -> None:
+        """Make `name` the one active profile, or none when None."""
+        self._session.execute(
+            update(ProfileRow).where(ProfileRow.active.is_(True)).values(active=False)
+        )
+        if name is None:
+            return
+        statement = update(ProfileRow).where(ProfileRow.name == name).values(active=True)
+        if _rowcount(self._session, statement) == 0:
+            raise RecordNotFoundError(f"profile {name!r} not found")
+
+    def active(self) -> ProfileRecord | None:
+        row = self._session.scalars(select(ProfileRow).where(ProfileRow.active.is_(True))).first()
+        return None if row is None else _profile(row)
+
+
 @dataclass(frozen=True, slots=True)
 class Repositories:
     """The repositories of one transaction."""
@@ -410,13 +519,16 @@ class Repositories:
     model_records: ModelRecords
     operations: Operations
     sae_records: SaeRecords
+    profiles: Profiles
 
 
 @contextmanager
 def transaction(db: Database) -> Iterator[Repositories]:
     """Repositories sharing one transaction: committed on success, rolled back on error."""
     with db.session() as session:
-        yield Repositories(ModelRecords(session), Operations(session), SaeRecords(session))
+        yield Repositories(
+            ModelRecords(session), Operations(session), SaeRecords(session), Profiles(session)
+        )
 
 
 def run(db: Database, work: Callable[[Repositories], T]) -> T:
@@ -477,6 +589,27 @@ def _sae_record(row: SaeRecordRow) -> SaeRecord:
         weights_sha256=row.weights_sha256,
         local_dir=row.local_dir,
         spec=json.loads(row.spec_json),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _features_json(features: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(list(features), sort_keys=True)
+
+
+def _profile(row: ProfileRow) -> ProfileRecord:
+    return ProfileRecord(
+        name=row.name,
+        description=row.description,
+        model_name=row.model_name,
+        sae_id=row.sae_id,
+        sae_name=row.sae_name,
+        weights_sha256=row.weights_sha256,
+        hook_name=row.hook_name,
+        d_sae=row.d_sae,
+        features=tuple(json.loads(row.features_json)),
+        active=row.active,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

@@ -14,9 +14,11 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -138,5 +140,34 @@ class SaeRecordRow(TableBase):
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
     local_dir: Mapped[str] = mapped_column(String(1024))
     spec_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class ProfileRow(TableBase):
+    """A named steering profile, bound to the model and SAE it was made on."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (
+        # At most one profile is the active one; the partial index enforces it.
+        Index(
+            "uq_profiles_active",
+            "active",
+            unique=True,
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text)
+    model_name: Mapped[str] = mapped_column(String(256))
+    sae_id: Mapped[str] = mapped_column(String(64))
+    sae_name: Mapped[str] = mapped_column(String(512))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    hook_name: Mapped[str] = mapped_column(String(256))
+    d_sae: Mapped[int] = mapped_column(Integer)
+    features_json: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

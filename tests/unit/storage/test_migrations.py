@@ -11,7 +11,7 @@ from inference_service.storage.database import MIGRATIONS_DIR
 from inference_service.storage.records import ModelFormat
 from inference_service.storage.tables import TableBase
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 def test_migrate_creates_the_schema(database_url: str) -> None:
@@ -20,7 +20,14 @@ def test_migrate_creates_the_schema(database_url: str) -> None:
     db.migrate()
     assert db.current_revision() == HEAD
     tables = set(inspect(db.engine).get_table_names())
-    expected = {"model_records", "model_files", "operations", "sae_records", "alembic_version"}
+    expected = {
+        "model_records",
+        "model_files",
+        "operations",
+        "sae_records",
+        "profiles",
+        "alembic_version",
+    }
     assert expected <= tables
     db.close()
 

@@ -72,6 +72,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Steering or monitoring needs an SAE attached and none is."""
     ERROR_REASON_PROFILE_NOT_FOUND: _ErrorReason.ValueType  # 22
     """No steering profile has that name."""
+    ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 23
+    """Something with that name already exists."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons miLLM puts in the
@@ -132,4 +134,6 @@ ERROR_REASON_NO_SAE_ATTACHED: ErrorReason.ValueType  # 21
 """Steering or monitoring needs an SAE attached and none is."""
 ERROR_REASON_PROFILE_NOT_FOUND: ErrorReason.ValueType  # 22
 """No steering profile has that name."""
+ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 23
+"""Something with that name already exists."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

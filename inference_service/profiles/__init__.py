@@ -1,0 +1,14 @@
+"""Steering profiles: named, saved steering sets bound to one model and SAE."""
+
+from inference_service.profiles.manager import ImportResult, ProfileManager
+from inference_service.profiles.schema import SCHEMA
+from inference_service.profiles.types import Profile, ProfileExistsError, ProfileSae
+
+__all__ = [
+    "SCHEMA",
+    "ImportResult",
+    "Profile",
+    "ProfileExistsError",
+    "ProfileManager",
+    "ProfileSae",
+]
