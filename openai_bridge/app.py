@@ -15,8 +15,11 @@ from openai_bridge.config import BridgeSettings
 from openai_bridge.errors import install_exception_handlers
 from openai_bridge.inference_client import InferenceClient
 from openai_bridge.management import models as management_models
+from openai_bridge.management import monitoring as management_monitoring
 from openai_bridge.management import operations as management_operations
+from openai_bridge.management import profiles as management_profiles
 from openai_bridge.management import saes as management_saes
+from openai_bridge.management import steering as management_steering
 from openai_bridge.management_client import ManagementClient
 from openai_bridge.middleware import ApiKeyMiddleware, RequestIdMiddleware
 from openai_bridge.openai_api import chat, completions, embeddings, models
@@ -56,6 +59,9 @@ def create_app(
         management_models,
         management_operations,
         management_saes,
+        management_steering,
+        management_profiles,
+        management_monitoring,
     ):
         app.include_router(module.router)
     if settings.api_key:

@@ -11,6 +11,7 @@ client sees comes out of `ERROR_TABLE`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,19 +186,22 @@ async def _on_inference_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    # FastAPI answers 422 by default; OpenAI clients expect 400 with `param`.
-    assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
+def validation_failure(errors: Sequence[Any]) -> InferenceError:
+    """The 400 for pydantic's `errors()`: the first one, with its dotted `loc` as `param`."""
     first = errors[0] if errors else {"loc": (), "msg": "Invalid request body."}
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
-        message, param = "The request body is not valid JSON.", None
-    else:
-        param = _param_from_loc(loc)
-        message = str(first.get("msg", "Invalid request body."))
-        message = f"{message} (at `{param}`)" if param else f"{message} (the request body)"
-    return error_response(invalid_request(message, param))
+        return invalid_request("The request body is not valid JSON.")
+    param = _param_from_loc(loc)
+    message = str(first.get("msg", "Invalid request body."))
+    message = f"{message} (at `{param}`)" if param else f"{message} (the request body)"
+    return invalid_request(message, param)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI answers 422 by default; OpenAI clients expect 400 with `param`.
+    assert isinstance(exc, RequestValidationError)
+    return error_response(validation_failure(list(exc.errors())))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:

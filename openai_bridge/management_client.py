@@ -1,5 +1,5 @@
-"""The bridge's door to ModelService, OperationsService and SaeService: an abstract
-client and its gRPC form.
+"""The bridge's door to ModelService, OperationsService, SaeService, SteeringService,
+ProfileService and MonitoringService: an abstract client and its gRPC form.
 
 The /api/v1 routes depend on `ManagementClient`, so they are tested against an
 in-memory fake. `GrpcManagementClient` rides on the `GrpcInferenceClient`'s
@@ -8,6 +8,7 @@ channel (one connection to the service), and raises the same `InferenceError`.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
@@ -16,11 +17,17 @@ import grpc
 
 from millm.v1 import model_service_pb2 as mpb
 from millm.v1 import model_service_pb2_grpc as mpb_grpc
+from millm.v1 import monitoring_service_pb2 as monpb
+from millm.v1 import monitoring_service_pb2_grpc as monpb_grpc
 from millm.v1 import operation_pb2 as opb
 from millm.v1 import operations_service_pb2 as ospb
 from millm.v1 import operations_service_pb2_grpc as ospb_grpc
+from millm.v1 import profile_service_pb2 as ppb
+from millm.v1 import profile_service_pb2_grpc as ppb_grpc
 from millm.v1 import sae_service_pb2 as spb
 from millm.v1 import sae_service_pb2_grpc as spb_grpc
+from millm.v1 import steering_service_pb2 as stpb
+from millm.v1 import steering_service_pb2_grpc as stpb_grpc
 from openai_bridge.errors import InferenceError
 from openai_bridge.inference_client import GrpcInferenceClient, decode_rpc_error
 
@@ -35,10 +42,33 @@ FINAL_STATES = frozenset(
 Response = TypeVar("Response")
 
 SAE_NOT_OFFERED = "This management client does not offer the SAE calls."
+STEERING_NOT_OFFERED = "This management client does not offer the steering calls."
+PROFILES_NOT_OFFERED = "This management client does not offer the profile calls."
+MONITORING_NOT_OFFERED = "This management client does not offer the monitoring calls."
+
+
+def _not_offered(message: str) -> InferenceError:
+    return InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, message)
 
 
 def _sae_not_offered() -> InferenceError:
-    return InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, SAE_NOT_OFFERED)
+    return _not_offered(SAE_NOT_OFFERED)
+
+
+class MonitorStream(ABC):
+    """One live `Monitor` call: send selection changes while iterating over frames."""
+
+    @abstractmethod
+    async def send(self, request: monpb.MonitorRequest) -> None:
+        """Changes the selection or pauses; raises `InferenceError` if the call has failed."""
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[monpb.MonitorResponse]:
+        """Yields frames until the service ends the call; raises `InferenceError`."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Ends the call. Synchronous, so it is safe in a cancelled `finally`."""
 
 
 class ManagementClient(ABC):
@@ -150,11 +180,125 @@ class ManagementClient(ABC):
     async def upload_sae(self, request: spb.UploadSaeRequest) -> spb.UploadSaeResponse:
         raise _sae_not_offered()
 
+    # SteeringService, ProfileService, MonitoringService: not abstract either.
+
+    async def get_steering(self, request: stpb.GetSteeringRequest) -> stpb.GetSteeringResponse:
+        raise _not_offered(STEERING_NOT_OFFERED)
+
+    async def set_steering(self, request: stpb.SetSteeringRequest) -> stpb.SetSteeringResponse:
+        raise _not_offered(STEERING_NOT_OFFERED)
+
+    async def clear_steering(
+        self, request: stpb.ClearSteeringRequest
+    ) -> stpb.ClearSteeringResponse:
+        raise _not_offered(STEERING_NOT_OFFERED)
+
+    async def set_steering_enabled(
+        self, request: stpb.SetSteeringEnabledRequest
+    ) -> stpb.SetSteeringEnabledResponse:
+        raise _not_offered(STEERING_NOT_OFFERED)
+
+    async def list_profiles(self, request: ppb.ListProfilesRequest) -> ppb.ListProfilesResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def get_profile(self, request: ppb.GetProfileRequest) -> ppb.GetProfileResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def create_profile(self, request: ppb.CreateProfileRequest) -> ppb.CreateProfileResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def update_profile(self, request: ppb.UpdateProfileRequest) -> ppb.UpdateProfileResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def delete_profile(self, request: ppb.DeleteProfileRequest) -> ppb.DeleteProfileResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def activate_profile(
+        self, request: ppb.ActivateProfileRequest
+    ) -> ppb.ActivateProfileResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def deactivate_profile(
+        self, request: ppb.DeactivateProfileRequest
+    ) -> ppb.DeactivateProfileResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def export_profile(self, request: ppb.ExportProfileRequest) -> ppb.ExportProfileResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def import_profile(self, request: ppb.ImportProfileRequest) -> ppb.ImportProfileResponse:
+        raise _not_offered(PROFILES_NOT_OFFERED)
+
+    async def monitor(self, first: monpb.MonitorRequest) -> MonitorStream:
+        """Opens a `Monitor` call with the initial selection `first`."""
+        raise _not_offered(MONITORING_NOT_OFFERED)
+
+    async def get_monitoring_config(
+        self, request: monpb.GetMonitoringConfigRequest
+    ) -> monpb.GetMonitoringConfigResponse:
+        raise _not_offered(MONITORING_NOT_OFFERED)
+
+    async def set_monitoring_config(
+        self, request: monpb.SetMonitoringConfigRequest
+    ) -> monpb.SetMonitoringConfigResponse:
+        raise _not_offered(MONITORING_NOT_OFFERED)
+
+    async def get_monitoring_history(
+        self, request: monpb.GetMonitoringHistoryRequest
+    ) -> monpb.GetMonitoringHistoryResponse:
+        raise _not_offered(MONITORING_NOT_OFFERED)
+
+    async def get_feature_statistics(
+        self, request: monpb.GetFeatureStatisticsRequest
+    ) -> monpb.GetFeatureStatisticsResponse:
+        raise _not_offered(MONITORING_NOT_OFFERED)
+
+    async def export_monitoring_history(
+        self, request: monpb.ExportMonitoringHistoryRequest
+    ) -> monpb.ExportMonitoringHistoryResponse:
+        raise _not_offered(MONITORING_NOT_OFFERED)
+
+    async def clear_monitoring_history(
+        self, request: monpb.ClearMonitoringHistoryRequest
+    ) -> monpb.ClearMonitoringHistoryResponse:
+        raise _not_offered(MONITORING_NOT_OFFERED)
+
 
 class _Stubs(NamedTuple):
     models: mpb_grpc.ModelServiceStub
     operations: ospb_grpc.OperationsServiceStub
     saes: spb_grpc.SaeServiceStub
+    steering: stpb_grpc.SteeringServiceStub
+    profiles: ppb_grpc.ProfileServiceStub
+    monitoring: monpb_grpc.MonitoringServiceStub
+
+
+class _GrpcMonitorStream(MonitorStream):
+    def __init__(self, call: grpc.aio.StreamStreamCall, address: str) -> None:
+        self._call = call
+        self._address = address
+
+    async def send(self, request: monpb.MonitorRequest) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.aio.AioRpcError as err:
+            raise decode_rpc_error(err, self._address) from None
+        except asyncio.InvalidStateError:
+            # The call already ended; reading it reports why.
+            return
+
+    async def __aiter__(self) -> AsyncIterator[monpb.MonitorResponse]:
+        try:
+            while True:
+                message = await self._call.read()
+                if message is grpc.aio.EOF:
+                    return
+                yield message
+        except grpc.aio.AioRpcError as err:
+            raise decode_rpc_error(err, self._address) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
 
 class GrpcManagementClient(ManagementClient):
@@ -173,6 +317,9 @@ class GrpcManagementClient(ManagementClient):
                 models=mpb_grpc.ModelServiceStub(channel),
                 operations=ospb_grpc.OperationsServiceStub(channel),
                 saes=spb_grpc.SaeServiceStub(channel),
+                steering=stpb_grpc.SteeringServiceStub(channel),
+                profiles=ppb_grpc.ProfileServiceStub(channel),
+                monitoring=monpb_grpc.MonitoringServiceStub(channel),
             )
         return self._stub_set
 
@@ -344,3 +491,132 @@ class GrpcManagementClient(ManagementClient):
     async def upload_sae(self, request: spb.UploadSaeRequest) -> spb.UploadSaeResponse:
         stub = self._stubs().saes
         return await self._unary(stub.UploadSae, request, timeout_s=self._inference.timeout_s)
+
+    # ---------------------------------------------------------------- steering
+
+    async def get_steering(self, request: stpb.GetSteeringRequest) -> stpb.GetSteeringResponse:
+        stub = self._stubs().steering
+        return await self._unary(stub.GetSteering, request, timeout_s=self._inference.timeout_s)
+
+    async def set_steering(self, request: stpb.SetSteeringRequest) -> stpb.SetSteeringResponse:
+        stub = self._stubs().steering
+        return await self._unary(stub.SetSteering, request, timeout_s=self._inference.timeout_s)
+
+    async def clear_steering(
+        self, request: stpb.ClearSteeringRequest
+    ) -> stpb.ClearSteeringResponse:
+        stub = self._stubs().steering
+        return await self._unary(stub.ClearSteering, request, timeout_s=self._inference.timeout_s)
+
+    async def set_steering_enabled(
+        self, request: stpb.SetSteeringEnabledRequest
+    ) -> stpb.SetSteeringEnabledResponse:
+        stub = self._stubs().steering
+        return await self._unary(
+            stub.SetSteeringEnabled, request, timeout_s=self._inference.timeout_s
+        )
+
+    # ---------------------------------------------------------------- profiles
+
+    async def list_profiles(self, request: ppb.ListProfilesRequest) -> ppb.ListProfilesResponse:
+        stub = self._stubs().profiles
+        return await self._unary(stub.ListProfiles, request, timeout_s=self._inference.timeout_s)
+
+    async def get_profile(self, request: ppb.GetProfileRequest) -> ppb.GetProfileResponse:
+        stub = self._stubs().profiles
+        return await self._unary(stub.GetProfile, request, timeout_s=self._inference.timeout_s)
+
+    async def create_profile(self, request: ppb.CreateProfileRequest) -> ppb.CreateProfileResponse:
+        stub = self._stubs().profiles
+        return await self._unary(stub.CreateProfile, request, timeout_s=self._inference.timeout_s)
+
+    async def update_profile(self, request: ppb.UpdateProfileRequest) -> ppb.UpdateProfileResponse:
+        stub = self._stubs().profiles
+        return await self._unary(stub.UpdateProfile, request, timeout_s=self._inference.timeout_s)
+
+    async def delete_profile(self, request: ppb.DeleteProfileRequest) -> ppb.DeleteProfileResponse:
+        stub = self._stubs().profiles
+        return await self._unary(stub.DeleteProfile, request, timeout_s=self._inference.timeout_s)
+
+    async def activate_profile(
+        self, request: ppb.ActivateProfileRequest
+    ) -> ppb.ActivateProfileResponse:
+        stub = self._stubs().profiles
+        return await self._unary(stub.ActivateProfile, request, timeout_s=self._inference.timeout_s)
+
+    async def deactivate_profile(
+        self, request: ppb.DeactivateProfileRequest
+    ) -> ppb.DeactivateProfileResponse:
+        stub = self._stubs().profiles
+        return await self._unary(
+            stub.DeactivateProfile, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def export_profile(self, request: ppb.ExportProfileRequest) -> ppb.ExportProfileResponse:
+        stub = self._stubs().profiles
+        return await self._unary(stub.ExportProfile, request, timeout_s=self._inference.timeout_s)
+
+    async def import_profile(self, request: ppb.ImportProfileRequest) -> ppb.ImportProfileResponse:
+        stub = self._stubs().profiles
+        return await self._unary(stub.ImportProfile, request, timeout_s=self._inference.timeout_s)
+
+    # ---------------------------------------------------------------- monitoring
+
+    async def monitor(self, first: monpb.MonitorRequest) -> MonitorStream:
+        # No deadline: a live view lasts as long as its viewer; the caller cancels.
+        call = self._stubs().monitoring.Monitor(metadata=self._inference.call_metadata())
+        stream = _GrpcMonitorStream(call, self._inference.address)
+        try:
+            await stream.send(first)
+        except BaseException:
+            call.cancel()
+            raise
+        return stream
+
+    async def get_monitoring_config(
+        self, request: monpb.GetMonitoringConfigRequest
+    ) -> monpb.GetMonitoringConfigResponse:
+        stub = self._stubs().monitoring
+        return await self._unary(
+            stub.GetMonitoringConfig, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def set_monitoring_config(
+        self, request: monpb.SetMonitoringConfigRequest
+    ) -> monpb.SetMonitoringConfigResponse:
+        stub = self._stubs().monitoring
+        return await self._unary(
+            stub.SetMonitoringConfig, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def get_monitoring_history(
+        self, request: monpb.GetMonitoringHistoryRequest
+    ) -> monpb.GetMonitoringHistoryResponse:
+        stub = self._stubs().monitoring
+        return await self._unary(
+            stub.GetMonitoringHistory, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def get_feature_statistics(
+        self, request: monpb.GetFeatureStatisticsRequest
+    ) -> monpb.GetFeatureStatisticsResponse:
+        stub = self._stubs().monitoring
+        return await self._unary(
+            stub.GetFeatureStatistics, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def export_monitoring_history(
+        self, request: monpb.ExportMonitoringHistoryRequest
+    ) -> monpb.ExportMonitoringHistoryResponse:
+        stub = self._stubs().monitoring
+        return await self._unary(
+            stub.ExportMonitoringHistory, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def clear_monitoring_history(
+        self, request: monpb.ClearMonitoringHistoryRequest
+    ) -> monpb.ClearMonitoringHistoryResponse:
+        stub = self._stubs().monitoring
+        return await self._unary(
+            stub.ClearMonitoringHistory, request, timeout_s=self._inference.timeout_s
+        )

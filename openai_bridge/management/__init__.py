@@ -1,2 +1,3 @@
-"""The /api/v1 management API: cached models, downloads and operations, over ModelService and
-OperationsService. Routes are thin; `translate` holds the protobuf <-> JSON mapping."""
+"""The /api/v1 management API: cached models, downloads and operations, SAEs, steering,
+profiles and monitoring, over the inference service's management RPCs. Routes are thin;
+`translate` and `steering_translate` hold the protobuf <-> JSON mapping."""

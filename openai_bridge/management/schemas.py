@@ -11,8 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from openai_bridge.steering_json import FeatureBody, FeatureIndex
+
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
+PROFILE_NAME_MAX = 64
 
 WeightFormatName = Literal["safetensors", "pytorch"]
 QuantizationName = Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
@@ -107,3 +110,57 @@ class SaeUploadBody(ManagementBody):
     token: str | None = Field(default=None, repr=False)
     private: bool = False
     commit_message: str | None = Field(default=None, max_length=REPO_PATH_MAX)
+
+
+# ---------------------------------------------------------------- steering, profiles, monitoring
+
+
+class SteeringBody(ManagementBody):
+    """PUT /api/v1/steering: the live features, replacing the current ones."""
+
+    features: list[FeatureBody]
+    # Unset keeps the switch as it is.
+    enabled: bool | None = None
+
+
+class ProfileCreateBody(ManagementBody):
+    """POST /api/v1/profiles."""
+
+    name: str = Field(min_length=1, max_length=PROFILE_NAME_MAX)
+    description: str = ""
+    # Unset saves the live steering's features.
+    features: list[FeatureBody] | None = None
+
+
+class ProfileUpdateBody(ManagementBody):
+    """PATCH /api/v1/profiles/{name}: unset fields keep their values."""
+
+    description: str | None = None
+    # A list (even empty) replaces the features.
+    features: list[FeatureBody] | None = None
+
+
+class ProfileImportBody(ManagementBody):
+    """POST /api/v1/profiles/import, wrapped form (the exported document as a string)."""
+
+    # `json` on the wire; a pydantic model cannot have a field of that name.
+    document: str = Field(alias="json", min_length=1)
+    overwrite: bool = False
+    force: bool = False
+
+
+class MonitoringConfigBody(ManagementBody):
+    """PUT /api/v1/monitoring/config: unset fields keep their current values."""
+
+    record_history: bool | None = None
+    top_k: int | None = Field(default=None, ge=0, le=UINT32_MAX)
+    features: list[FeatureIndex] | None = None
+    history_frames: int | None = Field(default=None, ge=0, le=UINT32_MAX)
+
+
+class MonitorControl(ManagementBody):
+    """A client message on /api/v1/monitoring/stream: unset fields keep their values."""
+
+    features: list[FeatureIndex] | None = None
+    top_k: int | None = Field(default=None, ge=0, le=UINT32_MAX)
+    paused: bool | None = None

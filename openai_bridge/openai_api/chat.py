@@ -9,13 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from openai_bridge.inference_client import GenerationStream
-from openai_bridge.openai_api import translate
-from openai_bridge.openai_api.generation import (
-    collect,
-    open_generation,
-    sse_body,
-    until_disconnected,
-)
+from openai_bridge.openai_api import millm, translate
+from openai_bridge.openai_api.generation import Collected, complete, open_generations, sse_body
 from openai_bridge.openai_api.protocol import ChatCompletionRequest
 from openai_bridge.sse import sse_response
 from openai_bridge.state import State
@@ -26,7 +21,11 @@ OBJECT_CHUNK = "chat.completion.chunk"
 
 
 async def chat_chunks(
-    stream: GenerationStream, ids: translate.ResponseIds, include_usage: bool, logprobs: bool
+    stream: GenerationStream,
+    ids: translate.ResponseIds,
+    include_usage: bool,
+    logprobs: bool,
+    activations: bool = False,
 ) -> AsyncIterator[dict[str, Any]]:
     yield translate.chat_chunk(
         ids, {"role": "assistant", "content": ""}, include_usage=include_usage
@@ -35,14 +34,19 @@ async def chat_chunks(
         if message.WhichOneof("kind") == "delta":
             delta = message.delta
             # Held-back text (a possible stop string) leaves empty deltas; skip them
-            # unless they carry logprobs the client asked for.
-            if not delta.text and not (logprobs and delta.logprobs):
+            # unless they carry logprobs or activations the client asked for.
+            if (
+                not delta.text
+                and not (logprobs and delta.logprobs)
+                and not (activations and delta.activations)
+            ):
                 continue
             yield translate.chat_chunk(
                 ids,
                 {"content": delta.text},
                 include_usage=include_usage,
                 logprobs=translate.chat_logprobs(delta.logprobs) if logprobs else None,
+                millm=millm.chunk_field(delta.activations) if activations else None,
             )
         elif message.WhichOneof("kind") == "finished":
             finished = message.finished
@@ -63,16 +67,24 @@ async def create_chat_completion(
     request: Request,
     state: State,
 ) -> Response:
-    stream, ids = await open_generation(
-        state.client, translate.chat_start(body), "chatcmpl", int(state.clock()), body.model or ""
+    start = translate.chat_start(body)
+    extension = millm.for_generation(body.millm, stream=bool(body.stream))
+    choice = await millm.choose_model(state.client, start.model)
+    prepared = millm.prepare(start, extension, choice)
+    opened = await open_generations(
+        state.client, start, "chatcmpl", int(state.clock()), choice, prepared
     )
     logprobs = bool(body.logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(sse_body(stream, chat_chunks(stream, ids, include_usage, logprobs)))
-    result = await until_disconnected(request, collect(stream))
-    return JSONResponse(
-        translate.chat_completion(
-            ids, result.text, result.logprobs if logprobs else None, result.finished
+        chunks = chat_chunks(
+            opened.stream, opened.ids, include_usage, logprobs, prepared.activations
         )
-    )
+        return sse_response(sse_body(opened.stream, chunks))
+
+    def respond(collected: Collected) -> dict[str, Any]:
+        return translate.chat_completion(
+            opened.ids, collected.text, collected.logprobs if logprobs else None, collected.finished
+        )
+
+    return JSONResponse(await complete(request, opened, prepared.activations, respond))

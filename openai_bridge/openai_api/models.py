@@ -1,17 +1,34 @@
-"""GET /v1/models and /v1/models/{id}: answered from GetServerInfo, which never queues."""
+"""GET /v1/models and /v1/models/{id}: answered from GetServerInfo, which never queues.
+
+Each saved steering profile is listed as one more model, `<model>:<profile>`,
+so that a client that can only pick a model (Open WebUI, LibreChat) can pick a
+profile. Open WebUI gives the list 10 s and LibreChat 5 s, so the profiles get
+at most `PROFILE_LIST_TIMEOUT_S`; if they fail or are late, the list still
+answers with the model alone.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 import grpc
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from millm.v1 import inference_service_pb2 as pb
+from millm.v1 import profile_service_pb2 as ppb
 from openai_bridge.errors import InferenceError
-from openai_bridge.openai_api import translate
+from openai_bridge.management_client import ManagementClient
+from openai_bridge.openai_api import millm, translate
 from openai_bridge.state import BridgeState, State
 
+log = logging.getLogger(__name__)
+
 router = APIRouter()
+
+PROFILE_LIST_TIMEOUT_S = 2.0
+PROFILE_PAGE_SIZE = 200
 
 
 async def _served_models(state: BridgeState) -> list[pb.ModelInfo]:
@@ -21,10 +38,56 @@ async def _served_models(state: BridgeState) -> list[pb.ModelInfo]:
     return []
 
 
+async def _all_profile_names(management: ManagementClient) -> list[str]:
+    names: list[str] = []
+    token = ""
+    while True:
+        request = ppb.ListProfilesRequest(page_size=PROFILE_PAGE_SIZE, page_token=token)
+        response = await management.list_profiles(request)
+        names.extend(p.name for p in response.profiles)
+        token = response.next_page_token
+        if not token:
+            return names
+
+
+async def _profile_names(state: BridgeState) -> list[str]:
+    """Saved profile names; [] when the profiles cannot be read quickly."""
+    if state.management is None:
+        return []
+    try:
+        return await asyncio.wait_for(
+            _all_profile_names(state.management), timeout=PROFILE_LIST_TIMEOUT_S
+        )
+    except TimeoutError:
+        log.warning("listing models without profiles: they took over %ss", PROFILE_LIST_TIMEOUT_S)
+        return []
+    except InferenceError as exc:
+        # No profile service at all is normal for an older service; say so quietly.
+        quiet = exc.grpc_code == grpc.StatusCode.UNIMPLEMENTED
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "listing models without profiles: %s",
+            exc.message,
+        )
+        return []
+
+
 @router.get("/v1/models")
 async def list_models(state: State) -> JSONResponse:
-    models = await _served_models(state)
-    return JSONResponse({"object": "list", "data": [translate.model_card(m) for m in models]})
+    profiles = asyncio.ensure_future(_profile_names(state))
+    try:
+        models = await _served_models(state)
+    except BaseException:
+        profiles.cancel()
+        raise
+    if not models:
+        profiles.cancel()
+    names = await profiles if models else []
+    data = []
+    for model in models:
+        data.append(translate.model_card(model))
+        data.extend(translate.model_card(model, name) for name in names)
+    return JSONResponse({"object": "list", "data": data})
 
 
 # `:path` because model ids may contain "/" (Hub ids) and ":".
@@ -33,6 +96,12 @@ async def retrieve_model(model_id: str, state: State) -> JSONResponse:
     for model in await _served_models(state):
         if model.id == model_id:
             return JSONResponse(translate.model_card(model))
+        profile = millm.split_model_id(model_id, model.id).profile
+        if profile and state.management is not None:
+            # PROFILE_NOT_FOUND (404, `param` "model") when there is no such profile.
+            with millm.client_names(millm.Prepared(source="model", activations=False)):
+                await state.management.get_profile(ppb.GetProfileRequest(name=profile))
+            return JSONResponse(translate.model_card(model, profile))
     raise InferenceError(
         grpc.StatusCode.NOT_FOUND,
         "MODEL_NOT_FOUND",

@@ -54,6 +54,8 @@ class SamplingFields(OpenAIBody):
     n: int | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # miLLM's own extension (steering, activations, compare); checked in `millm.py`.
+    millm: dict[str, Any] | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -81,3 +83,5 @@ class EmbeddingRequest(OpenAIBody):
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = None
     user: str | None = None
+    # miLLM's own extension (steering only, here); checked in `millm.py`.
+    millm: dict[str, Any] | None = None

@@ -280,11 +280,18 @@ def text_completion(
 
 
 def _chunk(
-    ids: ResponseIds, obj: str, choices: list[dict[str, Any]], include_usage: bool
+    ids: ResponseIds,
+    obj: str,
+    choices: list[dict[str, Any]],
+    include_usage: bool,
+    millm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {**_envelope(ids, obj), "choices": choices}
     if include_usage:
         chunk["usage"] = None
+    if millm is not None:
+        # An extra top-level key: the SDK keeps it in `model_extra`.
+        chunk["millm"] = millm
     return chunk
 
 
@@ -295,9 +302,10 @@ def chat_chunk(
     include_usage: bool,
     logprobs: dict[str, Any] | None = None,
     finish: str | None = None,
+    millm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-    return _chunk(ids, "chat.completion.chunk", [choice], include_usage)
+    return _chunk(ids, "chat.completion.chunk", [choice], include_usage, millm)
 
 
 def completion_chunk(
@@ -307,9 +315,10 @@ def completion_chunk(
     include_usage: bool,
     logprobs: dict[str, Any] | None = None,
     finish: str | None = None,
+    millm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
-    return _chunk(ids, "text_completion", [choice], include_usage)
+    return _chunk(ids, "text_completion", [choice], include_usage, millm)
 
 
 def usage_chunk(ids: ResponseIds, obj: str, u: pb.Usage) -> dict[str, Any]:
@@ -339,9 +348,10 @@ def embeddings(response: pb.EmbedResponse, encoding_format: str | None) -> dict[
     }
 
 
-def model_card(model: pb.ModelInfo) -> dict[str, Any]:
+def model_card(model: pb.ModelInfo, profile: str | None = None) -> dict[str, Any]:
+    """The served model, or with `profile` its `<model>:<profile>` alias."""
     return {
-        "id": model.id,
+        "id": f"{model.id}:{profile}" if profile else model.id,
         "object": "model",
         "created": model.loaded_at_unix_s,
         "owned_by": "millm",

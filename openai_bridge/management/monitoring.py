@@ -1,0 +1,210 @@
+"""/api/v1/monitoring: what is captured, the recorded history, feature statistics, and the
+live activation stream (a WebSocket in front of the bidirectional `Monitor` call)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Annotated, Literal
+
+import grpc
+from fastapi import APIRouter, Query, WebSocket
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.types import Message
+from starlette.websockets import WebSocketDisconnect
+
+from millm.v1 import monitoring_service_pb2 as monpb
+from openai_bridge.errors import InferenceError, invalid_request, validation_failure
+from openai_bridge.management import steering_translate as translate
+from openai_bridge.management.schemas import MonitorControl, MonitoringConfigBody
+from openai_bridge.management.translate import error_frame, export_content_disposition
+from openai_bridge.management_client import MonitorStream
+from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState, Management
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/monitoring")
+
+UNEXPECTED = "Internal server error; the details are in the bridge log."
+# A viewer that says nothing this long after connecting gets the top 10 features.
+FIRST_MESSAGE_WAIT_S = 1.0
+DEFAULT_TOP_K = 10
+# RFC 6455: the server is going away (the service ended the stream, as on shutdown).
+CLOSE_GOING_AWAY = 1001
+
+
+@router.get("/config")
+async def get_monitoring_config(management: Management) -> JSONResponse:
+    response = await management.get_monitoring_config(monpb.GetMonitoringConfigRequest())
+    return JSONResponse(
+        {**translate.monitoring_config(response.config), "subscribers": response.subscribers}
+    )
+
+
+@router.put("/config")
+async def set_monitoring_config(body: MonitoringConfigBody, management: Management) -> JSONResponse:
+    # Unset fields keep their values, so the change is made on the current configuration.
+    current = await management.get_monitoring_config(monpb.GetMonitoringConfigRequest())
+    request = translate.set_monitoring_config_request(current.config, body)
+    response = await management.set_monitoring_config(request)
+    return JSONResponse(translate.monitoring_config(response.config))
+
+
+@router.get("/history")
+async def get_monitoring_history(
+    management: Management,
+    limit: Annotated[int | None, Query()] = None,
+    request_id: Annotated[str | None, Query(max_length=128)] = None,
+) -> JSONResponse:
+    response = await management.get_monitoring_history(translate.history_request(limit, request_id))
+    return JSONResponse({"data": [translate.frame(f) for f in response.frames]})
+
+
+@router.delete("/history")
+async def clear_monitoring_history(management: Management) -> JSONResponse:
+    await management.clear_monitoring_history(monpb.ClearMonitoringHistoryRequest())
+    return JSONResponse({"cleared": True})
+
+
+@router.get("/statistics")
+async def get_feature_statistics(
+    management: Management,
+    features: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int | None, Query()] = None,
+) -> JSONResponse:
+    request = translate.statistics_request(features or [], limit)
+    response = await management.get_feature_statistics(request)
+    return JSONResponse(translate.statistics(response))
+
+
+@router.get("/export", response_model=None)
+async def export_monitoring_history(
+    management: Management, format: Literal["json", "csv"] = "json"
+) -> Response:
+    response = await management.export_monitoring_history(
+        monpb.ExportMonitoringHistoryRequest(format=format)
+    )
+    filename = translate.export_filename(format)
+    return Response(
+        response.data,
+        media_type=response.content_type or translate.EXPORT_TYPES[format],
+        headers={"Content-Disposition": export_content_disposition(filename, filename)},
+    )
+
+
+# ---------------------------------------------------------------- the live stream
+
+
+@router.websocket("/stream")
+async def monitor_stream(websocket: WebSocket) -> None:
+    """Text frames `{"type": "frame", "frame": {...}, "dropped_frames": n}`.
+
+    The client sends `{"features", "top_k", "paused"}` whenever it likes; each
+    message changes only the keys it has. Silence for `FIRST_MESSAGE_WAIT_S`
+    after connecting starts with the top `DEFAULT_TOP_K` features. An error
+    (a bad message, or one from the service) is one `{"type": "error", "error":
+    {...}}` frame, then close 1008 (client error) or 1011 (server error), as the
+    operations watch does. A client that leaves cancels the gRPC call at once.
+    """
+    await websocket.accept()
+    state: BridgeState = websocket.app.state.bridge
+    stream: MonitorStream | None = None
+    pending: asyncio.Future[Message] | None = None
+    try:
+        if state.management is None:
+            raise InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, MANAGEMENT_NOT_CONFIGURED)
+        selection = translate.Selection(top_k=DEFAULT_TOP_K)
+        pending = asyncio.ensure_future(websocket.receive())
+        done, _ = await asyncio.wait({pending}, timeout=FIRST_MESSAGE_WAIT_S)
+        if done:
+            if not _apply(pending.result(), selection):
+                return  # left before the stream started
+            pending = None
+        stream = await state.management.monitor(selection.request())
+        await _relay(websocket, stream, selection, pending)
+    except WebSocketDisconnect:
+        return
+    except Exception as exc:
+        await _report(websocket, exc)
+    finally:
+        if pending is not None:
+            pending.cancel()
+        if stream is not None:
+            stream.cancel()
+
+
+async def _relay(
+    websocket: WebSocket,
+    stream: MonitorStream,
+    selection: translate.Selection,
+    pending: asyncio.Future[Message] | None,
+) -> None:
+    """Frames out and control messages in, until either side ends or fails."""
+    pump = asyncio.create_task(_send_frames(websocket, stream))
+    listen = asyncio.create_task(_read_controls(websocket, stream, selection, pending))
+    try:
+        await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pump, listen):
+            task.cancel()
+        results = await asyncio.gather(pump, listen, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    if pump.done() and not pump.cancelled() and pump.exception() is None:
+        # The service ended the stream (it is shutting down).
+        await websocket.close(CLOSE_GOING_AWAY)
+
+
+async def _send_frames(websocket: WebSocket, stream: MonitorStream) -> None:
+    async for response in stream:
+        await websocket.send_text(translate.monitor_frame(response))
+
+
+async def _read_controls(
+    websocket: WebSocket,
+    stream: MonitorStream,
+    selection: translate.Selection,
+    pending: asyncio.Future[Message] | None,
+) -> None:
+    """Returns when the client leaves; raises `InferenceError` on a bad message."""
+    while True:
+        message = await pending if pending is not None else await websocket.receive()
+        pending = None
+        if not _apply(message, selection):
+            return
+        await stream.send(selection.request())
+
+
+def _apply(message: Message, selection: translate.Selection) -> bool:
+    """Applies one ASGI message to `selection`; False when the client has left."""
+    if message["type"] == "websocket.disconnect":
+        return False
+    raw = message.get("text")
+    if raw is None:
+        raw = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise invalid_request("A control message must be a JSON object.") from None
+    if not isinstance(value, dict):
+        raise invalid_request("A control message must be a JSON object.")
+    try:
+        selection.apply(MonitorControl.model_validate(value))
+    except ValidationError as exc:
+        raise validation_failure(exc.errors()) from None
+    return True
+
+
+async def _report(websocket: WebSocket, exc: Exception) -> None:
+    if not isinstance(exc, InferenceError):
+        log.error("monitoring stream failed", exc_info=exc)
+        exc = InferenceError(grpc.StatusCode.INTERNAL, None, UNEXPECTED)
+    frame, close_code = error_frame(exc)
+    try:
+        await websocket.send_text(frame)
+        await websocket.close(close_code)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client left meanwhile

@@ -1,0 +1,122 @@
+"""/api/v1/profiles: named steering sets, activation, and their portable JSON form.
+
+Profile names never contain "/" (nor ":"), so `{name}` is one path segment and
+the fixed paths (`deactivate`, `import`) cannot collide with a `{name}/<verb>`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from millm.v1 import profile_service_pb2 as ppb
+from openai_bridge.errors import invalid_request, validation_failure
+from openai_bridge.management import steering_translate as translate
+from openai_bridge.management.schemas import (
+    ProfileCreateBody,
+    ProfileImportBody,
+    ProfileUpdateBody,
+)
+from openai_bridge.management.translate import export_content_disposition
+from openai_bridge.state import Management
+
+router = APIRouter(prefix="/api/v1/profiles")
+
+
+def _created(name: str, payload: dict[str, Any]) -> JSONResponse:
+    location = f"/api/v1/profiles/{name}"
+    return JSONResponse(payload, status_code=201, headers={"Location": location})
+
+
+@router.get("")
+async def list_profiles(
+    management: Management,
+    page_size: Annotated[int | None, Query()] = None,
+    page_token: Annotated[str | None, Query(max_length=1024)] = None,
+) -> JSONResponse:
+    response = await management.list_profiles(
+        translate.list_profiles_request(page_size, page_token)
+    )
+    profiles = [translate.profile(p) for p in response.profiles]
+    return JSONResponse({"data": profiles, "next_page_token": response.next_page_token or None})
+
+
+@router.post("", status_code=201)
+async def create_profile(body: ProfileCreateBody, management: Management) -> JSONResponse:
+    response = await management.create_profile(translate.create_profile_request(body))
+    return _created(response.profile.name, translate.profile(response.profile))
+
+
+@router.post("/deactivate")
+async def deactivate_profile(management: Management) -> JSONResponse:
+    response = await management.deactivate_profile(ppb.DeactivateProfileRequest())
+    return JSONResponse({"previous": response.previous or None})
+
+
+@router.post("/import", status_code=201)
+async def import_profile(
+    request: Request, management: Management, overwrite: bool = False, force: bool = False
+) -> JSONResponse:
+    """Takes the exported document itself (passed on verbatim; `overwrite` and `force`
+    in the query) or `{"json": "<the document as a string>", "overwrite", "force"}`."""
+    try:
+        text = (await request.body()).decode("utf-8")
+        value = json.loads(text)
+    except ValueError:
+        raise invalid_request("The request body is not valid JSON.") from None
+    if translate.is_profile_document(value):
+        document = text
+    else:
+        try:
+            wrapped = ProfileImportBody.model_validate(value)
+        except ValidationError as exc:
+            raise validation_failure(exc.errors()) from None
+        document = wrapped.document
+        overwrite = overwrite or wrapped.overwrite
+        force = force or wrapped.force
+    response = await management.import_profile(
+        ppb.ImportProfileRequest(json=document, overwrite=overwrite, force=force)
+    )
+    return _created(response.profile.name, translate.import_result(response))
+
+
+@router.post("/{name}/activate")
+async def activate_profile(name: str, management: Management) -> JSONResponse:
+    response = await management.activate_profile(ppb.ActivateProfileRequest(name=name))
+    return JSONResponse(translate.profile(response.profile))
+
+
+@router.get("/{name}/export", response_model=None)
+async def export_profile(name: str, management: Management) -> Response:
+    """The service's JSON, byte for byte, as a download."""
+    response = await management.export_profile(ppb.ExportProfileRequest(name=name))
+    disposition = export_content_disposition(translate.profile_filename(name), name)
+    return Response(
+        response.json,
+        media_type="application/json",
+        headers={"Content-Disposition": disposition},
+    )
+
+
+@router.get("/{name}")
+async def get_profile(name: str, management: Management) -> JSONResponse:
+    response = await management.get_profile(ppb.GetProfileRequest(name=name))
+    return JSONResponse(translate.profile(response.profile))
+
+
+@router.patch("/{name}")
+async def update_profile(
+    name: str, body: ProfileUpdateBody, management: Management
+) -> JSONResponse:
+    response = await management.update_profile(translate.update_profile_request(name, body))
+    return JSONResponse(translate.profile(response.profile))
+
+
+@router.delete("/{name}")
+async def delete_profile(name: str, management: Management) -> JSONResponse:
+    await management.delete_profile(ppb.DeleteProfileRequest(name=name))
+    return JSONResponse({"name": name, "deleted": True})
