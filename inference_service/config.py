@@ -37,6 +37,10 @@ class InferenceSettings(BaseSettings):
     max_queue: int = Field(default=16, ge=1)
     # Completion length when a request does not say.
     default_max_tokens: int = Field(default=512, ge=1)
+    # Monitoring: frames a live subscriber may have waiting before newer ones are
+    # dropped (a prompt's frame holds every prompt token), and frames of history.
+    monitor_queue_frames: int = Field(default=64, ge=1)
+    monitor_history_frames: int = Field(default=2000, ge=1, le=100_000)
     # Torch intra-op threads; 0 lets torch decide.
     torch_threads: int = Field(default=0, ge=0)
     api_key: str = ""

@@ -104,7 +104,11 @@ class InferenceServer:
             self.host,
         )
         self.saes.catalog.reconcile()
-        self.monitor = MonitorHub(asyncio.get_running_loop())
+        self.monitor = MonitorHub(
+            asyncio.get_running_loop(),
+            history_frames=settings.monitor_history_frames,
+            subscriber_queue_frames=settings.monitor_queue_frames,
+        )
         self.steering_state = SteeringState(self.saes.steering_target)
         self.profiles = ProfileManager(
             self.db, self.steering_state, served_model=self._served_model_id

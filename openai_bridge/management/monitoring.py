@@ -97,6 +97,12 @@ async def export_monitoring_history(
 # ---------------------------------------------------------------- the live stream
 
 
+# Frames waiting for a slow WebSocket client before newer ones are dropped.
+SEND_QUEUE_FRAMES = 4
+# Marks the end of the service's stream in the send queue.
+_END = monpb.MonitorResponse()
+
+
 @router.websocket("/stream")
 async def monitor_stream(websocket: WebSocket) -> None:
     """Text frames `{"type": "frame", "frame": {...}, "dropped_frames": n}`.
@@ -159,8 +165,30 @@ async def _relay(
 
 
 async def _send_frames(websocket: WebSocket, stream: MonitorStream) -> None:
-    async for response in stream:
-        await websocket.send_text(translate.monitor_frame(response))
+    """Reads the service's frames as fast as they come and sends what the client can
+    take. The socket applies backpressure; rather than pass it back to the service,
+    frames that do not fit in `SEND_QUEUE_FRAMES` are dropped here and counted with
+    the service's own drops, so a stalled client never holds anything up."""
+    outbox: asyncio.Queue[monpb.MonitorResponse] = asyncio.Queue(SEND_QUEUE_FRAMES)
+    dropped_here = 0
+
+    async def receive() -> None:
+        nonlocal dropped_here
+        async for response in stream:
+            try:
+                outbox.put_nowait(response)
+            except asyncio.QueueFull:
+                dropped_here += 1
+        await outbox.put(_END)
+
+    reader = asyncio.create_task(receive())
+    try:
+        while (response := await outbox.get()) is not _END:
+            response.dropped_frames += dropped_here
+            await websocket.send_text(translate.monitor_frame(response))
+        await reader  # the stream ended: surface its error, if any
+    finally:
+        reader.cancel()
 
 
 async def _read_controls(

@@ -6,6 +6,7 @@ uvicorn, driven over real HTTP, a real WebSocket and the official `openai` SDK."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from millm.v1 import steering_service_pb2 as sspb
 from millm.v1 import steering_service_pb2_grpc as sspb_grpc
 from openai_bridge.management import monitoring as monitoring_routes
 from tests.contract.test_bridge_management import serve_bridge
+from tests.fixtures.raw_websocket import RawWebSocket
 
 MODEL = "smollm2"
 D_SAE = 4608
@@ -747,6 +749,46 @@ async def test_live_stream_relays_control_messages_and_frames(bridge):
         assert resumed == monpb.MonitorRequest(features=[123, 7], top_k=0, paused=False)
     # Leaving cancels the gRPC call.
     await asyncio.wait_for(servicer.monitor_cancelled.wait(), timeout=5)
+
+
+async def test_a_stalled_viewer_loses_frames_in_the_bridge_not_the_service(bridge):
+    """A client that stops reading fills its socket; the bridge keeps reading the
+    service's stream (the service never waits on it), drops what does not fit in its
+    send queue, and adds those drops to the count the next frame carries."""
+    servicer, _, host = bridge
+    ws = await asyncio.to_thread(RawWebSocket, host, "/api/v1/monitoring/stream")
+    ws.send_text(json.dumps({"top_k": 3}))
+    await asyncio.wait_for(servicer.monitor_requests.get(), timeout=5)
+    big = monpb.ActivationFrame(
+        request_id="big",
+        source="embed",
+        hook_name="blocks.8.hook_resid_post",
+        tokens=[token(i, 1, "word", 0.5) for i in range(4000)],  # ~0.5 MB of JSON
+    )
+    sent = 40
+    for _ in range(sent):
+        servicer.monitor_frames.put_nowait(monpb.MonitorResponse(frame=big, dropped_frames=0))
+    # The bridge drains the service's stream although nobody reads the socket.
+    for _ in range(100):
+        if servicer.monitor_frames.empty():
+            break
+        await asyncio.sleep(0.1)
+    assert servicer.monitor_frames.empty()
+    await asyncio.sleep(0.5)
+    received = 0
+    with contextlib.suppress(TimeoutError):
+        while True:
+            frame = json.loads(await asyncio.to_thread(ws.recv_text, 2.0))
+            assert frame["frame"]["request_id"] == "big"
+            received += 1
+    servicer.monitor_frames.put_nowait(
+        monpb.MonitorResponse(frame=activation_frame("after"), dropped_frames=5)
+    )
+    last = json.loads(await asyncio.to_thread(ws.recv_text, 5.0))
+    ws.close()
+    assert last["frame"]["request_id"] == "after"
+    dropped_in_bridge = last["dropped_frames"] - 5  # the service's own count comes on top
+    assert dropped_in_bridge > 0 and received + dropped_in_bridge == sent
 
 
 async def test_a_silent_viewer_starts_with_the_top_10(bridge, monkeypatch):

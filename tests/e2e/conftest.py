@@ -57,6 +57,8 @@ def stack(data_dir, tmp_path_factory, local_hub):
         "MILLM_HTTP_PORT": str(http_port),
         "MILLM_INFERENCE_ADDRESS": f"127.0.0.1:{grpc_port}",
         "MILLM_MAX_QUEUE": str(max_queue),
+        # A stalled monitoring subscriber fills this quickly, so drops can be seen.
+        "MILLM_MONITOR_QUEUE_FRAMES": "2",
         "MILLM_HF_ENDPOINT": local_hub.url,
         # Records of this run stay out of the shared data directory's database.
         "MILLM_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('db') / 'millm.db'}",
