@@ -171,14 +171,18 @@ async def _send_frames(websocket: WebSocket, stream: MonitorStream) -> None:
     the service's own drops, so a stalled client never holds anything up."""
     outbox: asyncio.Queue[monpb.MonitorResponse] = asyncio.Queue(SEND_QUEUE_FRAMES)
     dropped_here = 0
+    failure: Exception | None = None
 
     async def receive() -> None:
-        nonlocal dropped_here
-        async for response in stream:
-            try:
-                outbox.put_nowait(response)
-            except asyncio.QueueFull:
-                dropped_here += 1
+        nonlocal dropped_here, failure
+        try:
+            async for response in stream:
+                try:
+                    outbox.put_nowait(response)
+                except asyncio.QueueFull:
+                    dropped_here += 1
+        except Exception as exc:  # reported after what was already queued is sent
+            failure = exc
         await outbox.put(_END)
 
     reader = asyncio.create_task(receive())
@@ -186,9 +190,10 @@ async def _send_frames(websocket: WebSocket, stream: MonitorStream) -> None:
         while (response := await outbox.get()) is not _END:
             response.dropped_frames += dropped_here
             await websocket.send_text(translate.monitor_frame(response))
-        await reader  # the stream ended: surface its error, if any
     finally:
         reader.cancel()
+    if failure is not None:
+        raise failure
 
 
 async def _read_controls(
