@@ -84,8 +84,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         start = first.start
         engine = self._engine_for(start.model)
-        observer = self._context(
-            engine, "generate", start, steering_convert.selection(start.activations)
+        # A thread: resolving a profile may read the database.
+        observer = await asyncio.to_thread(
+            self._context, engine, "generate", start, steering_convert.selection(start.activations)
         )
         request = GenerationRequest(
             request_id=request_id_var.get(),
@@ -130,7 +131,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 token_lists.append(list(item.token_ids.ids))
             else:
                 token_lists.append(engine.encode_text(item.text, add_special_tokens=False))
-        vectors = await engine.embed(token_lists, self._context(engine, "embed", request))
+        observer = await asyncio.to_thread(self._context, engine, "embed", request)
+        vectors = await engine.embed(token_lists, observer)
         return pb.EmbedResponse(
             embeddings=[pb.Embedding(values=v) for v in vectors],
             prompt_tokens=sum(len(t) for t in token_lists),

@@ -10,6 +10,7 @@ read again before every pass, so changes apply from the next decode step.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -60,6 +61,8 @@ class SteeringRuntime:
         self._resolve_profile = resolve_profile
         self.sink = sink
         self._compiled: OrderedDict[tuple[int, int], CompiledSteering] = OrderedDict()
+        # The lane reads the cache while an attach or detach (another thread) clears it.
+        self._lock = threading.Lock()
 
     def attachment(self) -> Attachment | None:
         attached = self._attachments.list()
@@ -94,20 +97,24 @@ class SteeringRuntime:
 
     def compiled(self, steering: SteeringSet, attachment: Attachment) -> CompiledSteering:
         key = (id(steering), id(attachment))
-        found = self._compiled.get(key)
-        if found is not None and found.steering is steering and found.sae is attachment.sae:
-            self._compiled.move_to_end(key)
-            return found
+        with self._lock:
+            found = self._compiled.get(key)
+            if found is not None and found.steering is steering and found.sae is attachment.sae:
+                self._compiled.move_to_end(key)
+                return found
         assert attachment.sae is not None
         compiled = CompiledSteering(steering, attachment.sae)
-        self._compiled[key] = compiled
-        while len(self._compiled) > _COMPILED_CACHE:
-            self._compiled.popitem(last=False)
+        with self._lock:
+            self._compiled[key] = compiled
+            while len(self._compiled) > _COMPILED_CACHE:
+                self._compiled.popitem(last=False)
         return compiled
 
     def forget(self) -> None:
-        """The attachment changed: compiled sets hold the old SAE's tensors."""
-        self._compiled.clear()
+        """The attachment changed: compiled sets hold the old SAE's tensors, which
+        must not outlive a detach."""
+        with self._lock:
+            self._compiled.clear()
 
 
 class PassContext:

@@ -5,8 +5,10 @@ so its effect on every generated token is plain to see)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
+import weakref
 
 import grpc
 import pytest
@@ -34,6 +36,7 @@ HOOK = "blocks.29.hook_resid_post"
 D_SAE = 64
 FEATURE = 7
 ADD = steering_pb2.STEERING_MODE_ADD
+CLAMP = steering_pb2.STEERING_MODE_CLAMP
 PROMPT = [ipb.ChatMessage(role="user", content="Tell me about the sea.")]
 
 
@@ -177,6 +180,21 @@ async def test_live_steering_switch_and_clear(channel, attached, lens_token):
     assert (await generate(channel))[0] == [lens_token] * 8
     await stub.ClearSteering(pb.ClearSteeringRequest())
     assert (await generate(channel))[0] == baseline
+
+
+async def test_detach_after_steering_frees_the_weights(channel, server, attached):
+    """Compiled steering caches hold SAE tensors; a detach must let them go too."""
+    steering = pb_grpc.SteeringServiceStub(channel)
+    await steering.SetSteering(
+        pb.SetSteeringRequest(
+            features=[strong(), steering_pb2.SteeringFeature(index=3, mode=CLAMP, strength=1)]
+        )
+    )
+    await generate(channel, tokens=3)
+    gone = weakref.ref(server.saes.attachments.list()[0].sae.weights.W_dec)
+    await spb_grpc.SaeServiceStub(channel).DetachSae(spb.DetachSaeRequest())
+    gc.collect()
+    assert gone() is None
 
 
 async def test_per_request_steering_never_leaks(channel, attached, lens_token):
