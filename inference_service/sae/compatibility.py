@@ -19,7 +19,7 @@ from inference_service.errors import (
     OutOfMemoryError,
     UnsupportedError,
 )
-from inference_service.sae.hook_sites import HookSite, module_name
+from inference_service.sae.hook_sites import HookSite, module_name, trained_site
 from inference_service.sae.spec import SaeSpec
 
 # Float32 weights: W_enc and W_dec, plus the per-feature and per-input vectors.
@@ -83,9 +83,9 @@ def check_compatibility(
     """`site` is where the caller wants the SAE (None: where it was trained)."""
     errors: list[MillmError] = []
     warnings: list[MillmError] = []
-    trained_site = _trained_site(spec)
+    trained = trained_site(spec.hook_name)
     if site is None:
-        site = trained_site
+        site = trained
         if site is None and spec.hook_name:
             errors.append(
                 UnsupportedError(
@@ -102,10 +102,10 @@ def check_compatibility(
                     param="hook_name",
                 )
             )
-    elif trained_site is not None and site != trained_site:
+    elif trained is not None and site != trained:
         warnings.append(
             IncompatibleSaeError(
-                f"The SAE was trained at {trained_site.hook_name}, not at {site.hook_name}; "
+                f"The SAE was trained at {trained.hook_name}, not at {site.hook_name}; "
                 "its features may mean little there."
             )
         )
@@ -151,15 +151,6 @@ def check_compatibility(
         sae_bytes=needed,
         available_bytes=available_bytes,
     )
-
-
-def _trained_site(spec: SaeSpec) -> HookSite | None:
-    if not spec.hook_name:
-        return None
-    match = re.fullmatch(r"blocks\.(\d+)\.hook_(resid_post|resid_pre)", spec.hook_name)
-    if match is None:
-        return None
-    return HookSite(int(match.group(1)), match.group(2))  # type: ignore[arg-type]
 
 
 def _normalise(name: str) -> str:

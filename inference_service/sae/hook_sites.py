@@ -84,6 +84,15 @@ def hidden_size(model: nn.Module) -> int:
     return int(size)
 
 
+def trained_site(hook_name: str | None) -> HookSite | None:
+    """The site an SAE's own (SAELens) hook name names; None when it is not a
+    residual-stream site miLLM can attach to."""
+    match = _SAELENS_NAME.fullmatch(hook_name or "")
+    if match is None or match.group(2) not in ("resid_post", "resid_pre"):
+        return None
+    return HookSite(int(match.group(1)), match.group(2))  # type: ignore[arg-type]
+
+
 def parse_hook_site(text: str, layers_path: str) -> HookSite:
     """A site from SAELens style or from the decoder-layer module path of this model."""
     text = text.strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
@@ -106,8 +107,8 @@ def _with_configs(
             )
         except (httpx.HTTPError, ValueError, MillmError) as exc:
             message = exc.message if isinstance(exc, MillmError) else str(exc)
-            return Candidate(**{**candidate.__dict__, "problem": f"cfg.json unreadable: {message}"})
-        return Candidate(**{**candidate.__dict__, "spec": spec})
+            return dataclasses.replace(candidate, problem=f"cfg.json unreadable: {message}")
+        return dataclasses.replace(candidate, spec=spec)
 
     with (
         httpx.Client(follow_redirects=True, timeout=30.0) as client,

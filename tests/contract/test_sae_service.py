@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import weakref
 import zipfile
 
@@ -15,9 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from huggingface_hub import constants as hub_constants
 
-from inference_service.config import InferenceSettings
 from inference_service.sae.formats import load_sae
-from inference_service.server import InferenceServer
 from millm.v1 import inference_service_pb2 as ipb
 from millm.v1 import inference_service_pb2_grpc as ipb_grpc
 from millm.v1 import operation_pb2, sae_pb2
@@ -27,6 +24,7 @@ from millm.v1 import sae_service_pb2 as pb
 from millm.v1 import sae_service_pb2_grpc as pb_grpc
 from tests.fixtures.local_hub import LocalHub
 from tests.fixtures.saes import folder_files, random_sae, write_sae
+from tests.fixtures.servers import running_server
 
 SMOL_REPO = "acme/smol-saes"
 GPT2_REPO = (
@@ -82,17 +80,12 @@ def hub(saes):
 @pytest.fixture(scope="module")
 async def server(data_dir, hub, tmp_path_factory):
     own = tmp_path_factory.mktemp("sae-service")
-    shutil.copytree(data_dir / "models" / "converted", own / "models" / "converted")
-    settings = InferenceSettings(grpc_port=0, data_dir=own, hf_endpoint=hub.url)
     # huggingface_hub uploads through Xet when hf_xet is installed; the local Hub speaks
     # plain LFS, and the client reads this flag when it uploads.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(hub_constants, "HF_HUB_DISABLE_XET", True)
-        srv = InferenceServer(settings)
-        await srv.start()
-        await srv.wait_until_ready()
-        yield srv
-        await srv.stop(0)
+        async with running_server(data_dir, own, hf_endpoint=hub.url) as srv:
+            yield srv
 
 
 @pytest.fixture

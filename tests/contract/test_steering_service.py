@@ -7,17 +7,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import shutil
 import weakref
 
 import grpc
 import pytest
 import torch
 
-from inference_service.config import InferenceSettings
-from inference_service.sae.architectures import Sae, SaeWeights
-from inference_service.sae.spec import SaeSpec
-from inference_service.server import InferenceServer
+from inference_service.sae.architectures import Sae
 from millm.v1 import inference_service_pb2 as ipb
 from millm.v1 import inference_service_pb2_grpc as ipb_grpc
 from millm.v1 import monitoring_service_pb2 as mpb
@@ -30,7 +26,8 @@ from millm.v1 import steering_pb2
 from millm.v1 import steering_service_pb2 as pb
 from millm.v1 import steering_service_pb2_grpc as pb_grpc
 from tests.contract.test_sae_service import _expect_error
-from tests.fixtures.saes import write_sae
+from tests.fixtures.saes import orthonormal_sae, write_sae
+from tests.fixtures.servers import running_server
 
 HOOK = "blocks.29.hook_resid_post"
 D_SAE = 64
@@ -41,24 +38,14 @@ PROMPT = [ipb.ChatMessage(role="user", content="Tell me about the sea.")]
 
 
 def _sae() -> Sae:
-    torch.manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(576, D_SAE))
-    weights = SaeWeights(
-        W_enc=q.clone(), b_enc=torch.zeros(D_SAE), W_dec=q.T.contiguous(), b_dec=torch.zeros(576)
-    )
-    spec = SaeSpec("saelens", "standard", 576, D_SAE, HOOK, 29, "smollm2-135m-instruct")
-    return Sae(spec, weights)
+    return orthonormal_sae(d_sae=D_SAE, hook_name=HOOK, model_name="smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")
 async def server(data_dir, tmp_path_factory):
     own = tmp_path_factory.mktemp("steering-service")
-    shutil.copytree(data_dir / "models" / "converted", own / "models" / "converted")
-    srv = InferenceServer(InferenceSettings(grpc_port=0, data_dir=own))
-    await srv.start()
-    await srv.wait_until_ready()
-    yield srv
-    await srv.stop(0)
+    async with running_server(data_dir, own) as srv:
+        yield srv
 
 
 @pytest.fixture

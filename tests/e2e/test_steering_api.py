@@ -13,10 +13,9 @@ import openai
 import pytest
 import torch
 
-from inference_service.sae.architectures import Sae, SaeWeights
-from inference_service.sae.spec import SaeSpec
+from inference_service.sae.architectures import Sae
 from tests.fixtures.raw_websocket import RawWebSocket
-from tests.fixtures.saes import write_sae
+from tests.fixtures.saes import orthonormal_sae, write_sae
 
 pytestmark = pytest.mark.e2e
 
@@ -26,14 +25,9 @@ STRONG = [{"index": 7, "mode": "add", "strength": 2000}]
 
 
 def last_layer_sae() -> Sae:
-    """Orthonormal decoder rows at the last layer: a strong add makes one token win."""
-    torch.manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(576, 64))
-    # b_enc 1: every feature active on every token, so monitoring frames are large.
-    weights = SaeWeights(
-        W_enc=q.clone(), b_enc=torch.ones(64), W_dec=q.T.contiguous(), b_dec=torch.zeros(576)
-    )
-    return Sae(SaeSpec("saelens", "standard", 576, 64, HOOK, 29, MODEL), weights)
+    """A strong add on feature 7 makes one token win; b_enc 1 keeps every feature active
+    on every token, so monitoring frames are large."""
+    return orthonormal_sae(hook_name=HOOK, model_name=MODEL, b_enc=torch.ones(64))
 
 
 @pytest.fixture

@@ -19,10 +19,9 @@ from inference_service.engine.types import (
 )
 from inference_service.errors import NoSaeAttachedError, ProfileNotFoundError
 from inference_service.monitoring.types import Selection
-from inference_service.sae.architectures import Sae, SaeWeights
+from inference_service.sae.architectures import Sae
 from inference_service.sae.attachments import SaeAttachments
 from inference_service.sae.hook_sites import HookSite, find_decoder_layers
-from inference_service.sae.spec import SaeSpec
 from inference_service.steering.runtime import SteeringRuntime
 from inference_service.steering.state import SteeringState, SteeringTarget
 from inference_service.steering.types import (
@@ -31,6 +30,7 @@ from inference_service.steering.types import (
     SteeringFeature,
     SteeringSet,
 )
+from tests.fixtures.saes import orthonormal_sae
 
 SITE = HookSite(29, "resid_post")  # the last layer: its edits reach the logits directly
 D_SAE = 64
@@ -45,15 +45,9 @@ def _no_profiles(name: str) -> SteeringSet:
 
 @pytest.fixture(scope="module")
 def sae() -> Sae:
-    torch.manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(576, D_SAE))  # orthonormal columns [576, 64]
     b_enc = torch.zeros(D_SAE)
     b_enc[CLAMPED] = 50.0  # active at every position, so a clamp can be read back exactly
-    weights = SaeWeights(
-        W_enc=q.clone(), b_enc=b_enc, W_dec=q.T.contiguous(), b_dec=torch.zeros(576)
-    )
-    spec = SaeSpec("saelens", "standard", 576, D_SAE, SITE.hook_name, SITE.layer, None)
-    return Sae(spec, weights)
+    return orthonormal_sae(d_sae=D_SAE, hook_name=SITE.hook_name, b_enc=b_enc)
 
 
 @pytest.fixture
