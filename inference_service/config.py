@@ -43,6 +43,11 @@ class InferenceSettings(BaseSettings):
     monitor_history_frames: int = Field(default=2000, ge=1, le=100_000)
     # Torch intra-op threads; 0 lets torch decide.
     torch_threads: int = Field(default=0, ge=0)
+    # SAE training may read corpora from paths under this folder; unset allows
+    # uploaded corpora only (the server never reads arbitrary paths for a client).
+    training_data_root: Path | None = None
+    # Largest corpus an upload may store.
+    training_max_corpus_bytes: int = Field(default=1 << 30, ge=1)
     api_key: str = ""
     log_level: str = "INFO"
     log_json: bool = False

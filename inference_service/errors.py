@@ -159,3 +159,10 @@ class ProfileNotFoundError(MillmError):
 class AlreadyExistsError(MillmError):
     code = grpc.StatusCode.ALREADY_EXISTS
     reason = "ALREADY_EXISTS"
+
+
+class TrainingBusyError(MillmError):
+    """A run is training: a second cannot start, and a training run cannot be deleted."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "TRAINING_BUSY"

@@ -10,6 +10,7 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from torch import Tensor
 
 from inference_service.config import InferenceSettings
 from inference_service.host import ModelHost, ModelState
@@ -28,9 +29,14 @@ from inference_service.servicers.operations import OperationsServicer
 from inference_service.servicers.profiles import ProfileServicer
 from inference_service.servicers.saes import SaeServicer
 from inference_service.servicers.steering import SteeringServicer
+from inference_service.servicers.training import TrainingServicer
 from inference_service.steering.runtime import SteeringRuntime
 from inference_service.steering.state import SteeringState, SteeringTarget
 from inference_service.storage.database import Database, resolve_url
+from inference_service.training.corpora import CorpusStore
+from inference_service.training.manager import TrainingManager
+from inference_service.training.output import read_feature_stats
+from inference_service.training.templates import TemplateStore
 from millm.v1 import (
     inference_service_pb2,
     inference_service_pb2_grpc,
@@ -46,6 +52,8 @@ from millm.v1 import (
     sae_service_pb2_grpc,
     steering_service_pb2,
     steering_service_pb2_grpc,
+    training_service_pb2,
+    training_service_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,7 @@ OPERATIONS_SERVICE = operations_service_pb2.DESCRIPTOR.services_by_name[
 SAE_SERVICE = sae_service_pb2.DESCRIPTOR.services_by_name["SaeService"].full_name
 STEERING_SERVICE = steering_service_pb2.DESCRIPTOR.services_by_name["SteeringService"].full_name
 PROFILE_SERVICE = profile_service_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
+TRAINING_SERVICE = training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 MONITORING_SERVICE = monitoring_service_pb2.DESCRIPTOR.services_by_name[
     "MonitoringService"
 ].full_name
@@ -116,7 +125,23 @@ class InferenceServer:
         self.steering = SteeringRuntime(
             self.steering_state, self.saes.attachments, self.profiles.resolve, self.monitor
         )
+        self._feature_max: Tensor | None = None  # the attached SAE's, if it has statistics
         self.saes.on_attachment_change(self._on_sae_change)
+        corpora = CorpusStore(self.db, settings.data_dir, settings.training_max_corpus_bytes)
+        self.training = TrainingManager(
+            self.db,
+            settings.data_dir,
+            self.host,
+            self.saes.catalog,
+            corpora,
+            asyncio.get_running_loop(),
+            data_root=settings.training_data_root,
+        )
+        if interrupted_runs := self.training.recover():
+            log.warning(
+                "%d training runs were cut short by the last stop; resume them with ResumeTraining",
+                interrupted_runs,
+            )
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
         if settings.api_key:
             interceptors.insert(0, AuthInterceptor(settings.api_key))
@@ -137,6 +162,9 @@ class InferenceServer:
             ModelServicer(self.host, self.catalog), self._server
         )
         sae_service_pb2_grpc.add_SaeServiceServicer_to_server(SaeServicer(self.saes), self._server)
+        training_service_pb2_grpc.add_TrainingServiceServicer_to_server(
+            TrainingServicer(self.training, TemplateStore(self.db), corpora), self._server
+        )
         operations_service_pb2_grpc.add_OperationsServiceServicer_to_server(
             OperationsServicer(self.operations), self._server
         )
@@ -150,6 +178,7 @@ class InferenceServer:
                 STEERING_SERVICE,
                 PROFILE_SERVICE,
                 MONITORING_SERVICE,
+                TRAINING_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -167,16 +196,25 @@ class InferenceServer:
         return target.d_sae if target is not None else None
 
     def _observed_max(self, indices: list[int]) -> dict[int, float]:
-        """The largest activation monitoring has seen per feature (features seen active)."""
+        """Each feature's typical maximum activation: from the SAE's own statistics
+        (written by training) where it has them, else the largest monitoring has seen."""
         if not indices:
             return {}
         stats, _ = self.monitor.statistics(indices, len(indices))
-        return {s.index: s.max for s in stats if s.count}
+        found = {s.index: s.max for s in stats if s.count}
+        stored = self._feature_max
+        if stored is not None:
+            found.update({i: float(stored[i]) for i in indices if 0 <= i < len(stored)})
+        return found
 
     def _on_sae_change(self, target: SteeringTarget | None) -> None:
         """Runs after every attach, detach and model change (in a worker thread on attach)."""
         self.steering.forget()
         self.monitor.reset(target.d_sae if target is not None else None)
+        self._feature_max = None
+        if target is not None:
+            stats = read_feature_stats(self.saes.catalog.get(target.sae_id).folder)
+            self._feature_max = None if stats is None else stats["max_activation"]
         if target is None:
             self.steering_state.forget_target()
         else:
@@ -213,6 +251,8 @@ class InferenceServer:
             self._load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._load_task
+        # A run stops at a step boundary with a checkpoint, so it resumes after a restart.
+        await asyncio.to_thread(self.training.shutdown)
         self.host.shutdown()
         self.db.close()
 

@@ -20,6 +20,7 @@ from openai_bridge.management import operations as management_operations
 from openai_bridge.management import profiles as management_profiles
 from openai_bridge.management import saes as management_saes
 from openai_bridge.management import steering as management_steering
+from openai_bridge.management import training as management_training
 from openai_bridge.management_client import ManagementClient
 from openai_bridge.middleware import ApiKeyMiddleware, RequestIdMiddleware
 from openai_bridge.openai_api import chat, completions, embeddings, models
@@ -62,6 +63,7 @@ def create_app(
         management_steering,
         management_profiles,
         management_monitoring,
+        management_training,
     ):
         app.include_router(module.router)
     if settings.api_key:

@@ -93,6 +93,10 @@ ERROR_TABLE: dict[tuple[grpc.StatusCode, str | None], HttpError] = {
     (Code.FAILED_PRECONDITION, "SAE_ALREADY_ATTACHED"): HttpError(
         409, "conflict_error", should_retry=False
     ),
+    # One run trains at a time; the conflict lasts until it finishes or is stopped.
+    (Code.FAILED_PRECONDITION, "TRAINING_BUSY"): HttpError(
+        409, "conflict_error", should_retry=False
+    ),
     # Nothing is loading, so retrying cannot help until an operator loads a model.
     (Code.FAILED_PRECONDITION, "NO_MODEL_LOADED"): HttpError(
         503, "service_unavailable_error", should_retry=False

@@ -1,5 +1,5 @@
 """The bridge's door to ModelService, OperationsService, SaeService, SteeringService,
-ProfileService and MonitoringService: an abstract client and its gRPC form.
+ProfileService, MonitoringService and TrainingService: an abstract client and its gRPC form.
 
 The /api/v1 routes depend on `ManagementClient`, so they are tested against an
 in-memory fake. `GrpcManagementClient` rides on the `GrpcInferenceClient`'s
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
@@ -28,6 +28,9 @@ from millm.v1 import sae_service_pb2 as spb
 from millm.v1 import sae_service_pb2_grpc as spb_grpc
 from millm.v1 import steering_service_pb2 as stpb
 from millm.v1 import steering_service_pb2_grpc as stpb_grpc
+from millm.v1 import training_pb2 as tpb
+from millm.v1 import training_service_pb2 as tspb
+from millm.v1 import training_service_pb2_grpc as tspb_grpc
 from openai_bridge.errors import InferenceError
 from openai_bridge.inference_client import GrpcInferenceClient, decode_rpc_error
 
@@ -39,12 +42,23 @@ FINAL_STATES = frozenset(
     }
 )
 
+# A run in one of these states trains no more; its watch ends after it.
+TRAINING_FINAL_STATES = frozenset(
+    {
+        tpb.TRAINING_STATE_STOPPED,
+        tpb.TRAINING_STATE_COMPLETED,
+        tpb.TRAINING_STATE_FAILED,
+        tpb.TRAINING_STATE_INTERRUPTED,
+    }
+)
+
 Response = TypeVar("Response")
 
 SAE_NOT_OFFERED = "This management client does not offer the SAE calls."
 STEERING_NOT_OFFERED = "This management client does not offer the steering calls."
 PROFILES_NOT_OFFERED = "This management client does not offer the profile calls."
 MONITORING_NOT_OFFERED = "This management client does not offer the monitoring calls."
+TRAINING_NOT_OFFERED = "This management client does not offer the training calls."
 
 
 def _not_offered(message: str) -> InferenceError:
@@ -263,6 +277,103 @@ class ManagementClient(ABC):
     ) -> monpb.ClearMonitoringHistoryResponse:
         raise _not_offered(MONITORING_NOT_OFFERED)
 
+    # TrainingService: not abstract either.
+
+    async def start_training(
+        self, request: tspb.StartTrainingRequest
+    ) -> tspb.StartTrainingResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def get_training_run(
+        self, request: tspb.GetTrainingRunRequest
+    ) -> tspb.GetTrainingRunResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def list_training_runs(
+        self, request: tspb.ListTrainingRunsRequest
+    ) -> tspb.ListTrainingRunsResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def stop_training(self, request: tspb.StopTrainingRequest) -> tspb.StopTrainingResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def resume_training(
+        self, request: tspb.ResumeTrainingRequest
+    ) -> tspb.ResumeTrainingResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def delete_training_run(
+        self, request: tspb.DeleteTrainingRunRequest
+    ) -> tspb.DeleteTrainingRunResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def list_training_metrics(
+        self, request: tspb.ListTrainingMetricsRequest
+    ) -> tspb.ListTrainingMetricsResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    def watch_training_run(self, run_id: str) -> AsyncIterator[tspb.WatchTrainingRunResponse]:
+        """Yields the run and its new metrics until the run finishes; raises `InferenceError`.
+
+        Closing the iterator early (`aclose`) cancels the watch.
+        """
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def upload_corpus(
+        self, requests: AsyncIterable[tspb.UploadCorpusRequest]
+    ) -> tspb.UploadCorpusResponse:
+        """Sends `requests` (the name, then the data) as they come; raises `InferenceError`.
+
+        An error raised by `requests` itself cancels the upload and propagates.
+        """
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def list_corpora(self, request: tspb.ListCorporaRequest) -> tspb.ListCorporaResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def delete_corpus(self, request: tspb.DeleteCorpusRequest) -> tspb.DeleteCorpusResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def create_training_template(
+        self, request: tspb.CreateTrainingTemplateRequest
+    ) -> tspb.CreateTrainingTemplateResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def get_training_template(
+        self, request: tspb.GetTrainingTemplateRequest
+    ) -> tspb.GetTrainingTemplateResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def list_training_templates(
+        self, request: tspb.ListTrainingTemplatesRequest
+    ) -> tspb.ListTrainingTemplatesResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def update_training_template(
+        self, request: tspb.UpdateTrainingTemplateRequest
+    ) -> tspb.UpdateTrainingTemplateResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def delete_training_template(
+        self, request: tspb.DeleteTrainingTemplateRequest
+    ) -> tspb.DeleteTrainingTemplateResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def duplicate_training_template(
+        self, request: tspb.DuplicateTrainingTemplateRequest
+    ) -> tspb.DuplicateTrainingTemplateResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def export_training_template(
+        self, request: tspb.ExportTrainingTemplateRequest
+    ) -> tspb.ExportTrainingTemplateResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
+    async def import_training_template(
+        self, request: tspb.ImportTrainingTemplateRequest
+    ) -> tspb.ImportTrainingTemplateResponse:
+        raise _not_offered(TRAINING_NOT_OFFERED)
+
 
 class _Stubs(NamedTuple):
     models: mpb_grpc.ModelServiceStub
@@ -271,6 +382,7 @@ class _Stubs(NamedTuple):
     steering: stpb_grpc.SteeringServiceStub
     profiles: ppb_grpc.ProfileServiceStub
     monitoring: monpb_grpc.MonitoringServiceStub
+    training: tspb_grpc.TrainingServiceStub
 
 
 class _GrpcMonitorStream(MonitorStream):
@@ -320,6 +432,7 @@ class GrpcManagementClient(ManagementClient):
                 steering=stpb_grpc.SteeringServiceStub(channel),
                 profiles=ppb_grpc.ProfileServiceStub(channel),
                 monitoring=monpb_grpc.MonitoringServiceStub(channel),
+                training=tspb_grpc.TrainingServiceStub(channel),
             )
         return self._stub_set
 
@@ -619,4 +732,164 @@ class GrpcManagementClient(ManagementClient):
         stub = self._stubs().monitoring
         return await self._unary(
             stub.ClearMonitoringHistory, request, timeout_s=self._inference.timeout_s
+        )
+
+    # ---------------------------------------------------------------- training
+
+    async def start_training(
+        self, request: tspb.StartTrainingRequest
+    ) -> tspb.StartTrainingResponse:
+        stub = self._stubs().training
+        return await self._unary(stub.StartTraining, request, timeout_s=self._inference.timeout_s)
+
+    async def get_training_run(
+        self, request: tspb.GetTrainingRunRequest
+    ) -> tspb.GetTrainingRunResponse:
+        stub = self._stubs().training
+        return await self._unary(stub.GetTrainingRun, request, timeout_s=self._inference.timeout_s)
+
+    async def list_training_runs(
+        self, request: tspb.ListTrainingRunsRequest
+    ) -> tspb.ListTrainingRunsResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.ListTrainingRuns, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def stop_training(self, request: tspb.StopTrainingRequest) -> tspb.StopTrainingResponse:
+        stub = self._stubs().training
+        return await self._unary(stub.StopTraining, request, timeout_s=self._inference.timeout_s)
+
+    async def resume_training(
+        self, request: tspb.ResumeTrainingRequest
+    ) -> tspb.ResumeTrainingResponse:
+        stub = self._stubs().training
+        return await self._unary(stub.ResumeTraining, request, timeout_s=self._inference.timeout_s)
+
+    async def delete_training_run(
+        self, request: tspb.DeleteTrainingRunRequest
+    ) -> tspb.DeleteTrainingRunResponse:
+        # No deadline: it removes checkpoints and cached activations, which may be gigabytes.
+        return await self._unary(self._stubs().training.DeleteTrainingRun, request, timeout_s=None)
+
+    async def list_training_metrics(
+        self, request: tspb.ListTrainingMetricsRequest
+    ) -> tspb.ListTrainingMetricsResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.ListTrainingMetrics, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def watch_training_run(self, run_id: str) -> AsyncIterator[tspb.WatchTrainingRunResponse]:
+        # No deadline: a run trains for as long as it trains; the caller cancels by closing.
+        call = self._stubs().training.WatchTrainingRun(
+            tspb.WatchTrainingRunRequest(id=run_id), metadata=self._inference.call_metadata()
+        )
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    raise InferenceError(
+                        grpc.StatusCode.INTERNAL,
+                        "INTERNAL",
+                        "The inference service ended the watch before the run finished.",
+                    )
+                yield message
+                if message.run.state in TRAINING_FINAL_STATES:
+                    return
+        except grpc.aio.AioRpcError as err:
+            raise decode_rpc_error(err, self._inference.address) from None
+        finally:
+            call.cancel()
+
+    async def upload_corpus(
+        self, requests: AsyncIterable[tspb.UploadCorpusRequest]
+    ) -> tspb.UploadCorpusResponse:
+        # No deadline: a large corpus takes as long as its sender takes. Written one
+        # message at a time (not handed to gRPC as an iterator) so that a failing
+        # source raises here instead of silently cancelling the call.
+        call = self._stubs().training.UploadCorpus(metadata=self._inference.call_metadata())
+        try:
+            try:
+                async for request in requests:
+                    await call.write(request)
+                await call.done_writing()
+            except asyncio.InvalidStateError:
+                pass  # the service ended the call early; awaiting it says why
+            return await call
+        except grpc.aio.AioRpcError as err:
+            raise decode_rpc_error(err, self._inference.address) from None
+        finally:
+            call.cancel()
+
+    async def list_corpora(self, request: tspb.ListCorporaRequest) -> tspb.ListCorporaResponse:
+        stub = self._stubs().training
+        return await self._unary(stub.ListCorpora, request, timeout_s=self._inference.timeout_s)
+
+    async def delete_corpus(self, request: tspb.DeleteCorpusRequest) -> tspb.DeleteCorpusResponse:
+        stub = self._stubs().training
+        return await self._unary(stub.DeleteCorpus, request, timeout_s=self._inference.timeout_s)
+
+    async def create_training_template(
+        self, request: tspb.CreateTrainingTemplateRequest
+    ) -> tspb.CreateTrainingTemplateResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.CreateTrainingTemplate, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def get_training_template(
+        self, request: tspb.GetTrainingTemplateRequest
+    ) -> tspb.GetTrainingTemplateResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.GetTrainingTemplate, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def list_training_templates(
+        self, request: tspb.ListTrainingTemplatesRequest
+    ) -> tspb.ListTrainingTemplatesResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.ListTrainingTemplates, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def update_training_template(
+        self, request: tspb.UpdateTrainingTemplateRequest
+    ) -> tspb.UpdateTrainingTemplateResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.UpdateTrainingTemplate, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def delete_training_template(
+        self, request: tspb.DeleteTrainingTemplateRequest
+    ) -> tspb.DeleteTrainingTemplateResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.DeleteTrainingTemplate, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def duplicate_training_template(
+        self, request: tspb.DuplicateTrainingTemplateRequest
+    ) -> tspb.DuplicateTrainingTemplateResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.DuplicateTrainingTemplate, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def export_training_template(
+        self, request: tspb.ExportTrainingTemplateRequest
+    ) -> tspb.ExportTrainingTemplateResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.ExportTrainingTemplate, request, timeout_s=self._inference.timeout_s
+        )
+
+    async def import_training_template(
+        self, request: tspb.ImportTrainingTemplateRequest
+    ) -> tspb.ImportTrainingTemplateResponse:
+        stub = self._stubs().training
+        return await self._unary(
+            stub.ImportTrainingTemplate, request, timeout_s=self._inference.timeout_s
         )

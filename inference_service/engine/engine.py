@@ -294,6 +294,41 @@ class Engine:
         self._lane.submit(job)
         return await future
 
+    def run_background(self, fn: Callable[[Any], T]) -> T:
+        """Runs `fn(model)` on the lane and blocks the calling thread (never the event
+        loop) until it is done.
+
+        For the server's own background work, SAE training's activation harvest.
+        Not counted by admission, so it never takes a request's slot; its callers
+        wait for `queue_depth == 0` before each call, so requests go first.
+        """
+        finished = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def settle(key: str, value: Any) -> None:
+            # Set the outcome before waking the caller; LaneJob runs `on_done`
+            # before `on_error`, so `on_done` cannot be the signal.
+            outcome[key] = value
+            finished.set()
+
+        def body(job: LaneJob) -> None:
+            self._boundary.run_pending()  # a pending hook change lands before this pass
+            settle("result", fn(self._lane_loaded.model))
+
+        job = LaneJob(
+            body,
+            on_error=lambda exc: settle("error", exc),
+            on_skip=lambda: settle(
+                "error", NoModelLoadedError("The model was unloaded while training ran.")
+            ),
+            on_done=lambda: None,
+        )
+        self._lane.submit(job)
+        finished.wait()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
     # ---- lifecycle -----------------------------------------------------------------
 
     def shutdown(self) -> None:

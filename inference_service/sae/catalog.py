@@ -150,7 +150,7 @@ class SaeCatalog:
             )
         if not source.is_dir():
             raise NotFoundError(f"There is no folder at '{path}' on the server.", param="path")
-        fmt = detect_format(source)
+        detect_format(source)
         load_sae(source)  # every tensor read and shape-checked before anything is kept
         spec = read_spec(source)
         sha = _sha256(_weights_file(source))
@@ -165,22 +165,60 @@ class SaeCatalog:
         for item in source.iterdir():
             if item.is_file():
                 shutil.copy2(item, target / item.name)
+        cached = self._register(
+            sae_id,
+            target,
+            name=name.strip() or source.name,
+            source_key=f"local:{sha}",
+            source={"kind": "local", "folder_name": source.name},
+            sha=sha,
+        )
+        log.info("imported SAE %s (%s, %s)", sae_id, cached.record.format, spec.architecture)
+        return cached
+
+    def trained_folder(self) -> tuple[str, Path]:
+        """A new SAE id and the empty folder a training run writes it into."""
+        sae_id = _new_id()
+        return sae_id, self._root / "trained" / sae_id
+
+    def register_trained(self, sae_id: str, folder: Path, *, name: str, run_id: str) -> CachedSae:
+        """Records an SAE a training run wrote into `trained_folder()`."""
+        load_sae(folder)  # the same checks as any import
+        return self._register(
+            sae_id,
+            folder,
+            name=name,
+            source_key=f"trained:{run_id}",
+            source={"kind": "trained", "run_id": run_id},
+            sha=_sha256(_weights_file(folder)),
+        )
+
+    def _register(
+        self,
+        sae_id: str,
+        folder: Path,
+        *,
+        name: str,
+        source_key: str,
+        source: dict[str, Any],
+        sha: str,
+    ) -> CachedSae:
+        spec = read_spec(folder)
         record = run(
             self._db,
             lambda repos: repos.sae_records.create(
                 record_id=sae_id,
-                name=name.strip() or source.name,
-                source_key=f"local:{sha}",
-                source={"kind": "local", "folder_name": source.name},
-                format=fmt,
+                name=name,
+                source_key=source_key,
+                source=source,
+                format=detect_format(folder),
                 state=SaeState.READY,
-                local_dir=target.relative_to(self._data_dir).as_posix(),
+                local_dir=folder.relative_to(self._data_dir).as_posix(),
                 spec=spec_to_json(spec),
-                size_bytes=_folder_bytes(target),
+                size_bytes=_folder_bytes(folder),
                 weights_sha256=sha,
             ),
         )
-        log.info("imported SAE %s (%s, %s)", sae_id, fmt, spec.architecture)
         return self._cached(record)
 
     # ---- download --------------------------------------------------------------------

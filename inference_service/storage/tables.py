@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -24,7 +25,13 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from inference_service.storage.records import ModelFormat, ModelState, OperationState, SaeState
+from inference_service.storage.records import (
+    ModelFormat,
+    ModelState,
+    OperationState,
+    SaeState,
+    TrainingState,
+)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -57,7 +64,10 @@ NAMING_CONVENTION = {
 }
 
 
-def _one_of(column: str, values: type[ModelFormat | ModelState | OperationState | SaeState]) -> str:
+def _one_of(
+    column: str,
+    values: type[ModelFormat | ModelState | OperationState | SaeState | TrainingState],
+) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
@@ -171,3 +181,82 @@ class ProfileRow(TableBase):
     active: Mapped[bool]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class TrainingRunRow(TableBase):
+    """An SAE training run: its configuration, where it stands and what it produced."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (
+        CheckConstraint(_one_of("state", TrainingState), name="state"),
+        Index("ix_training_runs_created_at_id", "created_at", "id"),
+        Index("ix_training_runs_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    model: Mapped[str] = mapped_column(String(256))
+    config_json: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str] = mapped_column(String(256))
+    # BigInteger: steps and counts are uint64 in the API.
+    step: Mapped[int] = mapped_column(BigInteger)
+    total_steps: Mapped[int] = mapped_column(BigInteger)
+    latest_json: Mapped[str | None] = mapped_column(Text)
+    final_eval_json: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    sae_id: Mapped[str] = mapped_column(String(64))
+    checkpoint_step: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class TrainingMetricRow(TableBase):
+    """One logged step of a run: its training numbers, or (`eval`) an evaluation's."""
+
+    __tablename__ = "training_metrics"
+
+    run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    eval: Mapped[bool] = mapped_column(primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    # Nullable because NULL stands for NaN: SQLite stores a NaN as NULL, and a diverging
+    # run logs NaN losses that the charts must still show.
+    loss: Mapped[float | None] = mapped_column(Double)
+    mse: Mapped[float | None] = mapped_column(Double)
+    l0: Mapped[float | None] = mapped_column(Double)
+    l1: Mapped[float | None] = mapped_column(Double)
+    fvu: Mapped[float | None] = mapped_column(Double)
+    dead_features: Mapped[int] = mapped_column(Integer)
+    tokens_per_s: Mapped[float | None] = mapped_column(Double)
+    learning_rate: Mapped[float | None] = mapped_column(Double)
+    time_unix_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class TrainingTemplateRow(TableBase):
+    """A named training configuration to start runs from."""
+
+    __tablename__ = "training_templates"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    description: Mapped[str] = mapped_column(Text)
+    config_json: Mapped[str] = mapped_column(Text)
+    favourite: Mapped[bool]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CorpusRow(TableBase):
+    """An uploaded text corpus under the data directory."""
+
+    __tablename__ = "corpora"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    documents: Mapped[int] = mapped_column(BigInteger)
+    local_path: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime]

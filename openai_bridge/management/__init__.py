@@ -1,3 +1,4 @@
 """The /api/v1 management API: cached models, downloads and operations, SAEs, steering,
-profiles and monitoring, over the inference service's management RPCs. Routes are thin;
-`translate` and `steering_translate` hold the protobuf <-> JSON mapping."""
+profiles, monitoring and SAE training, over the inference service's management RPCs.
+Routes are thin; `translate`, `steering_translate` and `training_translate` hold the
+protobuf <-> JSON mapping."""

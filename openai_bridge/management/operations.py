@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-import grpc
 from fastapi import APIRouter, Query, WebSocket
 from fastapi.responses import JSONResponse
-from starlette.websockets import WebSocketDisconnect
 
 from millm.v1 import operations_service_pb2 as ospb
-from openai_bridge.errors import InferenceError
-from openai_bridge.management import translate
+from openai_bridge.management import translate, watch
 from openai_bridge.management_client import ManagementClient
-from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState, Management
-
-log = logging.getLogger(__name__)
+from openai_bridge.state import Management
 
 router = APIRouter(prefix="/api/v1/operations")
-
-UNEXPECTED = "Internal server error; the details are in the bridge log."
 
 
 @router.get("")
@@ -57,48 +49,13 @@ async def watch_operation(websocket: WebSocket, operation_id: str) -> None:
     (a 4xx in the error table, such as not found) or 1011 (a 5xx). A client
     that leaves cancels the gRPC watch at once, even between snapshots.
     """
-    await websocket.accept()
-    state: BridgeState = websocket.app.state.bridge
-    pump = asyncio.create_task(_send_snapshots(websocket, state.management, operation_id))
-    listen = asyncio.create_task(_until_disconnected(websocket))
-    try:
-        await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (pump, listen):
-            task.cancel()
-        await asyncio.gather(pump, listen, return_exceptions=True)
 
-
-async def _send_snapshots(
-    websocket: WebSocket, management: ManagementClient | None, operation_id: str
-) -> None:
-    try:
-        if management is None:
-            raise InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, MANAGEMENT_NOT_CONFIGURED)
+    async def frames(management: ManagementClient) -> AsyncIterator[str]:
         snapshots = management.watch_operation(operation_id)
         try:
             async for snapshot in snapshots:
-                await websocket.send_text(translate.operation_frame(snapshot))
+                yield translate.operation_frame(snapshot)
         finally:
             await snapshots.aclose()  # type: ignore[attr-defined]
-        await websocket.close(translate.CLOSE_NORMAL)
-    except WebSocketDisconnect:
-        return
-    except Exception as exc:
-        if not isinstance(exc, InferenceError):
-            log.error("watching operation %s failed", operation_id, exc_info=exc)
-            exc = InferenceError(grpc.StatusCode.INTERNAL, None, UNEXPECTED)
-        frame, close_code = translate.error_frame(exc)
-        try:
-            await websocket.send_text(frame)
-            await websocket.close(close_code)
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the client left meanwhile
 
-
-async def _until_disconnected(websocket: WebSocket) -> None:
-    """Reads (and ignores) client frames until the client goes; then the watch is cancelled."""
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
+    await watch.relay(websocket, frames, f"operation {operation_id}")

@@ -7,7 +7,7 @@ inference service.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +16,8 @@ from openai_bridge.steering_json import FeatureBody, FeatureIndex
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
 PROFILE_NAME_MAX = 64
+TEMPLATE_NAME_MAX = 64
+TRAINING_ID_MAX = 200
 
 WeightFormatName = Literal["safetensors", "pytorch"]
 QuantizationName = Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
@@ -164,3 +166,53 @@ class MonitorControl(ManagementBody):
     features: list[FeatureIndex] | None = None
     top_k: int | None = Field(default=None, ge=0, le=UINT32_MAX)
     paused: bool | None = None
+
+
+# ---------------------------------------------------------------- training
+#
+# A training config stays a plain JSON object here: it is checked field by field
+# against millm.v1.TrainingConfig (`training_translate.config_message`), so a field
+# added to the proto needs no change in the bridge.
+
+TrainingConfigJson = dict[str, Any]
+
+
+class TrainingRunBody(ManagementBody):
+    """POST /api/v1/training/runs."""
+
+    name: str | None = Field(default=None, max_length=TRAINING_ID_MAX)
+    template_id: str | None = Field(default=None, max_length=TRAINING_ID_MAX)
+    # With `template_id`: only what it changes in the template's config.
+    config: TrainingConfigJson | None = None
+
+
+class TrainingResumeBody(ManagementBody):
+    """POST /api/v1/training/runs/{id}/resume."""
+
+    from_scratch: bool = False
+
+
+class TrainingTemplateBody(ManagementBody):
+    """POST /api/v1/training/templates."""
+
+    name: str = Field(min_length=1, max_length=TEMPLATE_NAME_MAX)
+    description: str | None = None
+    config: TrainingConfigJson | None = None
+    favourite: bool = False
+
+
+class TrainingTemplateUpdateBody(ManagementBody):
+    """PATCH /api/v1/training/templates/{id}: unset fields keep their values."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=TEMPLATE_NAME_MAX)
+    description: str | None = None
+    favourite: bool | None = None
+    # Replaces the whole config; fields it leaves out take their defaults.
+    config: TrainingConfigJson | None = None
+
+
+class TrainingTemplateDuplicateBody(ManagementBody):
+    """POST /api/v1/training/templates/{id}/duplicate."""
+
+    # Unset: the original's name with " (copy)".
+    name: str | None = Field(default=None, max_length=TEMPLATE_NAME_MAX)

@@ -11,7 +11,7 @@ from inference_service.storage.database import MIGRATIONS_DIR
 from inference_service.storage.records import ModelFormat
 from inference_service.storage.tables import TableBase
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 def test_migrate_creates_the_schema(database_url: str) -> None:
@@ -26,6 +26,10 @@ def test_migrate_creates_the_schema(database_url: str) -> None:
         "operations",
         "sae_records",
         "profiles",
+        "training_runs",
+        "training_metrics",
+        "training_templates",
+        "corpora",
         "alembic_version",
     }
     assert expected <= tables

@@ -74,6 +74,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """No steering profile has that name."""
     ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 23
     """Something with that name already exists."""
+    ERROR_REASON_TRAINING_BUSY: _ErrorReason.ValueType  # 24
+    """A training run is in progress: another cannot start, and it cannot be deleted."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons miLLM puts in the
@@ -136,4 +138,6 @@ ERROR_REASON_PROFILE_NOT_FOUND: ErrorReason.ValueType  # 22
 """No steering profile has that name."""
 ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 23
 """Something with that name already exists."""
+ERROR_REASON_TRAINING_BUSY: ErrorReason.ValueType  # 24
+"""A training run is in progress: another cannot start, and it cannot be deleted."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

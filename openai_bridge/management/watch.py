@@ -1,0 +1,82 @@
+"""The watch WebSockets of /api/v1 (operations, training runs): relay frames until done.
+
+One text frame per update; close 1000 after the last. On an error: one
+`{"type": "error", "error": {...}}` frame, then close 1008 (a 4xx in the error
+table, such as not found) or 1011 (a 5xx). A client that leaves cancels the gRPC
+watch at once, even between updates; frames it sends are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from openai_bridge.errors import InferenceError
+from openai_bridge.management import translate
+from openai_bridge.management_client import ManagementClient
+from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState
+
+log = logging.getLogger(__name__)
+
+UNEXPECTED = "Internal server error; the details are in the bridge log."
+
+# Opens the watch on a management client and yields its frames as text. Closing it
+# (`aclose`) must cancel the gRPC call.
+FrameSource = Callable[[ManagementClient], AsyncIterator[str]]
+
+
+async def relay(websocket: WebSocket, frames: FrameSource, what: str) -> None:
+    """Accepts `websocket` and sends it `frames` until they end, fail, or the client goes.
+
+    `what` names the watched thing in the log ("operation 5f0c6a1e").
+    """
+    await websocket.accept()
+    state: BridgeState = websocket.app.state.bridge
+    pump = asyncio.create_task(_send_frames(websocket, state.management, frames, what))
+    listen = asyncio.create_task(_until_disconnected(websocket))
+    try:
+        await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pump, listen):
+            task.cancel()
+        await asyncio.gather(pump, listen, return_exceptions=True)
+
+
+async def _send_frames(
+    websocket: WebSocket, management: ManagementClient | None, frames: FrameSource, what: str
+) -> None:
+    try:
+        if management is None:
+            raise InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, MANAGEMENT_NOT_CONFIGURED)
+        texts = frames(management)
+        try:
+            async for text in texts:
+                await websocket.send_text(text)
+        finally:
+            await texts.aclose()  # type: ignore[attr-defined]
+        await websocket.close(translate.CLOSE_NORMAL)
+    except WebSocketDisconnect:
+        return
+    except Exception as exc:
+        if not isinstance(exc, InferenceError):
+            log.error("watching %s failed", what, exc_info=exc)
+            exc = InferenceError(grpc.StatusCode.INTERNAL, None, UNEXPECTED)
+        frame, close_code = translate.error_frame(exc)
+        try:
+            await websocket.send_text(frame)
+            await websocket.close(close_code)
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client left meanwhile
+
+
+async def _until_disconnected(websocket: WebSocket) -> None:
+    """Reads (and ignores) client frames until the client goes; then the watch is cancelled."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
