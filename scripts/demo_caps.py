@@ -37,17 +37,19 @@ from inference_service.training.self_corpus import generate_corpus, write_jsonl
 from inference_service.training.sites import capture, capture_site
 from millm.v1 import inference_service_pb2 as ipb
 from millm.v1 import inference_service_pb2_grpc as ipb_grpc
+from millm.v1 import sae_service_pb2 as spb
+from millm.v1 import sae_service_pb2_grpc as spb_grpc
 from millm.v1 import steering_pb2
 from millm.v1 import training_pb2 as tpb
 from millm.v1 import training_service_pb2 as pb
 from millm.v1 import training_service_pb2_grpc as pb_grpc
 
 HOOK = os.environ.get("MILLM_DEMO_HOOK", "blocks.6.hook_resid_post")
-PROMPTS = int(os.environ.get("MILLM_DEMO_PROMPTS", "256"))
+PROMPTS = int(os.environ.get("MILLM_DEMO_PROMPTS", "128"))
 EPOCHS = int(os.environ.get("MILLM_DEMO_EPOCHS", "3"))
 D_SAE, K, GROUP = 2304, 32, 10
 # Strength of the group, as a share of the typical residual norm at the hook.
-SHARES = (0.2, 0.3, 0.4)
+SHARES = (0.3, 0.4, 0.5)
 QUESTIONS = (
     "What do you like to eat for breakfast?",
     "Describe a walk in the park.",
@@ -96,6 +98,8 @@ async def main() -> None:
             sae_id = await train(channel, corpus.name, tokens)
             folder = server.saes.catalog.get(sae_id).folder
             features, norm = await find_caps_features(engine, folder, docs[-120:])
+            saes = spb_grpc.SaeServiceStub(channel)
+            await saes.AttachSae(spb.AttachSaeRequest(id=sae_id))
             await compare(channel, engine, folder, features, norm)
     finally:
         await server.stop(0)
