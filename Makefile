@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help bootstrap run run-inference run-bridge test test-fast lint fmt proto proto-check buf-lint bench compose-check lock clean
+.PHONY: help bootstrap run run-inference run-bridge test test-fast lint fmt proto proto-check buf-lint bench bench-training bench-training-latency demo compose-check lock clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,15 @@ buf-lint: bootstrap ## buf lint (STANDARD + COMMENTS) and buf format
 
 bench: bootstrap ## Serving benchmark: bridge vs gRPC vs plain transformers
 	@$(PY) bench/serving.py
+
+bench-training: bootstrap ## SAE training: our trainer vs sae-lens's (time, FVU, L0)
+	@$(PY) bench/training.py
+
+bench-training-latency: bootstrap ## Generation TTFT and tok/s while an SAE trains vs idle
+	@$(PY) bench/training_latency.py
+
+demo: bootstrap ## Train an SAE on the built-in model, find upper-case features, steer them
+	@$(PY) scripts/demo_caps.py
 
 compose-check: ## Validate docker-compose.yml (docker compose plugin or docker-compose)
 	@if docker compose version >/dev/null 2>&1; then docker compose config --quiet; else docker-compose config -q; fi
