@@ -29,4 +29,6 @@ def main() -> None:
         port=settings.http_port,
         log_config=None,
         log_level=settings.log_level.lower(),
+        ws_ping_interval=settings.ws_ping_timeout_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
     )

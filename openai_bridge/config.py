@@ -21,5 +21,7 @@ class BridgeSettings(BaseSettings):
     # Deadline of each unary gRPC call (models, embeddings, tokenize). Generations
     # have none: they last as long as the HTTP client stays connected.
     request_timeout_s: float = Field(default=30.0, gt=0)
+    # WebSocket keepalive: a client that answers no ping for this long is disconnected.
+    ws_ping_timeout_s: float = Field(default=20.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = False

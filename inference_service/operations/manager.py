@@ -136,32 +136,34 @@ class OperationsManager:
         work: Callable[[OperationContext], None],
         on_finished: Callable[[OperationSnapshot], None],
     ) -> None:
+        changes: dict[str, object]
         try:
             work(context)
-            final = self._update(context.id, state="succeeded", eta_s=None)
+            changes = {"state": "succeeded", "eta_s": None}
         except TransferCancelled:
-            final = self._update(context.id, state="cancelled", stage="cancelled", eta_s=None)
+            changes = {"state": "cancelled", "stage": "cancelled", "eta_s": None}
         except MillmError as exc:
-            final = self._update(
-                context.id,
-                state="failed",
-                error_message=exc.message,
-                error_reason=exc.reason,
-                eta_s=None,
-            )
+            changes = {
+                "state": "failed",
+                "error_message": exc.message,
+                "error_reason": exc.reason,
+                "eta_s": None,
+            }
         except Exception as exc:
             log.exception("operation %s failed", context.id)
-            final = self._update(
-                context.id,
-                state="failed",
-                error_message=str(exc) or type(exc).__name__,
-                error_reason="INTERNAL",
-                eta_s=None,
-            )
+            changes = {
+                "state": "failed",
+                "error_message": str(exc) or type(exc).__name__,
+                "error_reason": "INTERNAL",
+                "eta_s": None,
+            }
+        # Consequences first (a record marked corrupted, say), then the final state:
+        # whoever sees the operation end also sees what it changed.
         try:
-            on_finished(final)
+            on_finished(dataclasses.replace(self.get(context.id), **changes))  # type: ignore[arg-type]
         except Exception:
             log.exception("after operation %s", context.id)
+        self._update(context.id, **changes)
         with self._lock:
             self._contexts.pop(context.id, None)
 

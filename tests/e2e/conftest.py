@@ -59,6 +59,9 @@ def stack(data_dir, tmp_path_factory, local_hub):
         "MILLM_MAX_QUEUE": str(max_queue),
         # A stalled monitoring subscriber fills this quickly, so drops can be seen.
         "MILLM_MONITOR_QUEUE_FRAMES": "2",
+        # A subscriber stalled on purpose answers no pings; on a slow CI machine the
+        # default keepalive would close it before the test reads what it lost.
+        "MILLM_WS_PING_TIMEOUT_S": "600",
         "MILLM_HF_ENDPOINT": local_hub.url,
         # Records of this run stay out of the shared data directory's database.
         "MILLM_DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('db') / 'millm.db'}",
