@@ -45,8 +45,8 @@ from millm.v1 import training_service_pb2 as pb
 from millm.v1 import training_service_pb2_grpc as pb_grpc
 
 HOOK = os.environ.get("MILLM_DEMO_HOOK", "blocks.6.hook_resid_post")
-PROMPTS = int(os.environ.get("MILLM_DEMO_PROMPTS", "128"))
-EPOCHS = int(os.environ.get("MILLM_DEMO_EPOCHS", "3"))
+PROMPTS = int(os.environ.get("MILLM_DEMO_PROMPTS", "32"))
+EPOCHS = int(os.environ.get("MILLM_DEMO_EPOCHS", "4"))
 D_SAE, K, GROUP = 2304, 32, 10
 # Strength of the group, as a share of the typical residual norm at the hook.
 SHARES = (0.3, 0.4, 0.5)
