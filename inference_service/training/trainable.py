@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from inference_service.training import sparse_codes
 from inference_service.training.config import TrainingConfig
 
 # How fast the BatchTopK inference threshold follows each batch's smallest kept activation.
@@ -114,31 +115,26 @@ class TrainableSae(nn.Module):
         sae_in = x - self.b_dec if self.apply_b_dec_to_input else x
         return sae_in @ self.W_enc + self.b_enc
 
-    def activate(self, pre: Tensor, *, training: bool) -> Tensor:
+    def activate(self, pre: Tensor) -> Tensor:
         if self.architecture == "standard":
             return torch.relu(pre)
         if self.architecture == "jumprelu":
             return _JumpReLU.apply(pre, self.log_threshold.exp(), self.config.jumprelu_bandwidth)
         if self.architecture == "topk":
             return _topk(torch.relu(pre), self.config.k)
-        if training:
-            return self._batch_topk(torch.relu(pre))
         return torch.relu(pre) * (pre > self.batch_threshold)
 
-    def _batch_topk(self, acts: Tensor) -> Tensor:
-        keep = min(self.config.k * acts.shape[0], acts.numel())
-        flat = acts.flatten()
-        values, indices = flat.topk(keep, sorted=False)
-        kept = torch.zeros_like(flat).scatter(0, indices, values).view_as(acts)
-        with torch.no_grad():
-            positive = values[values > 0]
-            if positive.numel():
-                smallest = positive.min()
-                if self.batch_threshold == 0:
-                    self.batch_threshold.copy_(smallest)
-                else:
-                    self.batch_threshold.lerp_(smallest, _THRESHOLD_RATE)
-        return kept
+    @torch.no_grad()
+    def _track_threshold(self, kept: Tensor) -> None:
+        """Follow the batch's smallest kept activation: the per-token threshold
+        that keeps about as many features at inference time."""
+        positive = kept[kept > 0]
+        if positive.numel():
+            smallest = positive.min()
+            if self.batch_threshold == 0:
+                self.batch_threshold.copy_(smallest)
+            else:
+                self.batch_threshold.lerp_(smallest, _THRESHOLD_RATE)
 
     def decode(self, f: Tensor, x: Tensor) -> Tensor:
         y_hat = f @ self.W_dec + self.b_dec
@@ -148,7 +144,7 @@ class TrainableSae(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """Inference-time features (BatchTopK as its saved JumpReLU form)."""
-        return self.activate(self.pre_activations(x), training=False)
+        return self.activate(self.pre_activations(x))
 
     def forward_batch(
         self,
@@ -163,8 +159,10 @@ class TrainableSae(nn.Module):
         `sparsity_scale` is the sparsity coefficient after warm-up; `dead` marks
         the features TopK's auxiliary loss may use.
         """
+        if self.architecture in ("topk", "batchtopk"):
+            return self._forward_sparse(x, y, dead)
         pre = self.pre_activations(x)
-        f = self.activate(pre, training=True)
+        f = self.activate(pre)
         y_hat = self.decode(f, x)
         mse = (y_hat - y).pow(2).sum(dim=-1).mean()
         zero = mse.new_zeros(())
@@ -176,12 +174,32 @@ class TrainableSae(nn.Module):
         elif self.architecture == "jumprelu":
             l0 = _Step.apply(pre, self.log_threshold.exp(), self.config.jumprelu_bandwidth)
             sparsity = sparsity_scale * self.config.l0_coefficient * l0.sum(dim=-1).mean()
-        aux = zero
-        if self.architecture in ("topk", "batchtopk") and dead is not None:
-            aux = self._aux_loss(pre, y - y_hat.detach(), dead)
-        return StepOutput(f, y_hat, mse, sparsity, aux)
+        return StepOutput(f, y_hat, mse, sparsity, mse.new_zeros(()))
 
-    def _aux_loss(self, pre: Tensor, residual: Tensor, dead: Tensor) -> Tensor:
+    def _forward_sparse(self, x: Tensor, y: Tensor, dead: Tensor | None) -> StepOutput:
+        """TopK and BatchTopK: the same losses, computed on the kept entries only
+        (sparse_codes explains why); `f` comes back dense but detached, for metrics."""
+        sae_in = x - self.b_dec if self.apply_b_dec_to_input else x
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
+        if self.architecture == "topk":
+            codes = sparse_codes.topk_per_row(pre, self.config.k)
+        else:
+            codes = sparse_codes.topk_of_batch(pre, self.config.k)
+        values = torch.relu(sparse_codes.gather(pre, sae_in, self.W_enc, self.b_enc, codes))
+        if self.architecture == "batchtopk":
+            self._track_threshold(values.detach())
+        y_hat = sparse_codes.decode(values, self.W_dec, codes) + self.b_dec
+        if self.W_skip is not None:
+            y_hat = y_hat + x @ self.W_skip.T
+        mse = (y_hat - y).pow(2).sum(dim=-1).mean()
+        aux = mse.new_zeros(())
+        if dead is not None:
+            aux = self._aux_loss(pre, sae_in, y - y_hat.detach(), dead)
+        f = codes.dense(values.detach())
+        return StepOutput(f, y_hat, mse, mse.new_zeros(()), aux)
+
+    def _aux_loss(self, pre: Tensor, sae_in: Tensor, residual: Tensor, dead: Tensor) -> Tensor:
         """Gao et al.'s AuxK: the dead features alone try to explain what the live
         ones missed, which gives them gradient and brings them back."""
         coefficient = self.config.aux_k_coefficient
@@ -189,9 +207,9 @@ class TrainableSae(nn.Module):
         if coefficient <= 0 or n_dead == 0:
             return pre.new_zeros(())
         k_aux = min(self.d_in // 2, n_dead)
-        dead_pre = torch.where(dead, pre, torch.full_like(pre, -math.inf))
-        f_aux = _topk(torch.relu(dead_pre), k_aux)
-        residual_hat = f_aux @ self.W_dec
+        codes = sparse_codes.topk_per_row(pre.masked_fill(~dead, -math.inf), k_aux)
+        values = torch.relu(sparse_codes.gather(pre, sae_in, self.W_enc, self.b_enc, codes))
+        residual_hat = sparse_codes.decode(values, self.W_dec, codes)
         error = (residual_hat - residual).pow(2).sum(dim=-1).mean()
         variance = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean()
         return coefficient * error / variance.clamp_min(1e-12)
