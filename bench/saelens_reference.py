@@ -62,8 +62,12 @@ def train_saelens_topk(
     total_tokens: int,
     seed: int,
     lr_warm_up_steps: int = 0,
+    b_dec_start: torch.Tensor | None = None,
 ) -> SaeLensResult:
-    """Train for `total_tokens // batch_size` steps over `train` in row order (wrapping)."""
+    """Train for `total_tokens // batch_size` steps over `train` in row order (wrapping).
+
+    `b_dec_start` replaces sae-lens's zero start for b_dec (older sae-lens runners
+    offered the activations' mean as `b_dec_init_method="mean"`)."""
     if train.ndim != 2 or not 0 < batch_size <= train.shape[0]:
         raise ValueError("train must be [N, d_in] with N >= batch_size > 0")
     train = train.detach().to("cpu", torch.float32).contiguous()
@@ -71,6 +75,9 @@ def train_saelens_topk(
     if steps < 1:
         raise ValueError("total_tokens must cover at least one batch")
     sae = _new_sae(train.shape[1], d_sae, k, seed)
+    if b_dec_start is not None:
+        with torch.no_grad():
+            sae.b_dec.copy_(b_dec_start)
     cfg = SAETrainerConfig(
         # fit() loops while samples < total, so a multiple of batch_size gives exactly `steps`.
         total_training_samples=steps * batch_size,
