@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help bootstrap run run-inference run-bridge test test-fast lint fmt proto proto-check buf-lint bench bench-training bench-training-latency demo compose-check lock clean
+.PHONY: help bootstrap run run-inference run-bridge test test-fast lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency demo compose-check lock clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ buf-lint: bootstrap ## buf lint (STANDARD + COMMENTS) and buf format
 
 bench: bootstrap ## Serving benchmark: bridge vs gRPC vs plain transformers
 	@$(PY) bench/serving.py
+
+bench-concurrency: bootstrap ## Continuous batching: tok/s and TTFT for 1-16 clients, plain and steered
+	@$(PY) bench/concurrency.py
 
 bench-training: bootstrap ## SAE training: our trainer vs sae-lens's (time, FVU, L0)
 	@$(PY) bench/training.py

@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -35,18 +36,23 @@ def decode_rate(token_times: list[float]) -> float:
     return (len(token_times) - 1) / (token_times[-1] - token_times[0])
 
 
+def streaming_chat(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """The SDK arguments of one greedy streaming chat that reports its usage."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
 def stream_chat(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> Sample:
     """One greedy streaming chat through the bridge with the official SDK."""
     t0 = time.perf_counter()
     times: list[float] = []
-    stream = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": prompt}],
-        temperature=0,
-        max_tokens=max_tokens,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
+    stream = client.chat.completions.create(**streaming_chat(model, prompt, max_tokens))
     tokens = 0
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:

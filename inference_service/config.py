@@ -33,8 +33,13 @@ class InferenceSettings(BaseSettings):
     database_url: str = ""
     # Hugging Face Hub endpoint for downloads; empty uses HF_ENDPOINT or huggingface.co.
     hf_endpoint: str = ""
-    # Requests admitted at once (one running, the rest waiting) before RESOURCE_EXHAUSTED.
-    max_queue: int = Field(default=16, ge=1)
+    # Requests admitted at once (decoding or waiting) before RESOURCE_EXHAUSTED (429).
+    max_queue: int = Field(default=64, ge=1)
+    # Sequences decoded together in one forward pass (continuous batching).
+    max_batch_size: int = Field(default=16, ge=1)
+    # KV cache the decoding batch may hold, in MiB; 0: a quarter of the memory free
+    # on the model's device when the model is loaded.
+    kv_cache_mb: int = Field(default=0, ge=0)
     # Completion length when a request does not say.
     default_max_tokens: int = Field(default=512, ge=1)
     # Monitoring: frames a live subscriber may have waiting before newer ones are

@@ -34,8 +34,21 @@ async def health(state: State) -> JSONResponse:
         "version": info.version,
         "queue_depth": info.queue_depth,
         "max_queue": info.max_queue,
+        "batch": batch_status(info.batch) if info.HasField("batch") else None,
     }
     headers = {}
     if not ready and info.retry_after_s:
         headers["Retry-After"] = str(info.retry_after_s)
     return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+
+def batch_status(batch: pb.BatchStatus) -> dict[str, Any]:
+    return {
+        "waiting": batch.waiting,
+        "active_sequences": batch.active_sequences,
+        "max_batch_size": batch.max_batch_size,
+        "occupancy": round(batch.occupancy, 4),
+        "tokens_per_second": round(batch.tokens_per_second, 2),
+        "kv_cache_bytes": batch.kv_cache_bytes,
+        "kv_cache_budget_bytes": batch.kv_cache_budget_bytes,
+    }

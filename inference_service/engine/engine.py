@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from inference_service.config import InferenceSettings
-from inference_service.engine.generation import run_generation
 from inference_service.engine.lane import Lane, LaneJob, PassBoundary
 from inference_service.engine.loader import LoadedModel
+from inference_service.engine.memory import available_memory, kv_bytes_per_token
 from inference_service.engine.prompts import encode_text, render_chat
+from inference_service.engine.row_edits import install
+from inference_service.engine.scheduler import BatchScheduler, BatchStats
 from inference_service.engine.types import (
     ChatTurn,
     FinishedEvent,
@@ -117,6 +119,14 @@ class Engine:
         self._jobs: set[LaneJob] = set()  # admitted and unfinished
         self._mean_job_s = 2.0
         self._closed = False
+        self._scheduler = BatchScheduler(
+            self._lane_loaded,
+            self._lane,
+            self._boundary.run_pending,
+            max_batch_size=settings.max_batch_size,
+            kv_bytes_per_token=kv_bytes_per_token(loaded),
+            kv_budget_bytes=_kv_budget(settings, loaded),
+        )
         # The most recent generation's end, for operators and tests (set on the lane).
         self.last_finished: FinishedEvent | None = None
 
@@ -180,33 +190,39 @@ class Engine:
             prompt_param=prompt_param,
         )
         request = dataclasses.replace(request, sampling=sampling)
+        final_length = min(
+            len(request.prompt_token_ids) + (sampling.max_tokens or 0),
+            description.max_context_tokens,
+        )
+        needed = self._scheduler.reserved_bytes([final_length])
+        if needed > self._scheduler.kv_budget_bytes:
+            raise ContextLengthExceededError(
+                f"This request's KV cache would need {_mib(needed)} MiB (prompt plus "
+                f"max_tokens = {final_length} tokens), more than the server's budget of "
+                f"{_mib(self._scheduler.kv_budget_bytes)} MiB; lower max_tokens or shorten "
+                "the prompt (the operator can raise MILLM_KV_CACHE_MB).",
+                param="max_tokens",
+            )
         handle = GenerationHandle(request)
 
-        def body(job: LaneJob) -> None:
-            def emit(event: GenerationEvent) -> None:
-                if isinstance(event, FinishedEvent):
-                    self.last_finished = event
-                    job.release()  # the slot is free before the caller sees the end
-                handle._put(event)
-
-            run_generation(
-                self._lane_loaded,
-                request,
-                emit,
-                job.is_cancelled,
-                queue_ns=job.queue_ns,
-                between_passes=self._boundary.run_pending,
-            )
+        def emit(event: GenerationEvent) -> None:
+            if isinstance(event, FinishedEvent):
+                self.last_finished = event
+            handle._put(event)
 
         def on_skip() -> None:
             handle._put(
                 FinishedEvent("cancelled", prompt_tokens=handle.prompt_tokens, completion_tokens=0)
             )
 
-        job = self._new_job(body, on_error=handle._put, on_skip=on_skip)
+        job = self._new_job(_never_run, on_error=handle._put, on_skip=on_skip)
         handle._job = job
-        self._admit(job)
+        self._reserve(job)
+        self._scheduler.submit(job, request, emit, final_length)
         return handle
+
+    def batch_stats(self) -> BatchStats:
+        return self._scheduler.stats()
 
     # ---- embeddings ----------------------------------------------------------------
 
@@ -349,12 +365,6 @@ class Engine:
         on_error: Callable[[BaseException], None],
         on_skip: Callable[[], None],
     ) -> LaneJob:
-        started = [0.0]
-
-        def timed_body(job: LaneJob) -> None:
-            started[0] = time.monotonic()
-            body(job)
-
         def on_failure(exc: BaseException) -> None:
             if type(exc).__name__ == "OutOfMemoryError" and torch.cuda.is_available():
                 torch.cuda.empty_cache()  # give the next request the memory back
@@ -363,19 +373,26 @@ class Engine:
         def on_done() -> None:
             with self._lock:
                 self._jobs.discard(job)
-                if started[0]:
-                    elapsed = time.monotonic() - started[0]
+                if job.started_ns:
+                    elapsed = (time.perf_counter_ns() - job.started_ns) / 1e9
                     self._mean_job_s += _DURATION_EMA_WEIGHT * (elapsed - self._mean_job_s)
 
-        job = LaneJob(timed_body, on_error=on_failure, on_skip=on_skip, on_done=on_done)
+        job = LaneJob(body, on_error=on_failure, on_skip=on_skip, on_done=on_done)
         return job
 
     def _admit(self, job: LaneJob) -> None:
+        self._reserve(job)
+        self._lane.submit(job)
+
+    def _reserve(self, job: LaneJob) -> None:
+        """Counts `job` as admitted, or refuses it with QUEUE_FULL."""
         with self._lock:
             if self._closed:
                 raise NoModelLoadedError("The model is being unloaded; retry shortly.")
             if len(self._jobs) >= self._settings.max_queue:
-                retry = math.ceil(len(self._jobs) * self._mean_job_s)
+                # Up to max_batch_size jobs progress at once.
+                batch = self._scheduler.max_batch_size
+                retry = math.ceil(len(self._jobs) * self._mean_job_s / batch)
                 retry = min(_MAX_RETRY_S, max(_MIN_RETRY_S, retry))
                 log.warning("queue full (%d admitted); refusing a request", len(self._jobs))
                 raise QueueFullError(
@@ -384,7 +401,6 @@ class Engine:
                     retry_after_s=retry,
                 )
             self._jobs.add(job)
-        self._lane.submit(job)
 
 
 def _deliverer(
@@ -402,6 +418,20 @@ def _deliverer(
             loop.call_soon_threadsafe(set_if_pending)
 
     return deliver
+
+
+def _never_run(job: LaneJob) -> None:
+    raise AssertionError("a generation's ticket is run by the batch scheduler, not the lane")
+
+
+def _kv_budget(settings: InferenceSettings, loaded: LoadedModel) -> int:
+    if settings.kv_cache_mb:
+        return settings.kv_cache_mb * 2**20
+    return available_memory(loaded.device) // 4
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f}"
 
 
 class _EmbeddingCancelled(Exception):
@@ -426,10 +456,12 @@ def _embed(
                 if is_cancelled():
                     raise _EmbeddingCancelled
                 between_passes()
-                if observer is not None:
-                    observer.before_pass(ids, 0)
+                undo = install([observer.plan(ids, 0) if observer is not None else None])
                 input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
-                hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+                try:
+                    hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+                finally:
+                    undo()
                 pooled = hidden[0].float().mean(dim=0)  # [1, T, H] -> [H]
                 vectors.append(F.normalize(pooled, dim=0).tolist())
     finally:

@@ -1,9 +1,13 @@
-"""The decode loop: prefill once, then one token per forward pass, on the worker lane.
+"""The decode loop: each sequence is prefilled alone, then all of them decode together.
 
-Per-sequence state lives in `SequenceState` (its KV cache, sampler, text, counters)
-so that a later scheduler can run the forward passes of several sequences in
-one batch and call the same `choose()`/`accept()` per sequence; today one
-sequence runs at a time.
+`DecodeBatch` holds the sequences being generated: `join()` prefills a new one
+by itself (exactly as if it ran alone) and emits its first token; `step()` runs
+one forward pass for every sequence at once (their KV caches are rows of one
+`BatchCache`) and emits each one's next token. Per-sequence state lives in
+`SequenceState` (sampler, text, stop strings, counters): every row keeps its own
+sampling parameters, logprobs and stop, and leaves the batch when it finishes or
+is cancelled. Steering and monitoring are per row too (engine.row_edits).
+`run_generation` is the one-sequence case, synchronous.
 """
 
 from __future__ import annotations
@@ -13,14 +17,16 @@ import functools
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from inference_service.engine.batch_cache import BatchCache, supports_batching
 from inference_service.engine.detokenizer import CompletionText
 from inference_service.engine.loader import LoadedModel
+from inference_service.engine.row_edits import install
 from inference_service.engine.sampling import (
     apply_penalties,
     choose_token,
@@ -59,7 +65,7 @@ class SequenceState:
         self.device = loaded.device
         self.prompt_ids = list(request.prompt_token_ids)
         self.generated: list[int] = []
-        self._cache = DynamicCache(config=self._model.config)
+        self.cache = DynamicCache(config=self._model.config)  # until it joins a batch
         self._generator = make_generator(self.options.seed, self.device)
         # Completion token counts [V] for the penalties; only kept when they are used,
         # sized from the logits (some models pad the output layer beyond the vocabulary).
@@ -69,18 +75,16 @@ class SequenceState:
         assert self.options.max_tokens is not None, "validation fills max_tokens"
         self._max_tokens = self.options.max_tokens
 
+    @property
+    def final_length(self) -> int:
+        """The most tokens this sequence can reach (prompt plus completion)."""
+        return min(len(self.prompt_ids) + self._max_tokens, self._max_context)
+
     def prefill(self) -> torch.Tensor:  # -> [V] logits for the first completion token
         input_ids = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)  # [1, P]
-        return self._forward(input_ids)
-
-    def step(self) -> torch.Tensor:  # -> [V] logits for the next token
-        input_ids = torch.tensor([[self.generated[-1]]], dtype=torch.long, device=self.device)
-        return self._forward(input_ids)  # [1, 1] in
-
-    def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = self._model(
             input_ids=input_ids,
-            past_key_values=self._cache,
+            past_key_values=self.cache,
             use_cache=True,
             # Only the last position's logits: the prompt's [P, V] are never needed.
             logits_to_keep=1,
@@ -134,6 +138,168 @@ class SequenceState:
         return token_id, text, _token_bytes(self._tokenizer, token_id, text)
 
 
+@dataclass(eq=False)
+class Row:
+    """One sequence in a DecodeBatch, with where its events go."""
+
+    sequence: SequenceState
+    emit: Callable[[GenerationEvent], None]
+    is_cancelled: Callable[[], bool]
+    on_error: Callable[[BaseException], None]
+    queue_ns: int = 0
+    prefill_ns: int = 0
+    decode_started_ns: int = field(default_factory=time.perf_counter_ns)
+
+    @property
+    def observer(self) -> Any:
+        return self.sequence.request.observer
+
+
+class DecodeBatch:
+    """The sequences decoding together on the worker lane. Not thread-safe: the lane
+    thread alone calls it."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self._model = loaded.model
+        self._loaded = loaded
+        self._cache = BatchCache()
+        self.rows: list[Row] = []
+        self.batchable = True  # False once a model's cache turns out not to merge
+
+    @property
+    def final_lengths(self) -> list[int]:
+        return [row.sequence.final_length for row in self.rows]
+
+    def join(
+        self,
+        request: GenerationRequest,
+        emit: Callable[[GenerationEvent], None],
+        is_cancelled: Callable[[], bool],
+        on_error: Callable[[BaseException], None],
+        *,
+        queue_ns: int = 0,
+    ) -> None:
+        """Prefills `request` alone and emits its first token; it decodes with the
+        others from the next `step()` unless it is already finished."""
+        row = Row(SequenceState(self._loaded, request), emit, is_cancelled, on_error, queue_ns)
+        if is_cancelled():
+            self._finish(row, "cancelled")
+            return
+        try:
+            sequence = row.sequence
+            with torch.inference_mode():
+                undo = install([_plan(row, sequence.prompt_ids, 0)])
+                try:
+                    started = time.perf_counter_ns()
+                    logits = sequence.prefill()
+                    row.prefill_ns = time.perf_counter_ns() - started
+                finally:
+                    undo()
+                row.decode_started_ns = time.perf_counter_ns()
+                if self._advance(row, logits):
+                    return
+            if not supports_batching(sequence.cache):
+                self.batchable = False
+            self._cache.add(sequence.cache)
+            sequence.cache = None
+            self.rows.append(row)
+        except BaseException as exc:
+            _done(row)
+            on_error(exc)
+
+    def step(self) -> int:
+        """One forward pass for every row; emits each row's next token. Returns how
+        many rows took part (the tokens generated)."""
+        live = [row for row in self.rows if not self._left_cancelled(row)]
+        if len(live) != len(self.rows):
+            self._keep(live)
+        if not live:
+            return 0
+        try:
+            with torch.inference_mode():
+                plans = [
+                    _plan(row, (row.sequence.generated[-1],), _next_position(row)) for row in live
+                ]
+                last = [[row.sequence.generated[-1]] for row in live]
+                undo = install(plans)
+                try:
+                    out = self._model(
+                        input_ids=torch.tensor(last, dtype=torch.long, device=self._loaded.device),
+                        past_key_values=self._cache.cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **(self._cache.step_inputs() if self.batchable else {}),
+                    )
+                finally:
+                    undo()
+                self._cache.advance()
+                logits = out.logits[:, -1].float()  # [rows, V]
+                staying = [row for r, row in enumerate(live) if not self._advance(row, logits[r])]
+        except BaseException as exc:
+            self._cache.keep([])
+            self.rows = []
+            for row in live:
+                _done(row)
+                row.on_error(exc)
+            return 0
+        if len(staying) != len(live):
+            self._keep(staying)
+        return len(live)
+
+    def _keep(self, rows: list[Row]) -> None:
+        index = {id(row): r for r, row in enumerate(self.rows)}
+        self._cache.keep([index[id(row)] for row in rows])
+        self.rows = rows
+
+    def _advance(self, row: Row, logits: torch.Tensor) -> bool:
+        """Samples and emits the row's next token; True if the row is finished."""
+        sequence = row.sequence
+        token_id, logprob = sequence.choose(logits)
+        step = sequence.accept(token_id, logprob)
+        event = step.event
+        if row.observer is not None:
+            event = dataclasses.replace(event, activations=row.observer.take_activations())
+        row.emit(event)
+        if step.finish_reason is not None:
+            self._finish(row, step.finish_reason)
+            return True
+        return False
+
+    def _left_cancelled(self, row: Row) -> bool:
+        # Cooperative cancellation: checked between every two forward passes.
+        if row.is_cancelled():
+            self._finish(row, "cancelled")
+            return True
+        return False
+
+    def _finish(self, row: Row, reason: FinishReason) -> None:
+        _done(row)
+        decode_ns = time.perf_counter_ns() - row.decode_started_ns if row.prefill_ns else 0
+        row.emit(
+            FinishedEvent(
+                finish_reason=reason,
+                prompt_tokens=len(row.sequence.prompt_ids),
+                completion_tokens=len(row.sequence.generated),
+                queue_ns=row.queue_ns,
+                prefill_ns=row.prefill_ns,
+                decode_ns=decode_ns,
+            )
+        )
+
+
+def _plan(row: Row, token_ids: Any, start_position: int) -> Any:
+    return None if row.observer is None else row.observer.plan(token_ids, start_position)
+
+
+def _next_position(row: Row) -> int:
+    return len(row.sequence.prompt_ids) + len(row.sequence.generated) - 1
+
+
+def _done(row: Row) -> None:
+    if row.observer is not None:
+        row.observer.done()
+
+
 def run_generation(
     loaded: LoadedModel,
     request: GenerationRequest,
@@ -143,64 +309,17 @@ def run_generation(
     queue_ns: int = 0,
     between_passes: Callable[[], None] = lambda: None,
 ) -> None:
-    """Generates until a stop, the length limit or cancellation. Runs on the worker lane.
-
-    `between_passes` runs before every forward pass: hook changes posted while
-    this generation runs take effect at its next step.
-    """
-    sequence = SequenceState(loaded, request)
-    prompt_tokens = len(sequence.prompt_ids)
-    prefill_ns = decode_ns = 0
-
-    def finish(reason: FinishReason) -> None:
-        emit(
-            FinishedEvent(
-                finish_reason=reason,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=len(sequence.generated),
-                queue_ns=queue_ns,
-                prefill_ns=prefill_ns,
-                decode_ns=decode_ns,
-            )
-        )
-
-    if is_cancelled():
-        finish("cancelled")
-        return
-    observer = request.observer
-    try:
-        with torch.inference_mode():
-            between_passes()
-            if observer is not None:
-                observer.before_pass(sequence.prompt_ids, 0)
-            started = time.perf_counter_ns()
-            logits = sequence.prefill()
-            prefill_ns = time.perf_counter_ns() - started
-            started = time.perf_counter_ns()
-            while True:
-                token_id, logprob = sequence.choose(logits)
-                step = sequence.accept(token_id, logprob)
-                event = step.event
-                if observer is not None:
-                    event = dataclasses.replace(event, activations=observer.take_activations())
-                emit(event)
-                if step.finish_reason is not None:
-                    decode_ns = time.perf_counter_ns() - started
-                    finish(step.finish_reason)
-                    return
-                # Cooperative cancellation: checked between every two forward passes.
-                if is_cancelled():
-                    decode_ns = time.perf_counter_ns() - started
-                    finish("cancelled")
-                    return
-                between_passes()
-                if observer is not None:
-                    position = len(sequence.prompt_ids) + len(sequence.generated) - 1
-                    observer.before_pass((sequence.generated[-1],), position)
-                logits = sequence.step()
-    finally:
-        if observer is not None:
-            observer.done()
+    """Generates one sequence until a stop, the length limit or cancellation; raises
+    what a forward pass raised. `between_passes` runs before every forward pass."""
+    failures: list[BaseException] = []
+    batch = DecodeBatch(loaded)
+    between_passes()
+    batch.join(request, emit, is_cancelled, failures.append, queue_ns=queue_ns)
+    while batch.rows:
+        between_passes()
+        batch.step()
+    if failures:
+        raise failures[0]
 
 
 def _token_bytes(tokenizer: Any, token_id: int, text: str) -> bytes:

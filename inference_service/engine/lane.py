@@ -51,6 +51,7 @@ class LaneJob:
         self.state = JobState.WAITING
         self._released = False
         self.enqueued_ns = time.perf_counter_ns()
+        self.started_ns = 0
         self.queue_ns = 0
 
     def is_cancelled(self) -> bool:
@@ -67,20 +68,36 @@ class LaneJob:
 
     def run(self) -> None:
         """Called by the lane thread."""
-        with self._lock:
-            if self.state is not JobState.WAITING:
-                return  # cancelled while it waited
-            self.state = JobState.RUNNING
-        self.queue_ns = time.perf_counter_ns() - self.enqueued_ns
+        if not self.start():
+            return  # cancelled while it waited
         try:
             self._body(self)
         except BaseException as exc:
-            self.release()
-            self._safe(self._on_error, exc)
+            self.fail(exc)
         finally:
-            with self._lock:
-                self.state = JobState.DONE
-            self.release()
+            self.finish()
+
+    # The steps of `run`, for a scheduler that runs many jobs' work in one loop.
+
+    def start(self) -> bool:
+        """WAITING -> RUNNING; False if the job was cancelled (its `on_skip` has run)."""
+        with self._lock:
+            if self.state is not JobState.WAITING:
+                return False
+            self.state = JobState.RUNNING
+        self.started_ns = time.perf_counter_ns()
+        self.queue_ns = self.started_ns - self.enqueued_ns
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        """The work raised `exc`: frees the slot, then reports it."""
+        self.release()
+        self._safe(self._on_error, exc)
+
+    def finish(self) -> None:
+        with self._lock:
+            self.state = JobState.DONE
+        self.release()
 
     def release(self) -> None:
         """Runs `on_done` if it has not run yet."""
@@ -119,6 +136,10 @@ class Lane:
     @property
     def thread(self) -> threading.Thread:
         return self._thread
+
+    def has_waiting(self) -> bool:
+        """Whether jobs wait behind the running one."""
+        return not self._queue.empty()
 
     def submit(self, job: LaneJob) -> None:
         if self._stopped.is_set():

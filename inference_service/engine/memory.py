@@ -146,14 +146,24 @@ def weights_bytes(counts: ParameterCounts, options: LoadOptions) -> int:
 
 
 def kv_cache_bytes(config: Any, options: LoadOptions, *, context_tokens: int, batch: int) -> int:
+    # The cache holds what the k/v projections output: the compute dtype. int8_dynamic
+    # computes in float32.
+    dtype_bytes = 4 if options.quantization == "int8_dynamic" else DTYPES[options.dtype].itemsize
+    return _kv_bytes_per_token(config, dtype_bytes) * context_tokens * batch
+
+
+def kv_bytes_per_token(loaded: Any) -> int:
+    """Keys plus values of one token in every layer of a loaded model's cache."""
+    return _kv_bytes_per_token(loaded.model.config, loaded.model.dtype.itemsize)
+
+
+def _kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    config = getattr(config, "get_text_config", lambda: config)()
     layers = int(config.num_hidden_layers)
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    # The cache holds what the k/v projections output: the compute dtype. int8_dynamic
-    # computes in float32.
-    dtype_bytes = 4 if options.quantization == "int8_dynamic" else DTYPES[options.dtype].itemsize
-    return 2 * layers * kv_heads * head_dim * context_tokens * batch * dtype_bytes
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
 def estimate_memory(

@@ -34,8 +34,9 @@ class PassObserver(Protocol):
     """What a request does around its forward passes (steering, activation capture);
     called on the worker lane."""
 
-    def before_pass(self, token_ids: Sequence[int], start_position: int) -> None:
-        """The next pass reads `token_ids`, the first at `start_position`."""
+    def plan(self, token_ids: Sequence[int], start_position: int) -> Any:
+        """What the request does at its hook in the next pass, which reads `token_ids`
+        from `start_position` on: an engine.row_edits.RowEdit, or None for nothing."""
 
     def take_activations(self) -> tuple[Any, ...]:
         """Activations captured since the last call (monitoring.types.TokenActivations)."""

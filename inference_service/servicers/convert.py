@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from inference_service.engine.scheduler import BatchStats
 from inference_service.engine.types import (
     ChatTurn,
     FinishedEvent,
@@ -81,6 +82,18 @@ def generate_response(event: GenerationEvent) -> pb.GenerateResponse:
             prefill_ns=event.prefill_ns,
             decode_ns=event.decode_ns,
         )
+    )
+
+
+def batch_status(stats: BatchStats) -> pb.BatchStatus:
+    return pb.BatchStatus(
+        waiting=stats.waiting,
+        active_sequences=stats.active,
+        max_batch_size=stats.max_batch_size,
+        occupancy=stats.occupancy,
+        tokens_per_second=stats.tokens_per_s,
+        kv_cache_bytes=stats.kv_cache_bytes,
+        kv_cache_budget_bytes=stats.kv_cache_budget_bytes,
     )
 
 

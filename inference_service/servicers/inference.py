@@ -165,6 +165,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if engine is not None:
             response.queue_depth = engine.queue_depth
             response.max_queue = engine.max_queue
+            response.batch.CopyFrom(convert.batch_status(engine.batch_stats()))
             if self._host.state is ModelState.READY:
                 response.model.CopyFrom(convert.model_info(engine.description))
         return response

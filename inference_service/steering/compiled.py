@@ -69,17 +69,29 @@ class CompiledSteering:
     def is_identity(self) -> bool:
         return self._add is None and not self._encoded
 
+    @property
+    def add_vector(self) -> Tensor | None:
+        """The sum of the add rows, [d_in] float32 (None without add features)."""
+        return self._add
+
+    @property
+    def encodes(self) -> bool:
+        """Whether some feature's edit reads its activation (clamp, multiply)."""
+        return self._encoded
+
     def apply(self, h: Tensor) -> Tensor:
         """h [batch, positions, d_in] -> the steered hidden state, same shape and dtype."""
-        out = h
-        if self._encoded:
-            f = self._selected_activations(h)  # [B, T, n]
-            # clamp: c - f; multiply: (m - 1) * f
-            coeff = torch.where(self._is_clamp, self._amount - f, (self._amount - 1.0) * f)
-            out = out + (coeff @ self._rows).to(h.dtype)  # [B, T, d_in]
+        out = self.apply_encoded(h) if self._encoded else h
         if self._add is not None:
             out = out + self._add.to(h.dtype)
         return out
+
+    def apply_encoded(self, h: Tensor) -> Tensor:
+        """The clamp and multiply edits alone (the adds come after them)."""
+        f = self._selected_activations(h)  # [B, T, n]
+        # clamp: c - f; multiply: (m - 1) * f
+        coeff = torch.where(self._is_clamp, self._amount - f, (self._amount - 1.0) * f)
+        return h + (coeff @ self._rows).to(h.dtype)  # [B, T, d_in]
 
     def _selected_activations(self, h: Tensor) -> Tensor:
         if not self._columnwise:

@@ -1,9 +1,10 @@
 """Steering and monitoring at forward-pass time: what one request's passes do at the hook.
 
-A `PassContext` belongs to one request (a generation or an embedding call). The
-engine calls `before_pass()` on the worker lane before every forward pass; it sets
-the site hook's edit to this request's steering and, when someone wants them, a
-capture of the feature activations. The request's steering is fixed when it comes
+A `PassContext` belongs to one request (a generation or an embedding call). Before
+every forward pass the engine asks it, on the worker lane, for its `plan()`: this
+request's steering at the site hook and, when someone wants them, a capture of
+the feature activations. The engine composes the plans of all rows of a batched
+pass into one edit (engine.row_edits). The request's steering is fixed when it comes
 from the request itself or a profile; otherwise it follows the global steering,
 read again before every pass, so changes apply from the next decode step.
 """
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from inference_service.engine.row_edits import RowEdit
 from inference_service.monitoring.types import (
     Capture,
     Selection,
@@ -118,7 +120,7 @@ class SteeringRuntime:
 
 
 class PassContext:
-    """One request's steering and capture; `before_pass` and `done` run on the lane."""
+    """One request's steering and capture; `plan` and `done` run on the lane."""
 
     def __init__(
         self,
@@ -136,40 +138,46 @@ class PassContext:
         self._selection = selection
         self._token_text = token_text
         self._pending: list[TokenActivations] = []
-        self._hooked: Attachment | None = None
 
     def update(self, choice: SteeringChoice) -> None:
         """New steering for the rest of this request (from the event loop)."""
         self._fixed = self._runtime.resolve(choice)  # one reference swap
 
-    def before_pass(self, token_ids: Sequence[int], start_position: int) -> None:
+    def plan(self, token_ids: Sequence[int], start_position: int) -> RowEdit | None:
+        """What this request does at the hook in its next pass, which reads `token_ids`
+        from `start_position` on; None when it does nothing there."""
         attachment = self._runtime.attachment()
         if attachment is None or attachment.sae is None:
-            self._release()
-            return
+            return None
         steering = self._fixed if self._fixed is not None else self._runtime.state.effective()
         compiled = self._runtime.compiled(steering, attachment)
         sink = self._runtime.sink
         publish = sink is not None and sink.wants_capture()
-        wanted = not self._selection.empty
-        if compiled.is_identity and not (publish or wanted):
-            attachment.hook.edit = None  # exactly the model without the SAE
-            self._hooked = attachment
-            return
+        if compiled.is_identity and not (publish or not self._selection.empty):
+            return None  # exactly the model without the SAE
         ids = tuple(token_ids)
+        observe = None
+        if publish or not self._selection.empty:
 
-        def edit(h: Tensor) -> Tensor | None:  # h [1, T, d_in]
-            out = None if compiled.is_identity else compiled.apply(h)
-            if publish or wanted:
-                self._capture((h if out is None else out)[0], ids, start_position, publish)
-            return out
+            def observe(out: Tensor) -> None:  # out [1, T, d_in], after steering
+                self._capture(attachment, out[0], ids, start_position, publish)
 
-        attachment.hook.edit = edit
-        self._hooked = attachment
+        return RowEdit(
+            attachment.hook,
+            add=compiled.add_vector,
+            transform=compiled.apply_encoded if compiled.encodes else None,
+            observe=observe,
+        )
 
-    def _capture(self, hidden: Tensor, ids: tuple[int, ...], start: int, publish: bool) -> None:
-        attachment = self._hooked
-        assert attachment is not None and attachment.sae is not None
+    def _capture(
+        self,
+        attachment: Attachment,
+        hidden: Tensor,
+        ids: tuple[int, ...],
+        start: int,
+        publish: bool,
+    ) -> None:
+        assert attachment.sae is not None
         acts = attachment.sae.encode(hidden.float()).cpu()  # [T, d_sae]
         capture = Capture(
             request_id=self.request_id,
@@ -191,9 +199,4 @@ class PassContext:
         return taken
 
     def done(self) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        if self._hooked is not None:
-            self._hooked.hook.edit = None
-            self._hooked = None
+        """Nothing to release: the engine clears the hooks after every pass."""

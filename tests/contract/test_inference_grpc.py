@@ -196,6 +196,30 @@ async def test_full_queue_is_resource_exhausted(server, channel):
     assert all(r[-1].finished.usage.completion_tokens > 0 for r in completed)
 
 
+async def test_server_info_shows_the_batch(server, channel):
+    stub = pb_grpc.InferenceServiceStub(channel)
+    start = pb.GenerateStart(
+        chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user", content="Tell me a story.")]),
+        sampling=pb.SamplingParams(temperature=0, max_tokens=24),
+    )
+
+    async def run_one():
+        return [r async for r in stub.Generate(iter([pb.GenerateRequest(start=start)]))]
+
+    runs = asyncio.gather(*(run_one() for _ in range(3)))
+    seen = []
+    while not runs.done():
+        seen.append((await stub.GetServerInfo(pb.GetServerInfoRequest())).batch)
+        await asyncio.sleep(0.05)
+    assert all(r[-1].finished.usage.completion_tokens == 24 for r in await runs)
+    assert max(b.active_sequences for b in seen) >= 2  # decoded together
+    assert max(b.kv_cache_bytes for b in seen) > 0
+    after = (await stub.GetServerInfo(pb.GetServerInfoRequest())).batch
+    assert after.max_batch_size == server.settings.max_batch_size
+    assert after.tokens_per_second > 0 and 0 < after.occupancy <= 1
+    assert after.kv_cache_budget_bytes > 0
+
+
 async def test_embed_and_tokenize_and_server_info(channel):
     stub = pb_grpc.InferenceServiceStub(channel)
     info = await stub.GetServerInfo(pb.GetServerInfoRequest())

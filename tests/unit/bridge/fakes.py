@@ -64,8 +64,17 @@ class FakeInferenceClient(InferenceClient):
             version="0.1.0",
             model_state=pb.MODEL_STATE_READY,
             model=pb.ModelInfo(id="org/model:q4", loaded_at_unix_s=1_700_000_000),
-            queue_depth=0,
+            queue_depth=3,
             max_queue=16,
+            batch=pb.BatchStatus(
+                waiting=1,
+                active_sequences=2,
+                max_batch_size=16,
+                occupancy=0.125,
+                tokens_per_second=41.5,
+                kv_cache_bytes=1024,
+                kv_cache_budget_bytes=2**30,
+            ),
         )
         self.info_error: InferenceError | None = None
         # Set when a stream reaches a HANG entry.

@@ -228,8 +228,17 @@ def test_health_ready_and_unreachable(http, fake):
         "model_state": "READY",
         "model": "org/model:q4",
         "version": "0.1.0",
-        "queue_depth": 0,
+        "queue_depth": 3,
         "max_queue": 16,
+        "batch": {
+            "waiting": 1,
+            "active_sequences": 2,
+            "max_batch_size": 16,
+            "occupancy": 0.125,
+            "tokens_per_second": 41.5,
+            "kv_cache_bytes": 1024,
+            "kv_cache_budget_bytes": 2**30,
+        },
     }
     fake.info_error = InferenceError(grpc.StatusCode.UNAVAILABLE, "SERVICE_UNREACHABLE", "down")
     down = http.get("/health")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from inference_service.engine import engine as engine_module
+from inference_service.engine import generation as generation_module
 from inference_service.engine.types import (
     ChatTurn,
     FinishedEvent,
@@ -177,16 +177,16 @@ async def test_out_of_memory_reaches_the_request_and_the_lane_survives(
     make_engine, chat_ids, monkeypatch
 ) -> None:
     engine = make_engine()
-    real = engine_module.run_generation
+    real = generation_module.SequenceState.prefill
     calls = []
 
-    def failing_once(*args, **kwargs) -> None:
+    def failing_once(self):
         calls.append(1)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("simulated")
-        real(*args, **kwargs)
+        return real(self)
 
-    monkeypatch.setattr(engine_module, "run_generation", failing_once)
+    monkeypatch.setattr(generation_module.SequenceState, "prefill", failing_once)
     with pytest.raises(torch.OutOfMemoryError):
         await collect(engine.submit_generation(request(chat_ids, temperature=0.0, max_tokens=2)))
     assert engine.queue_depth == 0

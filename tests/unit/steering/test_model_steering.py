@@ -10,6 +10,7 @@ import torch
 from inference_service.engine.engine import Engine
 from inference_service.engine.generation import SequenceState, run_generation
 from inference_service.engine.prompts import render_chat
+from inference_service.engine.row_edits import install
 from inference_service.engine.types import (
     ChatTurn,
     FinishedEvent,
@@ -135,18 +136,23 @@ async def test_every_decode_step_is_steered(rig, loaded, prompt, lens_token):
         sequence = SequenceState(loaded, request)
         out = []
         with torch.inference_mode():
-            if mode != "none":
-                context.before_pass(prompt, 0)
+            undo = install([context.plan(prompt, 0)] if mode != "none" else [])
             logits = sequence.prefill()
+            undo()
             for token in path:
                 out.append(float(torch.softmax(logits, -1)[lens_token]))
                 sequence.accept(token, None)
-                if mode == "full":
-                    context.before_pass([token], len(prompt) + len(sequence.generated) - 1)
-                else:
-                    attachment.hook.edit = None
-                logits = sequence.step()
+                position = len(prompt) + len(sequence.generated) - 1
+                undo = install([context.plan([token], position)] if mode == "full" else [])
+                logits = loaded.model(
+                    input_ids=torch.tensor([[token]]),
+                    past_key_values=sequence.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[0, -1]
+                undo()
         context.done()
+        assert attachment.hook.edit is None  # nothing stays behind on the hook
         return out
 
     none, prompt_only, full = (probabilities(m) for m in ("none", "prompt_only", "full"))

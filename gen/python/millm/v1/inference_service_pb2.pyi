@@ -842,6 +842,7 @@ class GetServerInfoResponse(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     MAX_QUEUE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_S_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The miLLM version."""
     model_state: Global___ModelState.ValueType
@@ -856,6 +857,10 @@ class GetServerInfoResponse(_message.Message):
     def model(self) -> Global___ModelInfo:
         """The served model; absent unless `model_state` is READY."""
 
+    @_builtins.property
+    def batch(self) -> Global___BatchStatus:
+        """Continuous batching: what the decoding batch is doing now."""
+
     def __init__(
         self,
         *,
@@ -865,14 +870,61 @@ class GetServerInfoResponse(_message.Message):
         queue_depth: _builtins.int = ...,
         max_queue: _builtins.int = ...,
         retry_after_s: _builtins.int = ...,
+        batch: Global___BatchStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_queue", b"max_queue", "model", b"model", "model_state", b"model_state", "queue_depth", b"queue_depth", "retry_after_s", b"retry_after_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "max_queue", b"max_queue", "model", b"model", "model_state", b"model_state", "queue_depth", b"queue_depth", "retry_after_s", b"retry_after_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class BatchStatus(_message.Message):
+    """BatchStatus describes the sequences decoded together in one forward pass."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAITING_FIELD_NUMBER: _builtins.int
+    ACTIVE_SEQUENCES_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    OCCUPANCY_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    KV_CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    KV_CACHE_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    waiting: _builtins.int
+    """Admitted generations that have not joined the batch yet."""
+    active_sequences: _builtins.int
+    """Sequences in the batch now."""
+    max_batch_size: _builtins.int
+    """Most sequences decoded together (MILLM_MAX_BATCH_SIZE)."""
+    occupancy: _builtins.float
+    """Mean batch size over the last 10 s of decode steps, divided by max_batch_size."""
+    tokens_per_second: _builtins.float
+    """Generated tokens per second over the last 10 s."""
+    kv_cache_bytes: _builtins.int
+    """KV cache the active sequences have reserved (their worst case, padding included)."""
+    kv_cache_budget_bytes: _builtins.int
+    """KV cache the batch may reserve (MILLM_KV_CACHE_MB)."""
+    def __init__(
+        self,
+        *,
+        waiting: _builtins.int = ...,
+        active_sequences: _builtins.int = ...,
+        max_batch_size: _builtins.int = ...,
+        occupancy: _builtins.float = ...,
+        tokens_per_second: _builtins.float = ...,
+        kv_cache_bytes: _builtins.int = ...,
+        kv_cache_budget_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_sequences", b"active_sequences", "kv_cache_budget_bytes", b"kv_cache_budget_bytes", "kv_cache_bytes", b"kv_cache_bytes", "max_batch_size", b"max_batch_size", "occupancy", b"occupancy", "tokens_per_second", b"tokens_per_second", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchStatus: _TypeAlias = BatchStatus  # noqa: Y015
 
 @_typing.final
 class ModelInfo(_message.Message):
