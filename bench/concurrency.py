@@ -1,8 +1,15 @@
 """Continuous batching through the bridge: concurrent streaming clients, side by side in one run.
 
-For 1, 2, 4, 8 and 16 concurrent clients (--clients), each a greedy streaming chat
-through the bridge with the official `openai` SDK (AsyncOpenAI, one event loop, a
-different long-story prompt per client, --max-tokens tokens), measured:
+For 1, 2, 4, 8 and 16 concurrent clients (--clients), each sending greedy streaming
+chats through the bridge with the official `openai` SDK (AsyncOpenAI, one event loop, a
+different long-story prompt per client). Two arrival patterns (--pattern):
+  - closed-loop (default): clients start --stagger s apart and each sends --requests
+    requests back to back, asking for 100%, 50%, 75%, 62.5% of --max-tokens in turn
+    (shifted per client), so requests arrive while others decode: a serving steady state;
+  - burst: every client sends one --max-tokens request at the same instant. Each prompt
+    is prefilled alone and prefill is compute-bound on a CPU, so the last newcomer's
+    TTFT grows with the number of clients there.
+Measured:
   - aggregate decode tokens/s: the completion tokens of all clients of a round over
     the round's wall time (first request sent to last stream ended);
   - time to first token (TTFT, request sent to first content chunk), p50 and p95 over
@@ -28,7 +35,8 @@ Targets: at 8 clients, plain aggregate tokens/s >= 4x the single-client figure;
 steering costs at most 5% of it; p95 TTFT < 2x the single-client p95.
 
 Run: make bench-concurrency
-  (or .venv/bin/python bench/concurrency.py --clients 1,2,4,8,16 --max-tokens 64 --repeats 2)
+  (or .venv/bin/python bench/concurrency.py --clients 1,2,4,8,16 --max-tokens 64 --repeats 2
+   [--pattern burst])
 """
 
 from __future__ import annotations
@@ -60,6 +68,9 @@ from tests.fixtures.saes import write_sae
 HOOK = "blocks.9.hook_resid_post"
 MODES = ("plain", "steered")
 TARGET_LINE = 8  # the client count the targets are stated at
+# Closed loop: each client's k-th request asks for this share of --max-tokens, shifted
+# per client, so that clients finish at different steps and arrive while others decode.
+LENGTH_SHARES = (1.0, 0.5, 0.75, 0.625)
 PROMPTS = (
     "Write a long story about a lighthouse keeper.",
     "Write a long story about a dragon who learns to cook.",
@@ -214,19 +225,22 @@ async def run_round(
     probe = (
         asyncio.create_task(probe_health(health_url, first_tokens, clients)) if health_url else None
     )
-    results = await asyncio.gather(
-        *(
-            stream_one(
-                client,
-                model,
-                PROMPTS[c % len(PROMPTS)],
-                args.max_tokens,
-                steering_for(c, args.d_sae, args.steer_mode) if mode == "steered" else None,
-                first_tokens,
-            )
-            for c in range(clients)
-        )
-    )
+
+    async def client_loop(c: int) -> list[tuple[float, float, Request]]:
+        steering = steering_for(c, args.d_sae, args.steer_mode) if mode == "steered" else None
+        prompt = PROMPTS[c % len(PROMPTS)]
+        if args.pattern == "burst":
+            return [
+                await stream_one(client, model, prompt, args.max_tokens, steering, first_tokens)
+            ]
+        await asyncio.sleep(c * args.stagger)  # clients arrive one after another
+        done = []
+        for k in range(args.requests):  # back to back, with lengths that desynchronise them
+            tokens = max(1, int(args.max_tokens * LENGTH_SHARES[(c + k) % len(LENGTH_SHARES)]))
+            done.append(await stream_one(client, model, prompt, tokens, steering, first_tokens))
+        return done
+
+    results = [r for per in await asyncio.gather(*map(client_loop, range(clients))) for r in per]
     # Every stream put its first token, so the probe has fired (maybe after short replies
     # ended: then active_sequences shows fewer than `clients`).
     health = await probe if probe is not None else None
@@ -332,6 +346,15 @@ def parse_args() -> argparse.Namespace:
         help="comma-separated concurrent client counts",
     )
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--pattern",
+        choices=("closed-loop", "burst"),
+        default="closed-loop",
+        help="closed-loop: clients start --stagger s apart and each sends --requests requests"
+        " back to back; burst: every client sends one request at the same instant",
+    )
+    parser.add_argument("--requests", type=int, default=3, help="requests per client (closed loop)")
+    parser.add_argument("--stagger", type=float, default=0.25, help="seconds between client starts")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per client count and mode")
     parser.add_argument("--d-sae", type=int, default=4608, help="features of the random SAE")
     parser.add_argument(
@@ -369,7 +392,13 @@ def main() -> None:
             attachment = attach_random_sae(url, tmp / "random-sae", args.d_sae)
             print(
                 f"model {model}, max_batch_size {batch}, {os.cpu_count()} CPUs,"
-                f" max_tokens {args.max_tokens}, greedy, {args.repeats} repeats;"
+                f" max_tokens {args.max_tokens}, greedy, {args.repeats} repeats, {args.pattern}"
+                + (
+                    f" ({args.requests} requests per client, starts {args.stagger} s apart)"
+                    if args.pattern == "closed-loop"
+                    else ""
+                )
+                + ";"
                 f" SAE d_sae={args.d_sae} at {attachment['hook_name']},"
                 f" steered: one '{args.steer_mode}' feature per client, each its own"
             )

@@ -29,6 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from inference_service.config import BUILTIN_MODEL, InferenceSettings
+from inference_service.engine.cpu_linear import use_row_batched_linear
 from inference_service.engine.quantization import (
     BNB_MODES,
     LoadOptions,
@@ -110,6 +111,7 @@ def load_model(settings: InferenceSettings, options: LoadOptions | None = None) 
         _copy_out_of_file(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, **where)
     model.eval()
+    use_row_batched_linear(model)  # CPU layers only: a faster kernel layout for batches
     description = _describe(model, model_id, source, options, device, parameter_count)
     log.info(
         "loaded model %s (%s, %d parameters, %s%s on %s, %s weight bytes) in %.1f s",
