@@ -65,7 +65,13 @@ from inference_service.training.corpus import (
 )
 from inference_service.training.output import write_output
 from inference_service.training.sites import CaptureSite, capture, capture_site
-from inference_service.training.trainer import Metrics, Trainer, TrainerHooks, total_steps
+from inference_service.training.trainer import (
+    Metrics,
+    StopRequested,
+    Trainer,
+    TrainerHooks,
+    total_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +82,6 @@ _CHUNK_BATCHES = 16
 _METRICS_FLUSH_S = 1.0
 _IDLE_POLL_S = 0.05
 _PAUSED_STAGE = "paused for inference"
-
-
-class _StopRequested(Exception):
-    """Ends a run's preparation early when someone stops it."""
 
 
 @dataclass
@@ -352,7 +354,7 @@ class TrainingManager:
                 self._update(run_id, state=TrainingState.STOPPED, stage="stopped")
             else:
                 self._update(run_id, state=TrainingState.COMPLETED, stage="completed")
-        except _StopRequested:
+        except StopRequested:
             self._update(run_id, state=TrainingState.STOPPED, stage="stopped")
         except Exception as exc:
             log.exception("training run %s failed", run_id)
@@ -470,7 +472,7 @@ class TrainingManager:
             if not CachedActivations.build(
                 folder, live, len(windows.train), progress, active.stop.is_set
             ):
-                raise _StopRequested
+                raise StopRequested
         return CachedActivations(folder, rows_per_window)
 
     def _harvester(
@@ -478,6 +480,8 @@ class TrainingManager:
     ) -> Callable[[Tensor], list[Tensor]]:
         def harvest(windows: Tensor) -> list[Tensor]:
             self._wait_for_turn(active, engine)
+            if active.stop.is_set():
+                raise StopRequested  # do not finish the chunk: the stop wins at once
             if self._host.engine is not engine:
                 raise UnavailableError(
                     "The model changed while training ran; load it again and resume the run."

@@ -38,6 +38,11 @@ _RESAMPLE_ENCODER_SCALE = 0.2
 Metrics = dict[str, Any]
 
 
+class StopRequested(Exception):
+    """Raised by a data source that was told to stop while it harvested: the run
+    stops at the step boundary it had reached, without waiting for the chunk."""
+
+
 @dataclass
 class TrainerHooks:
     """How the loop talks to whoever runs it (the manager, or a test)."""
@@ -161,7 +166,11 @@ class Trainer:
                 hooks.on_checkpoint(self.checkpoint())
                 return self._outcome(stopped=True)
             started = time.perf_counter()
-            metrics = self._train_step()
+            try:
+                metrics = self._train_step()
+            except StopRequested:
+                hooks.on_checkpoint(self.checkpoint())
+                return self._outcome(stopped=True)
             ended = time.perf_counter()
             # Throughput counts this step's own time (data included), not pauses.
             metrics["tokens_per_s"] = config.batch_size_tokens / max(ended - started, 1e-9)
@@ -181,7 +190,12 @@ class Trainer:
 
     def _train_step(self) -> Metrics:
         config = self.config
-        x, y = self._stream.next_batch()
+        before = self._stream.cursor
+        try:
+            x, y = self._stream.next_batch()
+        except StopRequested:
+            self._stream.seek(before)  # the checkpoint must point at this step's data
+            raise
         lr = learning_rate(config, self.step, self.steps)
         for group in self._optimizer.param_groups:
             group["lr"] = lr

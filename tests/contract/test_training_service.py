@@ -300,6 +300,7 @@ async def test_one_run_at_a_time_and_no_delete_while_training(stub, reference):
             "INVALID_ARGUMENT",
             "completed",
         )
+        await wait_for(stub, run_id, lambda r: r.step >= 1)  # so the stop leaves a checkpoint
     finally:
         await stub.StopTraining(pb.StopTrainingRequest(id=run_id))
         await wait_for(stub, run_id, lambda r: r.state == tpb.TRAINING_STATE_STOPPED)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference_service.training.config import ModelFacts, TrainingConfig, resolve, with_defaults
-from inference_service.training.trainer import TrainerHooks, learning_rate
+from inference_service.training.trainer import StopRequested, TrainerHooks, learning_rate
 from tests.unit.training.synthetic import D_IN, MemorySource, make_trainer, sparse_mixture
 
 ROWS = 16 * 300
@@ -139,6 +139,38 @@ def test_stop_then_resume_ends_with_the_weights_of_an_uninterrupted_run(case, tm
     assert resumed.resume_from_latest() and resumed.step == stop_at
     outcome = resumed.run(TrainerHooks())
     assert not outcome.stopped and outcome.step == steps
+    expected = whole.sae.state_dict()
+    for name, tensor in resumed.sae.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+class StoppingSource(MemorySource):
+    """Raises StopRequested on its `stop_on`-th harvest, as the manager's harvest does
+    when a stop arrives mid-chunk."""
+
+    def __init__(self, x, stop_on: int) -> None:
+        super().__init__(x)
+        self.stop_on = stop_on
+
+    def rows(self, windows):
+        if self.calls + 1 == self.stop_on:
+            self.calls += 1
+            raise StopRequested
+        return super().rows(windows)
+
+
+def test_a_stop_mid_harvest_ends_at_the_step_reached_and_resumes_exactly(tmp_path):
+    # 384-row batches straddle the 1,024-row chunks: the stop lands mid-batch.
+    cfg = config(architecture="topk", checkpoint_every_steps=1000, batch_size_tokens=384)
+    steps = 20
+    whole, _, _ = train(cfg, steps, tmp_path / "whole")
+    source = StoppingSource(TRAIN, stop_on=2)  # the second chunk's harvest
+    interrupted = make_trainer(cfg, source, (HELD_OUT, HELD_OUT), steps, tmp_path / "b")
+    first = interrupted.run(TrainerHooks())
+    assert first.stopped and 0 < first.step < steps
+    resumed = make_trainer(cfg, MemorySource(TRAIN), (HELD_OUT, HELD_OUT), steps, tmp_path / "b")
+    assert resumed.resume_from_latest() and resumed.step == first.step
+    assert not resumed.run(TrainerHooks()).stopped
     expected = whole.sae.state_dict()
     for name, tensor in resumed.sae.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
