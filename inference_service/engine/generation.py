@@ -246,6 +246,13 @@ class DecodeBatch:
             self._keep(staying)
         return len(live)
 
+    def cancel_all(self) -> None:
+        """Ends every row as cancelled (the lane stopped under them)."""
+        rows, self.rows = self.rows, []
+        self._cache.keep([])
+        for row in rows:
+            self._finish(row, "cancelled")
+
     def _keep(self, rows: list[Row]) -> None:
         index = {id(row): r for r, row in enumerate(self.rows)}
         self._cache.keep([index[id(row)] for row in rows])

@@ -192,9 +192,12 @@ class BatchScheduler:
         self._publish()
 
     def _stopped(self) -> None:
-        """The lane stopped before the loop ran: admission has cancelled the tickets."""
+        """The lane stopped before the loop ran again. Admission has cancelled every
+        ticket; sequences still in the batch end here, since no step will end them."""
         with self._lock:
             self._looping = False
+        self._batch.cancel_all()
+        self._publish()
 
 
 def _finishing(

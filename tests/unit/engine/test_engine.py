@@ -200,12 +200,17 @@ async def test_out_of_memory_reaches_the_request_and_the_lane_survives(
 async def test_shutdown_cancels_waiting_work_and_stops_the_thread(make_engine, chat_ids) -> None:
     engine = make_engine()
     running = engine.submit_generation(request(chat_ids))
-    await first_token(running)
+    events = await first_token(running)
     waiting = engine.submit_generation(request(chat_ids))
     engine.shutdown()
+    # Both end as cancelled: the waiting one (or newly joined), and the one decoding.
     _, finished = await collect(waiting)
-    assert finished.finish_reason == "cancelled" and finished.completion_tokens == 0
+    assert finished.finish_reason == "cancelled"
+    rest = [event async for event in events]
+    assert isinstance(rest[-1], FinishedEvent) and rest[-1].finish_reason == "cancelled"
+    assert rest[-1].completion_tokens < 200
     assert not engine.lane_thread.is_alive()
+    assert engine.queue_depth == 0
     with pytest.raises(NoModelLoadedError):
         engine.submit_generation(request(chat_ids))
 
@@ -228,3 +233,27 @@ async def test_call_on_lane_runs_on_the_worker_thread(make_engine) -> None:
     with pytest.raises(ValueError, match="bad hook"):
         await engine.call_on_lane(boom)
     assert await engine.call_on_lane(lambda: 42) == 42
+
+
+async def test_a_shutdown_during_a_decode_step_still_ends_every_stream(
+    make_engine, chat_ids, monkeypatch
+) -> None:
+    engine = make_engine()
+    real_step = generation_module.DecodeBatch.step
+    steps = []
+
+    def step_then_shut_down(self) -> int:
+        generated = real_step(self)
+        steps.append(generated)
+        if len(steps) == 3:  # after the step's own cancellation check: no step ends them
+            engine.shutdown()
+        return generated
+
+    monkeypatch.setattr(generation_module.DecodeBatch, "step", step_then_shut_down)
+    handles = [
+        engine.submit_generation(request(chat_ids, temperature=0.0, max_tokens=50))
+        for _ in range(2)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*(collect(h) for h in handles)), 60)
+    assert [f.finish_reason for _, f in results] == ["cancelled", "cancelled"]
+    assert engine.queue_depth == 0
