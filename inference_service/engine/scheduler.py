@@ -183,13 +183,16 @@ class BatchScheduler:
             self._reserved = self.reserved_bytes(lengths)
 
     def _crashed(self, exc: BaseException) -> None:
-        """The loop itself failed (not a forward pass, which fails only its rows)."""
-        with self._lock:
-            self._looping = False
-        for row in self._batch.rows:
+        """The loop itself failed (not a forward pass, which fails only its rows): its
+        sequences get the error, and those still waiting get a fresh loop."""
+        rows, self._batch = self._batch.rows, DecodeBatch(self._loaded)
+        for row in rows:
             row.on_error(exc)
-        self._batch = DecodeBatch(self._loaded)
         self._publish()
+        with self._lock:
+            self._looping = bool(self._waiting)
+        if self._looping:
+            self._lane.submit(self._loop_job())
 
     def _stopped(self) -> None:
         """The lane stopped before the loop ran again. Admission has cancelled every

@@ -257,3 +257,27 @@ async def test_a_shutdown_during_a_decode_step_still_ends_every_stream(
     results = await asyncio.wait_for(asyncio.gather(*(collect(h) for h in handles)), 60)
     assert [f.finish_reason for _, f in results] == ["cancelled", "cancelled"]
     assert engine.queue_depth == 0
+
+
+async def test_a_failing_batch_loop_fails_its_rows_and_serves_the_next_requests(
+    make_engine, chat_ids, monkeypatch
+) -> None:
+    from inference_service.engine import scheduler as scheduler_module
+
+    engine = make_engine(max_batch_size=1)  # the second request waits while the loop fails
+    real = scheduler_module.BatchScheduler._record_step
+    calls = []
+
+    def failing_once(self, tokens: int) -> None:
+        calls.append(tokens)
+        if len(calls) == 2:
+            raise RuntimeError("scheduler bug")
+        real(self, tokens)
+
+    monkeypatch.setattr(scheduler_module.BatchScheduler, "_record_step", failing_once)
+    first = engine.submit_generation(request(chat_ids, temperature=0.0, max_tokens=20))
+    second = engine.submit_generation(request(chat_ids, temperature=0.0, max_tokens=3))
+    with pytest.raises(RuntimeError, match="scheduler bug"):
+        await collect(first)
+    _, finished = await asyncio.wait_for(collect(second), 60)
+    assert finished.completion_tokens == 3 and engine.queue_depth == 0
