@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from inference_service.config import InferenceSettings
+from inference_service.engine.generation import final_length
 from inference_service.engine.lane import Lane, LaneJob, PassBoundary
 from inference_service.engine.loader import LoadedModel
-from inference_service.engine.memory import available_memory, kv_bytes_per_token
+from inference_service.engine.memory import available_memory, format_bytes, kv_bytes_per_token
 from inference_service.engine.prompts import encode_text, render_chat
 from inference_service.engine.row_edits import install
 from inference_service.engine.scheduler import BatchScheduler, BatchStats
@@ -190,16 +191,15 @@ class Engine:
             prompt_param=prompt_param,
         )
         request = dataclasses.replace(request, sampling=sampling)
-        final_length = min(
-            len(request.prompt_token_ids) + (sampling.max_tokens or 0),
-            description.max_context_tokens,
+        length = final_length(
+            len(request.prompt_token_ids), sampling.max_tokens or 0, description.max_context_tokens
         )
-        needed = self._scheduler.reserved_bytes([final_length])
+        needed = self._scheduler.reserved_bytes([length])
         if needed > self._scheduler.kv_budget_bytes:
             raise ContextLengthExceededError(
-                f"This request's KV cache would need {_mib(needed)} MiB (prompt plus "
-                f"max_tokens = {final_length} tokens), more than the server's budget of "
-                f"{_mib(self._scheduler.kv_budget_bytes)} MiB; lower max_tokens or shorten "
+                f"This request's KV cache would need {format_bytes(needed)} (prompt plus "
+                f"max_tokens = {length} tokens), more than the server's budget of "
+                f"{format_bytes(self._scheduler.kv_budget_bytes)}; lower max_tokens or shorten "
                 "the prompt (the operator can raise MILLM_KV_CACHE_MB).",
                 param="max_tokens",
             )
@@ -218,7 +218,7 @@ class Engine:
         job = self._new_job(_never_run, on_error=handle._put, on_skip=on_skip)
         handle._job = job
         self._reserve(job)
-        self._scheduler.submit(job, request, emit, final_length)
+        self._scheduler.submit(job, request, emit, length)
         return handle
 
     def batch_stats(self) -> BatchStats:
@@ -428,10 +428,6 @@ def _kv_budget(settings: InferenceSettings, loaded: LoadedModel) -> int:
     if settings.kv_cache_mb:
         return settings.kv_cache_mb * 2**20
     return available_memory(loaded.device) // 4
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.0f}"
 
 
 class _EmbeddingCancelled(Exception):

@@ -77,8 +77,7 @@ class SequenceState:
 
     @property
     def final_length(self) -> int:
-        """The most tokens this sequence can reach (prompt plus completion)."""
-        return min(len(self.prompt_ids) + self._max_tokens, self._max_context)
+        return final_length(len(self.prompt_ids), self._max_tokens, self._max_context)
 
     def prefill(self) -> torch.Tensor:  # -> [V] logits for the first completion token
         input_ids = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)  # [1, P]
@@ -136,6 +135,11 @@ class SequenceState:
         """(id, text, UTF-8 bytes) of one token as OpenAI's logprobs show it."""
         text = self._tokenizer.decode([token_id], skip_special_tokens=False)
         return token_id, text, _token_bytes(self._tokenizer, token_id, text)
+
+
+def final_length(prompt_tokens: int, max_tokens: int, max_context: int) -> int:
+    """The most tokens a sequence can reach: prompt plus completion, within the context."""
+    return min(prompt_tokens + max_tokens, max_context)
 
 
 @dataclass(eq=False)

@@ -63,10 +63,10 @@ class MemoryEstimate:
 
     def summary(self) -> str:
         return (
-            f"about {_size(self.total_bytes)} (weights {_size(self.weights_bytes)}, "
+            f"about {format_bytes(self.total_bytes)} (weights {format_bytes(self.weights_bytes)}, "
             f"KV cache for {self.context_tokens} tokens{_batch(self.batch)} "
-            f"{_size(self.kv_cache_bytes)}, SAE {_size(self.sae_bytes)}, "
-            f"runtime {_size(self.overhead_bytes)})"
+            f"{format_bytes(self.kv_cache_bytes)}, SAE {format_bytes(self.sae_bytes)}, "
+            f"runtime {format_bytes(self.overhead_bytes)})"
         )
 
 
@@ -212,7 +212,7 @@ def check_fits(
     if estimate.total_bytes <= available:
         return None
     message = (
-        f"Loading needs {estimate.summary()} but only {_size(available)} is free; "
+        f"Loading needs {estimate.summary()} but only {format_bytes(available)} is free; "
         "choose a smaller dtype or quantization, a shorter context, or free memory."
     )
     if allow_overcommit:
@@ -220,7 +220,8 @@ def check_fits(
     raise OutOfMemoryError(message, param="quantization")
 
 
-def _size(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """1.5 GiB, 300 MiB, 512 bytes: sizes in messages people read."""
     if n >= GiB:
         return f"{n / GiB:.1f} GiB"
     if n >= MiB:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from inference_service.engine.engine import Engine
+from inference_service.engine.prompts import render_chat
 from inference_service.engine.types import (
     ChatTurn,
     FinishedEvent,
@@ -103,8 +104,6 @@ async def rig(loaded, settings):
 
 
 def make_request(loaded, runtime, row: int, *, steered: bool = True) -> GenerationRequest:
-    from inference_service.engine.prompts import render_chat
-
     prompt = tuple(render_chat(loaded.tokenizer, [ChatTurn("user", PROMPTS[row])]))
     choice = steering(row) if steered else None
     observer = None
