@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help bootstrap run run-inference run-bridge test test-fast lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency demo compose-check lock clean
+.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency demo compose-check lock clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: bootstrap proto-check buf-lint lint ## Everything CI checks: contracts, li
 
 test-fast: bootstrap ## Unit tests only
 	@$(PY) -m pytest -q tests/unit
+
+test-ui: bootstrap ## The admin UI in headless Chromium (screenshots in test-artifacts/ui/)
+	@$(PY) -m pytest -q tests/ui
 
 lint: bootstrap ## ruff lint and format check
 	@$(VENV)/bin/ruff check .

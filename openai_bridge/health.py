@@ -35,6 +35,7 @@ async def health(state: State) -> JSONResponse:
         "queue_depth": info.queue_depth,
         "max_queue": info.max_queue,
         "batch": batch_status(info.batch) if info.HasField("batch") else None,
+        "memory": memory_status(info.memory) if info.HasField("memory") else None,
     }
     headers = {}
     if not ready and info.retry_after_s:
@@ -51,4 +52,14 @@ def batch_status(batch: pb.BatchStatus) -> dict[str, Any]:
         "tokens_per_second": round(batch.tokens_per_second, 2),
         "kv_cache_bytes": batch.kv_cache_bytes,
         "kv_cache_budget_bytes": batch.kv_cache_budget_bytes,
+    }
+
+
+def memory_status(memory: pb.MemoryStatus) -> dict[str, Any]:
+    return {
+        "resident_bytes": memory.resident_bytes,
+        "system_available_bytes": memory.system_available_bytes,
+        "device": memory.device,
+        "device_allocated_bytes": memory.device_allocated_bytes,
+        "device_total_bytes": memory.device_total_bytes,
     }

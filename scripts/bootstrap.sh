@@ -10,13 +10,17 @@ VENV=.venv
 STAMP=$VENV/.bootstrap-stamp
 want=$(cat pyproject.toml constraints.txt package-lock.json scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x node_modules/.bin/buf ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x node_modules/.bin/buf ] \
+  && [ -x /usr/bin/chromium ]; then
   exit 0
 fi
 
 need_apt=()
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The browser tests (tests/ui) drive Debian's headless Chromium through Playwright;
+# Playwright's own browser download (`playwright install`) is never used.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing system packages: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -92,11 +92,11 @@ function renderStatus() {
 function renderContext() {
   const sae = $("#status-sae");
   sae.textContent = store.sae ? `${store.sae.name} @ ${store.attachment.hook_name}` : "none attached";
-  sae.className = `mono ${store.sae ? "attached" : "muted"}`;
+  sae.className = `mono ${store.sae ? "is-attached" : "muted"}`;
   const active = store.steering && store.steering.active_profile;
   const profile = $("#status-profile");
   profile.textContent = active || "none active";
-  profile.className = `mono ${active ? "active-profile" : "muted"}`;
+  profile.className = `mono ${active ? "is-active-profile" : "muted"}`;
 }
 
 function start() {

@@ -2,6 +2,7 @@
 // number formatting and the two SVG charts (sparkline, line chart).
 
 const SVG_NS = "http://www.w3.org/2000/svg";
+const MAX_TOASTS = 4;
 
 /**
  * Builds an element: h("button", {class: "primary", onclick}, "Save").
@@ -49,6 +50,7 @@ export function toast(message, { kind = "info", advice = "", timeout = 5000 } = 
     close,
   );
   region.append(item);
+  while (region.children.length > MAX_TOASTS) region.firstElementChild.remove();
   if (kind !== "error") setTimeout(() => item.remove(), timeout);
   return item;
 }
@@ -125,7 +127,9 @@ export function formatNumber(value, digits = 3) {
   if (value === null || value === undefined) return "–";
   if (typeof value === "string") return value; // "NaN", "Infinity" from the training API
   if (Number.isInteger(value)) return value.toLocaleString("en-US");
-  return Number(value).toPrecision(digits);
+  const abs = Math.abs(value);
+  if (abs >= 1e6 || abs < 1e-4) return Number(value).toExponential(digits - 1);
+  return String(Number(Number(value).toPrecision(digits))); // 8.5, not 8.50
 }
 
 export function formatTime(unixMs) {

@@ -207,6 +207,33 @@ def available_memory(device: torch.device | str) -> int:
     return int(psutil.virtual_memory().available)
 
 
+@dataclass(frozen=True)
+class MemoryUsage:
+    """Memory in use now, for GetServerInfo (polled every couple of seconds)."""
+
+    resident_bytes: int  # this process' RSS
+    system_available_bytes: int
+    device: str  # the served model's device; "" when none is loaded
+    device_allocated_bytes: int  # tensors on a CUDA device; 0 on CPU
+    device_total_bytes: int  # a CUDA device's total; 0 on CPU
+
+
+def memory_usage(device: torch.device | None) -> MemoryUsage:
+    """Reads /proc and, on a CUDA device, the caching allocator's counters: no sync,
+    no allocation, cheap enough to poll."""
+    allocated = total = 0
+    if device is not None and device.type == "cuda":
+        allocated = torch.cuda.memory_allocated(device)
+        total = torch.cuda.get_device_properties(device).total_memory
+    return MemoryUsage(
+        resident_bytes=psutil.Process().memory_info().rss,
+        system_available_bytes=available_memory("cpu"),
+        device=str(device) if device is not None else "",
+        device_allocated_bytes=int(allocated),
+        device_total_bytes=int(total),
+    )
+
+
 def check_fits(
     estimate: MemoryEstimate, available: int, *, allow_overcommit: bool = False
 ) -> str | None:

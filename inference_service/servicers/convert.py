@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from inference_service.engine.memory import MemoryUsage
 from inference_service.engine.scheduler import BatchStats
 from inference_service.engine.types import (
     ChatTurn,
@@ -94,6 +95,16 @@ def batch_status(stats: BatchStats) -> pb.BatchStatus:
         tokens_per_second=stats.tokens_per_s,
         kv_cache_bytes=stats.kv_cache_bytes,
         kv_cache_budget_bytes=stats.kv_cache_budget_bytes,
+    )
+
+
+def memory_status(usage: MemoryUsage) -> pb.MemoryStatus:
+    return pb.MemoryStatus(
+        resident_bytes=usage.resident_bytes,
+        system_available_bytes=usage.system_available_bytes,
+        device=usage.device,
+        device_allocated_bytes=usage.device_allocated_bytes,
+        device_total_bytes=usage.device_total_bytes,
     )
 
 

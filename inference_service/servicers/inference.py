@@ -11,6 +11,7 @@ import grpc
 
 from inference_service import __version__
 from inference_service.engine.engine import Engine, GenerationHandle
+from inference_service.engine.memory import memory_usage
 from inference_service.engine.types import GenerationRequest
 from inference_service.errors import InvalidArgumentError, MillmError, ModelNotFoundError
 from inference_service.host import LOADING_RETRY_AFTER_S, ModelHost, ModelState
@@ -168,6 +169,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             response.batch.CopyFrom(convert.batch_status(engine.batch_stats()))
             if self._host.state is ModelState.READY:
                 response.model.CopyFrom(convert.model_info(engine.description))
+        device = engine.loaded_model.device if engine is not None else None
+        response.memory.CopyFrom(convert.memory_status(memory_usage(device)))
         return response
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import psutil
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,7 +15,9 @@ from inference_service.config import InferenceSettings
 from inference_service.server import InferenceServer
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import inference_service_pb2_grpc as pb_grpc
+from tests.contract.conftest import bridge_for
 
+MiB = 1 << 20
 CAPITAL = pb.ChatMessages(
     messages=[pb.ChatMessage(role="user", content="What is the capital of France?")]
 )
@@ -235,3 +238,26 @@ async def test_embed_and_tokenize_and_server_info(channel):
     assert [len(e.values) for e in embedded.embeddings] == [576, 576]
     tokens = await stub.Tokenize(pb.TokenizeRequest(text="Hello world"))
     assert len(tokens.token_ids) == len(tokens.tokens) >= 2
+
+
+async def test_server_info_and_health_show_memory(server, channel):
+    info = await pb_grpc.InferenceServiceStub(channel).GetServerInfo(pb.GetServerInfoRequest())
+    memory = info.memory
+    total = psutil.virtual_memory().total
+    # The server runs in this process: its RSS holds the model's float32 weights (~540 MiB).
+    assert 100 * MiB < memory.resident_bytes < total
+    assert abs(memory.resident_bytes - psutil.Process().memory_info().rss) < 256 * MiB
+    assert 0 < memory.system_available_bytes < total
+    assert memory.device == "cpu"
+    assert (memory.device_allocated_bytes, memory.device_total_bytes) == (0, 0)
+
+    http, client = bridge_for(f"127.0.0.1:{server.port}")
+    async with http:
+        health = await http.get("/health")
+    await client.close()
+    assert health.status_code == 200
+    body = health.json()["memory"]
+    assert list(body) == [f.name for f in pb.MemoryStatus.DESCRIPTOR.fields]
+    assert body["device"] == "cpu" and body["device_allocated_bytes"] == 0
+    assert 100 * MiB < body["resident_bytes"] < total
+    assert 0 < body["system_available_bytes"] < total

@@ -154,6 +154,8 @@ async def test_download_load_serve_delete_cycle(channel, server):
 
     unloaded = await models.UnloadModel(pb.UnloadModelRequest())
     assert unloaded.rss_after_bytes < unloaded.rss_before_bytes
+    bare = await ipb_grpc.InferenceServiceStub(channel).GetServerInfo(ipb.GetServerInfoRequest())
+    assert bare.memory.device == "" and bare.memory.resident_bytes > 0
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ipb_grpc.InferenceServiceStub(channel).Tokenize(ipb.TokenizeRequest(text="hi"))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -6,7 +6,9 @@ import base64
 import concurrent.futures
 from array import array
 
+import httpx
 import openai
+import psutil
 import pytest
 
 MODEL = "smollm2-135m-instruct"
@@ -85,6 +87,16 @@ def test_models_list_and_retrieve(client):
     ids = [m.id for m in client.models.list().data]
     assert MODEL in ids
     assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_health_shows_the_inference_process_memory(stack):
+    memory = httpx.get(f"{stack.http_url}/health", timeout=10).json()["memory"]
+    total = psutil.virtual_memory().total
+    # The inference service is its own process here, holding the float32 weights.
+    assert 100 * (1 << 20) < memory["resident_bytes"] < total
+    assert 0 < memory["system_available_bytes"] < total
+    assert memory["device"] == "cpu"
+    assert (memory["device_allocated_bytes"], memory["device_total_bytes"]) == (0, 0)
 
 
 def test_unknown_model_is_not_found(client):

@@ -56,7 +56,9 @@ async function refresh() {
 }
 
 function modelRow(model) {
-  const load = h("button", { class: "secondary small", "aria-label": `Load ${model.id}`, disabled: model.state !== "ready", onclick: () => openLoadPanel(model) }, "Load…");
+  // The served model keeps its Load… button: reloading it with another dtype or
+  // quantization is a common reason to come here.
+  const load = h("button", { class: "secondary small", "aria-label": `Load ${model.id}`, disabled: model.state !== "ready", onclick: () => openLoadPanel(model) }, model.loaded ? "Reload…" : "Load…");
   const unload = h("button", {
     class: "secondary small", "aria-label": `Unload ${model.id}`,
     onclick: async (event) => {
@@ -86,7 +88,7 @@ function modelRow(model) {
     h("td", { class: "mono" }, model.format),
     h("td", { class: "mono" }, formatNumber(model.parameter_count)),
     h("td", { class: "mono" }, model.size_bytes ? formatBytes(model.size_bytes) : "–"),
-    h("td", { class: "actions" }, model.loaded ? unload : load, remove),
+    h("td", { class: "actions" }, load, model.loaded ? unload : null, remove),
   );
 }
 

@@ -81,6 +81,9 @@ function addFrame(frame) {
   while (requests.size > MAX_REQUESTS) requests.delete(requests.keys().next().value);
   for (const token of frame.tokens) {
     entry.tokens.push(token);
+    // The first position is an outlier on most models (attention sink): it would top
+    // every table without saying anything about the text.
+    if (token.position === 0) continue;
     const values = new Map();
     for (const f of [...token.top, ...token.features]) values.set(f.index, f.value);
     for (const [index, value] of values) {
@@ -122,7 +125,9 @@ function renderLive() {
   if (!requests.size) {
     fill(els.traffic, h("p", { class: "muted" }, "Waiting for traffic. Send a chat request and its tokens appear here."));
   } else {
-    const max = Math.max(1e-9, ...[...requests.values()].flatMap((r) => r.tokens.map((t) => (tokenValue(t) || { value: 0 }).value)));
+    // The first position's activations are outliers on most models; scaling by them
+    // would leave every other token unshaded.
+    const max = Math.max(1e-9, ...[...requests.values()].flatMap((r) => r.tokens.filter((t) => t.position > 0).map((t) => (tokenValue(t) || { value: 0 }).value)));
     fill(els.traffic, [...requests.entries()].reverse().map(([id, entry]) =>
       h("article", { class: "request", dataset: { requestId: id }, "aria-label": `Request ${id}` },
         h("div", { class: "muted mono small-text" }, `${id} · ${entry.source} · ${entry.tokens.length} tokens`),
@@ -133,10 +138,11 @@ function renderLive() {
           return span;
         })))));
   }
-  const rows = [...totals.entries()].sort((a, b) => b[1].max - a[1].max).slice(0, TOP_ROWS);
+  // Ranked by total activation: features that fire often and hard, not one-off spikes.
+  const rows = [...totals.entries()].sort((a, b) => b[1].sum - a[1].sum).slice(0, TOP_ROWS);
   fill(els.top, rows.length
     ? h("table", { class: "data" },
-        h("caption", { class: "sr-only" }, "Most active features since this view opened"),
+        h("caption", {}, "Since this view opened, by total activation; the first position of each prompt is left out."),
         h("thead", {}, h("tr", {}, ["Feature", "Tokens active", "Max", "Mean", `Last ${RECENT_TOKENS} tokens`, ""].map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, rows.map(([index, t]) => h("tr", {},
           h("td", { class: "mono" }, `#${index}`),

@@ -12,7 +12,7 @@ function saveForm() {
   const name = h("input", { name: "name", required: true, pattern: NAME_PATTERN, maxlength: "64", autocomplete: "off", spellcheck: "false", "aria-describedby": "profile-name-hint" });
   const description = h("input", { name: "description", autocomplete: "off" });
   const form = h("form", { class: "grid-form", "aria-label": "Save the live steering as a profile" },
-    h("label", {}, "Name", name),
+    h("label", {}, "Profile name", name),
     h("label", {}, "Description", description),
     h("p", { id: "profile-name-hint", class: "muted small-text" }, "1 to 64 letters, digits, '-', '_' or '.'."),
     h("div", { class: "row end" }, h("button", { class: "primary", type: "submit" }, "Save profile")));
@@ -88,10 +88,10 @@ function profileCard(profile) {
     h("div", { class: "row between" }, h("h3", { class: "mono" }, profile.name), profile.active ? badge("active profile", "active-profile") : null),
     profile.description ? h("p", {}, profile.description) : null,
     h("dl", { class: "facts" },
-      h("div", {}, h("dt", {}, "Chat model id"), h("dd", { class: "mono" }, h("code", { class: "chat-id" }, chatId), " ",
+      h("div", { class: "wide" }, h("dt", {}, "Chat model id"), h("dd", { class: "mono" }, h("code", { class: "chat-id" }, chatId), " ",
         h("button", { class: "secondary small", "aria-label": `Copy the model id ${chatId}`, onclick: () => copy(chatId) }, "Copy"))),
-      h("div", {}, h("dt", {}, "SAE"), h("dd", { class: "mono" }, `${profile.sae.name} @ ${profile.sae.hook_name}`)),
-      h("div", {}, h("dt", {}, "Features"), h("dd", { class: "mono" }, profile.features.length
+      h("div", { class: "wide" }, h("dt", {}, "SAE"), h("dd", { class: "mono" }, `${profile.sae.name} @ ${profile.sae.hook_name}`)),
+      h("div", { class: "wide" }, h("dt", {}, "Features"), h("dd", { class: "mono" }, profile.features.length
         ? profile.features.map((f) => `#${f.index}${f.label ? ` (${f.label})` : ""} ${f.mode} ${formatNumber(f.strength)}`).join(", ")
         : "none")),
       h("div", {}, h("dt", {}, "Updated"), h("dd", {}, formatTime(profile.updated_at_unix_ms)))),

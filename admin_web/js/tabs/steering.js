@@ -30,17 +30,22 @@ function scheduleSave() {
   saveTimer = setTimeout(save, SAVE_DELAY_MS);
 }
 
-async function save() {
+/**
+ * Sends the live features. On a refusal it toasts the server's message, goes back to
+ * what the server holds and answers the error; `rerender` false leaves the page as
+ * it is (the add form keeps what the user typed).
+ */
+async function save({ rerender = true } = {}) {
   clearTimeout(saveTimer);
   try {
     store.steering = await api.put("/steering", { features });
-    return true;
+    return null;
   } catch (err) {
     toastError(err, "Steering not changed");
     store.steering = await api.get("/steering").catch(() => store.steering);
     features = structuredClone(store.steering.live.features);
-    render();
-    return false;
+    if (rerender) render();
+    return err;
   }
 }
 
@@ -86,7 +91,7 @@ function featureRow(feature) {
       class: "secondary small", "aria-label": `Remove ${name}`,
       onclick: async () => {
         features = features.filter((f) => f !== feature);
-        if (await save()) render();
+        if (!(await save())) render();
       },
     }, "Remove"));
 }
@@ -95,9 +100,14 @@ function addForm(dSae) {
   const index = h("input", { name: "index", type: "number", min: "0", step: "1", required: true, class: "mono", "aria-describedby": "add-feature-hint" });
   const label = h("input", { name: "label", placeholder: "e.g. all caps", autocomplete: "off" });
   const hint = h("p", { id: "add-feature-hint", class: "muted small-text" }, `An index from 0 to ${dSae - 1}.`);
-  const form = h("form", { class: "row wrap", "aria-label": "Add a feature" },
+  const form = h("form", { class: "row wrap", "aria-label": "Add a feature", novalidate: true },
     h("label", {}, "Feature index", index), h("label", {}, "Label", label),
     h("button", { class: "primary", type: "submit" }, "Add feature"), hint);
+  index.addEventListener("input", () => {
+    index.removeAttribute("aria-invalid");
+    hint.textContent = `An index from 0 to ${dSae - 1}.`;
+    hint.className = "muted small-text";
+  });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const value = Number(index.value);
@@ -109,11 +119,15 @@ function addForm(dSae) {
     }
     const observed = store.steering.max_activations[String(value)];
     features.push({ index: value, mode: "add", strength: observed ? Number(observed.toFixed(2)) : 10, normalize: false, label: label.value.trim() || null });
-    if (await save()) {
+    const error = await save({ rerender: false });
+    if (!error) {
       render();
       root.querySelector(`[data-feature="${value}"] input[type=range]`).focus();
     } else {
       index.setAttribute("aria-invalid", "true");
+      hint.textContent = error.message;
+      hint.className = "error-text small-text";
+      index.focus();
     }
   });
   return form;

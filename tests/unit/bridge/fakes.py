@@ -75,6 +75,13 @@ class FakeInferenceClient(InferenceClient):
                 kv_cache_bytes=1024,
                 kv_cache_budget_bytes=2**30,
             ),
+            memory=pb.MemoryStatus(
+                resident_bytes=600 * 2**20,
+                system_available_bytes=8 * 2**30,
+                device="cuda:0",
+                device_allocated_bytes=300 * 2**20,
+                device_total_bytes=80 * 2**30,
+            ),
         )
         self.info_error: InferenceError | None = None
         # Set when a stream reaches a HANG entry.

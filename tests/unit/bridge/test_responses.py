@@ -239,6 +239,13 @@ def test_health_ready_and_unreachable(http, fake):
             "kv_cache_bytes": 1024,
             "kv_cache_budget_bytes": 2**30,
         },
+        "memory": {
+            "resident_bytes": 600 * 2**20,
+            "system_available_bytes": 8 * 2**30,
+            "device": "cuda:0",
+            "device_allocated_bytes": 300 * 2**20,
+            "device_total_bytes": 80 * 2**30,
+        },
     }
     fake.info_error = InferenceError(grpc.StatusCode.UNAVAILABLE, "SERVICE_UNREACHABLE", "down")
     down = http.get("/health")

@@ -843,6 +843,7 @@ class GetServerInfoResponse(_message.Message):
     MAX_QUEUE_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_S_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The miLLM version."""
     model_state: Global___ModelState.ValueType
@@ -861,6 +862,10 @@ class GetServerInfoResponse(_message.Message):
     def batch(self) -> Global___BatchStatus:
         """Continuous batching: what the decoding batch is doing now."""
 
+    @_builtins.property
+    def memory(self) -> Global___MemoryStatus:
+        """Memory the inference service and the served model's device use now."""
+
     def __init__(
         self,
         *,
@@ -871,10 +876,11 @@ class GetServerInfoResponse(_message.Message):
         max_queue: _builtins.int = ...,
         retry_after_s: _builtins.int = ...,
         batch: Global___BatchStatus | None = ...,
+        memory: Global___MemoryStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "memory", b"memory", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "max_queue", b"max_queue", "model", b"model", "model_state", b"model_state", "queue_depth", b"queue_depth", "retry_after_s", b"retry_after_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "max_queue", b"max_queue", "memory", b"memory", "model", b"model", "model_state", b"model_state", "queue_depth", b"queue_depth", "retry_after_s", b"retry_after_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -925,6 +931,50 @@ class BatchStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchStatus: _TypeAlias = BatchStatus  # noqa: Y015
+
+@_typing.final
+class MemoryStatus(_message.Message):
+    """MemoryStatus is a snapshot of memory use, cheap enough to poll every second."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_BYTES_FIELD_NUMBER: _builtins.int
+    SYSTEM_AVAILABLE_BYTES_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    DEVICE_ALLOCATED_BYTES_FIELD_NUMBER: _builtins.int
+    DEVICE_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    resident_bytes: _builtins.int
+    """Resident set size of the inference service process (RAM it holds now)."""
+    system_available_bytes: _builtins.int
+    """RAM the system can still give to processes without swapping (psutil's
+    `available`).
+    """
+    device: _builtins.str
+    """The served model's device, such as "cpu" or "cuda:0"; empty when no model
+    is loaded.
+    """
+    device_allocated_bytes: _builtins.int
+    """Bytes of tensors allocated on `device` (torch.cuda.memory_allocated); 0
+    unless `device` is a CUDA device.
+    """
+    device_total_bytes: _builtins.int
+    """Total memory of `device`; 0 unless `device` is a CUDA device."""
+    def __init__(
+        self,
+        *,
+        resident_bytes: _builtins.int = ...,
+        system_available_bytes: _builtins.int = ...,
+        device: _builtins.str = ...,
+        device_allocated_bytes: _builtins.int = ...,
+        device_total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "device_allocated_bytes", b"device_allocated_bytes", "device_total_bytes", b"device_total_bytes", "resident_bytes", b"resident_bytes", "system_available_bytes", b"system_available_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryStatus: _TypeAlias = MemoryStatus  # noqa: Y015
 
 @_typing.final
 class ModelInfo(_message.Message):
