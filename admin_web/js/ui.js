@@ -28,6 +28,17 @@ function append(el, children) {
   }
 }
 
+let fieldCount = 0;
+
+/**
+ * A labelled control: the <label> sits beside the control (for=id) rather than
+ * around it, so a select's accessible name is its label alone, not label + value.
+ */
+export function field(text, control) {
+  if (!control.id) control.id = `field-${++fieldCount}`;
+  return h("div", { class: "field" }, h("label", { for: control.id }, text), control);
+}
+
 /** Replaces an element's children. */
 export function fill(el, ...children) {
   el.replaceChildren();

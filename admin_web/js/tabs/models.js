@@ -3,8 +3,8 @@
 
 import { api, listAll } from "../api.js";
 import { OperationList } from "../operations.js";
-import { refreshHealth } from "../store.js";
-import { badge, busy, confirmDialog, emptyState, fill, formatBytes, formatNumber, h, toast } from "../ui.js";
+import { refreshContext, refreshHealth } from "../store.js";
+import { badge, busy, confirmDialog, emptyState, field, fill, formatBytes, formatNumber, h, toast } from "../ui.js";
 
 const operations = new OperationList(["model_download"], () => refresh());
 let table;
@@ -14,10 +14,10 @@ function downloadForm() {
   const form = h(
     "form",
     { class: "grid-form", "aria-label": "Download a model" },
-    h("label", {}, "Hub repository", h("input", { name: "repo_id", required: true, placeholder: "HuggingFaceTB/SmolLM2-135M-Instruct", autocomplete: "off", spellcheck: "false" })),
-    h("label", {}, "Revision", h("input", { name: "revision", placeholder: "main", autocomplete: "off" })),
-    h("label", {}, "Format", h("select", { name: "format" }, h("option", { value: "" }, "safetensors, else PyTorch"), h("option", { value: "safetensors" }, "safetensors"), h("option", { value: "pytorch" }, "pytorch"))),
-    h("label", {}, "Hub token (optional)", h("input", { name: "token", type: "password", autocomplete: "off" })),
+    field("Hub repository", h("input", { name: "repo_id", required: true, placeholder: "HuggingFaceTB/SmolLM2-135M-Instruct", autocomplete: "off", spellcheck: "false" })),
+    field("Revision", h("input", { name: "revision", placeholder: "main", autocomplete: "off" })),
+    field("Format", h("select", { name: "format" }, h("option", { value: "" }, "safetensors, else PyTorch"), h("option", { value: "safetensors" }, "safetensors"), h("option", { value: "pytorch" }, "pytorch"))),
+    field("Hub token (optional)", h("input", { name: "token", type: "password", autocomplete: "off" })),
     h("div", { class: "row end" }, h("button", { class: "primary", type: "submit" }, "Download")),
   );
   form.addEventListener("submit", async (event) => {
@@ -67,6 +67,7 @@ function modelRow(model) {
         toast(`Unloaded; resident memory ${formatBytes(result.rss_before_bytes)} → ${formatBytes(result.rss_after_bytes)}.`, { kind: "success" });
         refresh();
         refreshHealth();
+        refreshContext(); // unloading detaches the SAE
       }
     },
   }, "Unload");
@@ -94,7 +95,7 @@ function modelRow(model) {
 
 function openLoadPanel(model) {
   const select = (name, label, options) =>
-    h("label", {}, label, h("select", { name }, options.map(([value, text]) => h("option", { value }, text))));
+    field(label, h("select", { name }, options.map(([value, text]) => h("option", { value }, text))));
   const estimate = h("div", { class: "estimate mono", "aria-live": "polite" }, "Estimating…");
   const overcommit = h("label", { class: "check", hidden: true }, h("input", { type: "checkbox", name: "allow_overcommit" }), " Load even though it may not fit");
   const submit = h("button", { class: "primary", type: "submit" }, "Load");
@@ -102,7 +103,7 @@ function openLoadPanel(model) {
     select("dtype", "Dtype", [["", "server default"], ["float32", "float32"], ["bfloat16", "bfloat16"], ["float16", "float16"]]),
     select("quantization", "Quantization", [["none", "none"], ["int8_dynamic", "int8 dynamic (CPU)"], ["bnb_8bit", "bitsandbytes 8-bit"], ["bnb_4bit", "bitsandbytes 4-bit"]]),
     select("device", "Device", [["", "server default"], ["auto", "auto"], ["cpu", "cpu"], ["cuda", "cuda"]]),
-    h("label", {}, "Context tokens (for the KV-cache estimate)", h("input", { name: "context_tokens", type: "number", min: "1", step: "1", placeholder: "the model's own" })),
+    field("Context tokens (for the KV-cache estimate)", h("input", { name: "context_tokens", type: "number", min: "1", step: "1", placeholder: "the model's own" })),
     estimate, overcommit,
     h("div", { class: "row end" }, h("button", { class: "secondary", type: "button", onclick: () => loadPanel.replaceChildren() }, "Cancel"), submit),
   );
@@ -138,6 +139,7 @@ function openLoadPanel(model) {
       loadPanel.replaceChildren();
       refresh();
       refreshHealth();
+      refreshContext(); // a new model starts with no SAE attached
     }
   });
   fill(loadPanel, h("div", { class: "card" }, h("h3", {}, "Load ", h("span", { class: "mono" }, model.id)), form));

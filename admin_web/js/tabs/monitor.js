@@ -4,7 +4,7 @@
 
 import { api, openSocket } from "../api.js";
 import { refreshContext, store } from "../store.js";
-import { busy, emptyState, fill, formatNumber, h, sparkline, toast } from "../ui.js";
+import { busy, emptyState, field, fill, formatNumber, h, sparkline, toast } from "../ui.js";
 
 const MAX_REQUESTS = 8;
 const RECENT_TOKENS = 60;
@@ -176,9 +176,9 @@ function controls() {
   els.highlight = h("select", {});
   const pause = h("button", { type: "button", class: "secondary", "aria-pressed": "false" }, "Pause");
   const form = h("form", { class: "row wrap", "aria-label": "Monitoring selection" },
-    h("label", {}, "Features to follow", els.features),
-    h("label", {}, "Top features per token", topK),
-    h("label", {}, "Shade tokens by", els.highlight),
+    field("Features to follow", els.features),
+    field("Top features per token", topK),
+    field("Shade tokens by", els.highlight),
     h("button", { class: "primary", type: "submit" }, "Apply"), pause,
     h("p", { id: "monitor-features-hint", class: "muted small-text" }, "Up to 64 feature indices, separated by commas."));
   form.addEventListener("submit", (event) => {

@@ -3,7 +3,7 @@
 
 import { ApiError, api, listAll } from "../api.js";
 import { refreshContext, servedModelId, store } from "../store.js";
-import { badge, busy, confirmDialog, emptyState, fill, formatNumber, formatTime, h, toast, toastError } from "../ui.js";
+import { badge, busy, confirmDialog, emptyState, field, fill, formatNumber, formatTime, h, toast, toastError } from "../ui.js";
 
 const NAME_PATTERN = "[A-Za-z0-9._\\-]{1,64}";
 let list;
@@ -12,8 +12,8 @@ function saveForm() {
   const name = h("input", { name: "name", required: true, pattern: NAME_PATTERN, maxlength: "64", autocomplete: "off", spellcheck: "false", "aria-describedby": "profile-name-hint" });
   const description = h("input", { name: "description", autocomplete: "off" });
   const form = h("form", { class: "grid-form", "aria-label": "Save the live steering as a profile" },
-    h("label", {}, "Profile name", name),
-    h("label", {}, "Description", description),
+    field("Profile name", name),
+    field("Description", description),
     h("p", { id: "profile-name-hint", class: "muted small-text" }, "1 to 64 letters, digits, '-', '_' or '.'."),
     h("div", { class: "row end" }, h("button", { class: "primary", type: "submit" }, "Save profile")));
   name.addEventListener("input", () => name.setAttribute("aria-invalid", String(!name.validity.valid)));
@@ -128,7 +128,7 @@ function openEdit(profile, area) {
   const replace = h("input", { type: "checkbox" });
   const live = store.steering ? store.steering.live.features.length : 0;
   const form = h("form", { class: "grid-form", "aria-label": `Edit ${profile.name}` },
-    h("label", {}, "Description", description),
+    field("Description", description),
     h("label", { class: "check" }, replace, ` Replace its features with the ${live} live feature(s) from Steering`),
     h("div", { class: "row end" }, h("button", { class: "secondary", type: "button", onclick: () => area.replaceChildren() }, "Cancel"), h("button", { class: "primary", type: "submit" }, "Save changes")));
   form.addEventListener("submit", async (event) => {

@@ -3,8 +3,8 @@
 
 import { api, listAll } from "../api.js";
 import { OperationList } from "../operations.js";
-import { refreshContext } from "../store.js";
-import { badge, busy, confirmDialog, emptyState, fill, formatBytes, formatNumber, h, toast } from "../ui.js";
+import { on, refreshContext, servedModelId } from "../store.js";
+import { badge, busy, confirmDialog, emptyState, field, fill, formatBytes, formatNumber, h, toast } from "../ui.js";
 
 const operations = new OperationList(["sae_download", "sae_upload"], () => refresh());
 let cards;
@@ -12,10 +12,6 @@ let finders;
 let highlight = null; // an SAE id to scroll to (a finished training run links here)
 
 const ATTACH_SITES = [["resid_post", "residual stream after the layer"], ["resid_pre", "residual stream before the layer"]];
-
-function field(label, input) {
-  return h("label", {}, label, input);
-}
 
 function previewFinder() {
   const results = h("div", { class: "finder-results", "aria-live": "polite" });
@@ -222,6 +218,17 @@ async function openAttach(sae, area) {
   await check();
 }
 
+/** The registry finder starts filtered to the served model, searched once. */
+let registryPrimed = false;
+function primeRegistry() {
+  const model = servedModelId();
+  const filter = finders.querySelector('[aria-label="Browse the SAELens registry"] input[name=model]');
+  if (registryPrimed || !model || filter.value) return;
+  registryPrimed = true;
+  filter.value = model;
+  filter.form.requestSubmit();
+}
+
 export default {
   id: "saes",
   title: "SAEs",
@@ -232,6 +239,8 @@ export default {
       h("div", { class: "card" }, h("h2", {}, "Get an SAE"), finders, operations.el),
       h("div", { class: "card" }, h("h2", {}, "Cached SAEs"), cards),
     );
+    // The served model's name arrives with the first health poll, maybe after show().
+    on("health", () => panel.hidden || primeRegistry());
     window.addEventListener("millm:show-sae", (event) => {
       highlight = event.detail;
     });
@@ -239,5 +248,6 @@ export default {
   show() {
     refresh();
     operations.resume().catch(() => {});
+    primeRegistry();
   },
 };

@@ -4,7 +4,7 @@
 
 import { api } from "../api.js";
 import { on, refreshContext, servedModelId, store } from "../store.js";
-import { busy, emptyState, fill, formatNumber, h, toast, toastError } from "../ui.js";
+import { busy, emptyState, field, fill, formatNumber, h, toast, toastError } from "../ui.js";
 
 const SAVE_DELAY_MS = 250;
 // Without an observed maximum, sliders for `add` span this many decoder-row units.
@@ -101,7 +101,7 @@ function addForm(dSae) {
   const label = h("input", { name: "label", placeholder: "e.g. all caps", autocomplete: "off" });
   const hint = h("p", { id: "add-feature-hint", class: "muted small-text" }, `An index from 0 to ${dSae - 1}.`);
   const form = h("form", { class: "row wrap", "aria-label": "Add a feature", novalidate: true },
-    h("label", {}, "Feature index", index), h("label", {}, "Label", label),
+    field("Feature index", index), field("Label", label),
     h("button", { class: "primary", type: "submit" }, "Add feature"), hint);
   index.addEventListener("input", () => {
     index.removeAttribute("aria-invalid");

@@ -2,7 +2,7 @@
 // stop/resume/delete, and live loss, L0, FVU and dead-feature charts of one run.
 
 import { api, openSocket } from "../api.js";
-import { badge, busy, confirmDialog, emptyState, fill, formatBytes, formatNumber, h, lineChart, progressBar, saveText, toast } from "../ui.js";
+import { badge, busy, confirmDialog, emptyState, field, fill, formatBytes, formatNumber, h, lineChart, progressBar, saveText, toast } from "../ui.js";
 
 const POLL_MS = 3000;
 // Form fields that map one to one onto TrainingConfig numbers.
@@ -19,7 +19,7 @@ let pollTimer = null;
 let templates = [];
 
 function numberInput(name, label, attrs = {}) {
-  return h("label", {}, label, h("input", { name, type: "number", step: "any", min: "0", class: "mono", ...attrs }));
+  return field(label, h("input", { name, type: "number", step: "any", min: "0", class: "mono", ...attrs }));
 }
 
 function buildForm() {
@@ -37,17 +37,17 @@ function buildForm() {
         h("button", { type: "button", class: "danger small", onclick: deleteTemplate }, "Delete template")),
       h("div", { class: "row wrap" }, templateFile, h("button", { type: "button", class: "secondary small", onclick: (e) => importTemplate(e.currentTarget, templateFile) }, "Import template"))),
     h("fieldset", {}, h("legend", {}, "Corpus"),
-      h("div", { class: "row wrap" }, h("label", {}, "Uploaded corpus", corpusSelect), upload,
+      h("div", { class: "row wrap" }, field("Uploaded corpus", corpusSelect), upload,
         h("button", { type: "button", class: "secondary small", onclick: (e) => uploadCorpus(e.currentTarget, upload) }, "Upload")),
-      h("label", {}, "…or a file or folder under the server's training data root", h("input", { name: "corpus_path", placeholder: "corpora/wiki.jsonl", autocomplete: "off", spellcheck: "false" }))),
+      field("…or a file or folder under the server's training data root", h("input", { name: "corpus_path", placeholder: "corpora/wiki.jsonl", autocomplete: "off", spellcheck: "false" }))),
     h("fieldset", {}, h("legend", {}, "Site and architecture"),
       h("div", { class: "grid-form" },
-        h("label", {}, "Run name", h("input", { name: "name", placeholder: "derived from the config", autocomplete: "off" })),
+        field("Run name", h("input", { name: "name", placeholder: "derived from the config", autocomplete: "off" })),
         numberInput("layer", "Layer", { step: "1", required: true, value: "6" }),
-        h("label", {}, "Site", h("select", { name: "site" }, SITES.map(([v, t]) => h("option", { value: v }, t)))),
-        h("label", {}, "Transcoder target (optional)", h("select", { name: "site_out" }, h("option", { value: "" }, "none: an ordinary SAE"), SITES.map(([v, t]) => h("option", { value: v }, t)))),
-        h("label", {}, "Architecture", h("select", { name: "architecture" }, ["topk", "batchtopk", "jumprelu", "standard"].map((a) => h("option", { value: a }, a)))),
-        h("label", {}, "Normalize activations", h("select", { name: "normalize_activations" }, h("option", { value: "none" }, "none"), h("option", { value: "constant_norm" }, "constant norm"))))),
+        field("Site", h("select", { name: "site" }, SITES.map(([v, t]) => h("option", { value: v }, t)))),
+        field("Transcoder target (optional)", h("select", { name: "site_out" }, h("option", { value: "" }, "none: an ordinary SAE"), SITES.map(([v, t]) => h("option", { value: v }, t)))),
+        field("Architecture", h("select", { name: "architecture" }, ["topk", "batchtopk", "jumprelu", "standard"].map((a) => h("option", { value: a }, a)))),
+        field("Normalize activations", h("select", { name: "normalize_activations" }, h("option", { value: "none" }, "none"), h("option", { value: "constant_norm" }, "constant norm"))))),
     h("fieldset", {}, h("legend", {}, "Hyperparameters (empty: the default)"),
       h("div", { class: "grid-form" },
         numberInput("d_sae", "Features (d_sae)", { step: "1" }),
