@@ -1,7 +1,14 @@
 // The bridge's public REST and WebSocket API, and nothing else: every call the UI
 // makes goes through here, so errors always arrive as one ApiError shape.
 
+import { apiKey, askForKey } from "./auth.js";
+
 const API = "/api/v1";
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
 
 /** An error answered by the bridge (OpenAI error JSON) or a network failure. */
 export class ApiError extends Error {
@@ -29,7 +36,7 @@ export class ApiError extends Error {
 }
 
 async function request(method, path, body, { raw = false, headers = {} } = {}) {
-  const init = { method, headers: { ...headers } };
+  const init = { method, headers: { ...authHeaders(), ...headers } };
   if (body !== undefined) {
     if (raw) {
       init.body = body;
@@ -53,8 +60,49 @@ async function request(method, path, body, { raw = false, headers = {} } = {}) {
       data = { error: { message: text.slice(0, 300) } };
     }
   }
-  if (!response.ok) throw new ApiError(response.status, data);
+  if (!response.ok) {
+    const error = new ApiError(response.status, data);
+    if (response.status === 401) askForKey(error.message);
+    throw error;
+  }
   return data;
+}
+
+/**
+ * Saves a management route's file (an export). Fetched, so errors become toasts and
+ * the API key goes along; `stream` hands a large file (an SAE's zip) to the browser's
+ * own download instead, straight to disk, when no key is needed.
+ */
+async function download(path, { stream = false } = {}) {
+  if (stream && !apiKey()) {
+    clickLink(API + path, "");
+    return;
+  }
+  let response;
+  try {
+    response = await fetch(API + path, { headers: authHeaders() });
+  } catch (err) {
+    throw new ApiError(0, { error: { message: `The bridge could not be reached (${err.message}).` } });
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, await response.json().catch(() => null));
+    if (response.status === 401) askForKey(error.message);
+    throw error;
+  }
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const name = /filename="?([^";]+)"?/.exec(disposition);
+  const url = URL.createObjectURL(await response.blob());
+  clickLink(url, name ? name[1] : "download");
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function clickLink(href, fileName) {
+  const link = document.createElement("a");
+  link.href = href;
+  link.download = fileName;
+  document.body.append(link);
+  link.click();
+  link.remove();
 }
 
 export const api = {
@@ -71,8 +119,7 @@ export const api = {
     const response = await fetch("/health");
     return response.json();
   },
-  /** Where a download link for a management route points. */
-  href: (path) => API + path,
+  download,
 };
 
 /** Every page of a paginated list (`data` + `next_page_token`). */
@@ -94,7 +141,9 @@ export async function listAll(path, key = "data") {
  */
 export function openSocket(path, { onFrame, onClose, onOpen }) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}${API}${path}`);
+  const key = apiKey();
+  const query = key ? `${path.includes("?") ? "&" : "?"}api_key=${encodeURIComponent(key)}` : "";
+  const socket = new WebSocket(`${scheme}://${location.host}${API}${path}${query}`);
   socket.onopen = () => onOpen && onOpen(socket);
   socket.onmessage = (event) => onFrame(JSON.parse(event.data));
   socket.onclose = (event) => onClose && onClose(event);

@@ -101,9 +101,11 @@ def test_train_attach_steer_profile_chat_and_monitor(ui_stack, page, artifacts_d
     # The slider follows the exact value, to within one of its steps; its range comes
     # from the feature's maximum activation in the training statistics.
     slider = panel.get_by_label(f"Strength of feature {FEATURE}", exact=True)
-    observed = api.get("/steering")["max_activations"][str(FEATURE)]
+    observed = api.get("/steering")["max_activations"].get(str(FEATURE))
     span = float(slider.get_attribute("max"))
-    assert span == math.ceil(observed * 2) and float(slider.get_attribute("min")) == -span
+    # A feature that never fired in training has no maximum: the page's default span.
+    assert span == (math.ceil(observed * 2) if observed else 50)
+    assert float(slider.get_attribute("min")) == -span
     assert abs(float(slider.input_value()) - STRENGTH) <= float(slider.get_attribute("step"))
     # Try it: the default reply is what the model says with no steering at all.
     prompt = "Write one sentence about the sea."

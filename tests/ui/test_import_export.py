@@ -25,7 +25,7 @@ def test_profile_export_delete_import_and_overwrite(ui_stack, page, tmp_path):
     card = panel.locator('[data-profile="round-trip"]')
 
     with page.expect_download() as download:
-        card.get_by_role("link", name="Export round-trip as JSON").click()
+        card.get_by_role("button", name="Export round-trip as JSON").click()
     exported = tmp_path / download.value.suggested_filename
     download.value.save_as(exported)
     document = json.loads(exported.read_text())

@@ -235,8 +235,8 @@ function historyCard() {
     h("div", { class: "row wrap" },
       h("label", { class: "check" }, record, " Record history"),
       refreshButton,
-      h("a", { class: "button secondary", href: api.href("/monitoring/export?format=json"), download: "" }, "Export JSON"),
-      h("a", { class: "button secondary", href: api.href("/monitoring/export?format=csv"), download: "" }, "Export CSV"),
+      h("button", { class: "secondary", onclick: (e) => busy(e.currentTarget, () => api.download("/monitoring/export?format=json"), "Export") }, "Export JSON"),
+      h("button", { class: "secondary", onclick: (e) => busy(e.currentTarget, () => api.download("/monitoring/export?format=csv"), "Export") }, "Export CSV"),
       h("button", { class: "danger", onclick: async (e) => {
         if (await busy(e.currentTarget, () => api.del("/monitoring/history"), "Clear")) {
           toast("History cleared.");

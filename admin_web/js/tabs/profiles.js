@@ -100,7 +100,7 @@ function profileCard(profile) {
         ? h("button", { class: "secondary small", "aria-label": `Deactivate ${profile.name}`, onclick: (e) => act(e.currentTarget, "/profiles/deactivate", `Deactivated ${profile.name}.`) }, "Deactivate")
         : h("button", { class: "primary small", "aria-label": `Activate ${profile.name}`, onclick: (e) => act(e.currentTarget, `/profiles/${encodeURIComponent(profile.name)}/activate`, `${profile.name} is now the global steering.`) }, "Activate"),
       h("button", { class: "secondary small", "aria-label": `Edit ${profile.name}`, onclick: () => openEdit(profile, editArea) }, "Edit"),
-      h("a", { class: "button secondary small", href: api.href(`/profiles/${encodeURIComponent(profile.name)}/export`), download: "", "aria-label": `Export ${profile.name} as JSON` }, "Export"),
+      h("button", { class: "secondary small", "aria-label": `Export ${profile.name} as JSON`, onclick: (e) => busy(e.currentTarget, () => api.download(`/profiles/${encodeURIComponent(profile.name)}/export`), "Export") }, "Export"),
       h("button", {
         class: "danger small", "aria-label": `Delete ${profile.name}`,
         onclick: async (e) => {

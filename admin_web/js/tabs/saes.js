@@ -145,7 +145,7 @@ function saeCard(sae) {
       attached
         ? h("button", { class: "secondary small", "aria-label": `Detach ${sae.name}`, onclick: (e) => detach(e.currentTarget) }, "Detach")
         : h("button", { class: "primary small", "aria-label": `Attach ${sae.name}…`, disabled: sae.state !== "ready", onclick: () => openAttach(sae, attachArea) }, "Attach…"),
-      h("a", { class: "button secondary small", href: api.href(`/saes/${sae.id}/export`), download: "", "aria-label": `Export ${sae.name} as a zip` }, "Export"),
+      h("button", { class: "secondary small", "aria-label": `Export ${sae.name} as a zip`, onclick: (e) => busy(e.currentTarget, () => api.download(`/saes/${sae.id}/export`, { stream: true }), "Export") }, "Export"),
       h("button", {
         class: "danger small", "aria-label": `Delete ${sae.name}`, disabled: attached, title: attached ? "Detach it before deleting" : null,
         onclick: async (e) => {
