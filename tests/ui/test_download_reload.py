@@ -91,3 +91,22 @@ def test_memory_estimate_shows_before_loading(ui_stack, page):
 def _mib(n: int) -> str:
     value = n / (1 << 20)
     return f"{value:.2f} MiB" if value < 10 else f"{value:.1f} MiB"
+
+
+def test_a_download_can_be_cancelled_from_its_progress_bar(ui_stack, page):
+    repo = "acme/ui-cancelled-model"
+    ui_stack.hub.add_repo(repo, {"config.json": b"{}", "model.safetensors": WEIGHTS})
+    ui_stack.hub.slow("model.safetensors", BYTES_PER_S // 3, repo_id=repo)
+    page.goto(ui_stack.http_url + "/#models")
+    panel = open_tab(page, "models")
+    panel.get_by_label("Hub repository").fill(repo)
+    panel.get_by_role("button", name="Download", exact=True).click()
+    row = panel.locator(".operation", has_text=repo)
+    wait_until(lambda: _progress(row) >= 1, "the download to start")
+    operation_id = row.get_attribute("data-operation-id")
+    row.get_by_role("button", name=f"Cancel Download of {repo}@main").click()
+    expect(page.locator(".toast").last).to_contain_text(f"Download of {repo}@main cancelled")
+    api = Api(ui_stack.http_url)
+    assert api.get(f"/operations/{operation_id}")["state"] == "cancelled"
+    expect(row).to_have_count(0, timeout=10_000)
+    assert unexpected_errors(page) == []
