@@ -1,8 +1,7 @@
 // Entry point: the tab strip (WAI-ARIA tabs pattern, arrow keys between tabs),
 // the status bar, and the tabs themselves, each in its own module.
 
-import { formatBytes } from "./ui.js";
-import { h, $ } from "./ui.js";
+import { $, formatBytes, h } from "./ui.js";
 import { emit, on, refreshContext, refreshHealth, store } from "./store.js";
 import models from "./tabs/models.js";
 import saes from "./tabs/saes.js";
