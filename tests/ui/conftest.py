@@ -27,13 +27,15 @@ from typing import Any, TypeVar
 
 import pytest
 from _pytest.runner import runtestprotocol  # what pytest-xdist and -rerunfailures call too
-from playwright.sync_api import BrowserContext, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import BrowserContext, ConsoleMessage, Page, expect, sync_playwright
 
 from tests.conftest import REPO_ROOT, TEST_DATA_DIR
 from tests.fixtures.local_hub import LocalHub
 from tests.fixtures.stack import Stack, launch_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Twice Playwright's default: a busy 2-core CI machine answers slower than this one.
+expect.set_options(timeout=10_000)
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

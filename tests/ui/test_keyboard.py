@@ -34,6 +34,17 @@ FOCUS = """
 """
 
 
+def _settled_control_count(page: Page) -> int:
+    """Marks the controls once the tab's lists have arrived from the API: the same
+    count three times in a row, 300 ms apart."""
+    counts: list[int] = []
+    while len(counts) < 3 or len(set(counts[-3:])) > 1:
+        page.wait_for_timeout(300)
+        counts.append(page.evaluate(MARK_CONTROLS))
+        assert len(counts) < 50, f"the page kept changing: {counts}"
+    return counts[-1]
+
+
 def _tab_walk(page: Page, limit: int = 400) -> set[str]:
     """Presses Tab until the focus comes round again; checks each stop shows its focus."""
     reached: set[str] = set()
@@ -69,8 +80,7 @@ def test_every_tab_and_control_is_reachable_by_keyboard(ui_stack, page, tmp_path
         expect(tab).to_be_focused()
         expect(tab).to_have_attribute("aria-selected", "true")
         expect(page.locator(f"#panel-{tab_id}")).to_be_visible()
-        page.wait_for_timeout(700)  # the tab's lists arrive from the API
-        total = page.evaluate(MARK_CONTROLS)
+        total = _settled_control_count(page)
         reached = _tab_walk(page)
         assert len(reached) == total, f"{tab_id}: reached {len(reached)} of {total} controls by Tab"
         tab.focus()

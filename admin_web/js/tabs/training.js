@@ -17,6 +17,7 @@ let chartsEl;
 let watched = null; // {id, socket, metrics}
 let pollTimer = null;
 let templates = [];
+let shownRuns = null; // the runs as last rendered, to skip identical refreshes
 
 function numberInput(name, label, attrs = {}) {
   return field(label, h("input", { name, type: "number", step: "any", min: "0", class: "mono", ...attrs }));
@@ -218,8 +219,13 @@ async function refreshRuns() {
     ({ runs } = await api.get("/training/runs?page_size=50"));
   } catch (err) {
     fill(runsEl, h("p", { class: "error-text" }, `Could not list runs: ${err.message}`));
+    shownRuns = null;
     return;
   }
+  // The poll re-renders only what changed, so focus and the page stay put.
+  const snapshot = JSON.stringify([runs, watched && watched.id]);
+  if (snapshot === shownRuns) return;
+  shownRuns = snapshot;
   if (!runs.length) {
     fill(runsEl, emptyState("No training runs yet", h("p", {}, "Upload a corpus, pick a layer and start a run above. The trained SAE appears in the SAEs tab, ready to attach.")));
     return;
