@@ -6,8 +6,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
 from openai_bridge import health
@@ -28,6 +30,17 @@ from openai_bridge.state import BridgeState
 
 # The repository's admin_web/ folder, next to this package.
 ADMIN_WEB_DIR = Path(__file__).resolve().parent.parent / "admin_web"
+
+
+class AdminWebFiles(StaticFiles):
+    """The admin UI's files, revalidated on every load (`no-cache`; a 304 when
+    unchanged): its ES modules import each other, and a browser that kept some
+    from before an upgrade would run a mix of two versions."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def create_app(
@@ -71,5 +84,5 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     if ADMIN_WEB_DIR.is_dir():
         # Last, so that it only sees paths no route claimed.
-        app.mount("/", StaticFiles(directory=ADMIN_WEB_DIR, html=True), name="admin_web")
+        app.mount("/", AdminWebFiles(directory=ADMIN_WEB_DIR, html=True), name="admin_web")
     return app

@@ -256,6 +256,12 @@ def test_admin_page_served_at_root(http):
     page = http.get("/")
     assert page.status_code == 200 and "miLLM" in page.text
     assert "text/html" in page.headers["content-type"]
+    # Modules are revalidated on every load, so an upgrade never mixes two versions.
+    module = http.get("/js/main.js")
+    assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+    assert page.headers["cache-control"] == module.headers["cache-control"] == "no-cache"
+    again = http.get("/js/main.js", headers={"if-none-match": module.headers["etag"]})
+    assert again.status_code == 304
 
 
 def test_request_id_is_echoed(http):
