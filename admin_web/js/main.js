@@ -66,7 +66,7 @@ function select(id, updateHash) {
 }
 
 /** Lets one tab send the user to another (e.g. a finished training run to its SAE). */
-export function goTo(id) {
+function goTo(id) {
   select(id, true);
   $(`#tab-${id}`).focus();
 }

@@ -216,18 +216,3 @@ export function lineChart(points, { title, width = 360, height = 160, log = fals
   );
   return figure;
 }
-
-/** Reads a File the user picked as text. */
-export function readFileText(file) {
-  return file.text();
-}
-
-/** Asks the browser to save `text` as a file. */
-export function saveText(name, text, type = "application/json") {
-  const url = URL.createObjectURL(new Blob([text], { type }));
-  const link = h("a", { href: url, download: name });
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 1000);
-}

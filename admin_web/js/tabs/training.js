@@ -2,7 +2,7 @@
 // stop/resume/delete, and live loss, L0, FVU and dead-feature charts of one run.
 
 import { api, openSocket } from "../api.js";
-import { badge, busy, confirmDialog, emptyState, field, fill, formatBytes, formatNumber, h, lineChart, progressBar, saveText, toast } from "../ui.js";
+import { badge, busy, confirmDialog, emptyState, field, fill, formatBytes, formatNumber, h, lineChart, progressBar, toast } from "../ui.js";
 
 const POLL_MS = 3000;
 // Form fields that map one to one onto TrainingConfig numbers.
@@ -175,8 +175,7 @@ async function toggleFavourite(event) {
 async function exportTemplate(event) {
   const template = chosenTemplate();
   if (!template) return;
-  const data = await busy(event.currentTarget, () => api.get(`/training/templates/${template.id}/export`), "Export");
-  if (data) saveText(`${template.name}.json`, JSON.stringify(data, null, 2));
+  await busy(event.currentTarget, () => api.download(`/training/templates/${template.id}/export`), "Export");
 }
 
 async function importTemplate(button, input) {
