@@ -53,7 +53,6 @@ def _tab_walk(page: Page, limit: int = 400) -> set[str]:
         focus = page.evaluate(FOCUS)
         if focus["kb"] is None:
             continue
-        # File inputs draw their own focus ring inside Chromium's button.
         assert focus["outline"] != "none" and focus["width"] >= 2, (
             f"no visible focus on {focus['label']}"
         )
