@@ -140,7 +140,7 @@ function saeCard(sae) {
   return h("article", { class: `card sae-card${attached ? " attached" : ""}`, dataset: { saeId: sae.id }, "aria-label": `SAE ${sae.name}` },
     h("div", { class: "row between" }, h("h3", { class: "mono" }, sae.name),
       h("div", {}, badge(sae.state), " ", attached ? badge(`attached at ${sae.attached_hook_name}`, "attached") : null)),
-    h("dl", { class: "facts" }, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", { class: "mono" }, String(v))))),
+    h("dl", { class: "facts" }, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", { class: "mono" }, breakable(String(v)))))),
     h("div", { class: "actions" },
       attached
         ? h("button", { class: "secondary small", "aria-label": `Detach ${sae.name}`, onclick: (e) => detach(e.currentTarget) }, "Detach")
@@ -158,6 +158,12 @@ function saeCard(sae) {
         },
       }, "Delete")),
     attachArea);
+}
+
+/** Lets a long dotted or slashed name (a hook, a Hub id) wrap after a separator
+ * instead of mid-word; <wbr> adds nothing to copied text. */
+function breakable(text) {
+  return text.split(/(?<=[./])/).flatMap((part, i) => (i ? [h("wbr"), part] : [part]));
 }
 
 async function detach(button) {
