@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.conftest import free_port  # noqa: E402
+from tests.fixtures.stack import spawn, stop, wait_healthy  # noqa: E402, F401 - re-exported
 
 START_TIMEOUT_S = 300
 
@@ -75,25 +75,6 @@ def service_env(data_dir: Path, grpc_port: int, http_port: int) -> dict[str, str
     }
 
 
-def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 def start_stack(data_dir: Path, logs: Path, procs: list[subprocess.Popen]) -> tuple[str, str]:
     """Starts inference service and bridge (appended to `procs`) and waits for health.
 
@@ -104,14 +85,8 @@ def start_stack(data_dir: Path, logs: Path, procs: list[subprocess.Popen]) -> tu
     for module in ("inference_service", "openai_bridge"):
         procs.append(spawn(module, env, logs / f"{module}.log"))
     url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            break
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return url, f"127.0.0.1:{grpc_port}"
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"stack did not start; logs in {logs}")
+    try:
+        wait_healthy(url, procs, START_TIMEOUT_S)
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"stack did not start ({exc}); logs in {logs}") from exc
+    return url, f"127.0.0.1:{grpc_port}"

@@ -28,44 +28,42 @@ export class ApiError extends Error {
     if (this.status === 409) return "Change the conflicting state first (detach, unload or stop), then retry.";
     if (this.status === 429) return "The server is at capacity; wait a moment and retry.";
     if (this.status === 401) return "This server needs an API key.";
-    if (this.status === 404) return "It may have been removed; the list has been refreshed.";
+    if (this.status === 404) return "It may have been removed meanwhile; reload the page to see what is there now.";
     if (this.code === "incompatible_sae") return "Pick an SAE trained for the served model, or another layer.";
     if (this.param) return `Correct the field \`${this.param}\` and try again.`;
     return "";
   }
 }
 
-async function request(method, path, body, { raw = false, headers = {} } = {}) {
-  const init = { method, headers: { ...authHeaders(), ...headers } };
-  if (body !== undefined) {
-    if (raw) {
-      init.body = body;
-    } else {
-      init.body = JSON.stringify(body);
-      init.headers["Content-Type"] = "application/json";
-    }
-  }
+/** fetch with the API key; any failure (network or HTTP) becomes an ApiError. */
+async function send(path, init = {}) {
   let response;
   try {
-    response = await fetch(path, init);
+    response = await fetch(path, { ...init, headers: { ...authHeaders(), ...init.headers } });
   } catch (err) {
     throw new ApiError(0, { error: { message: `The bridge could not be reached (${err.message}).` } });
   }
+  if (response.ok) return response;
   const text = await response.text();
   let data = null;
-  if (text) {
-    try {
-      data = JSON.parse(text);
-    } catch {
-      data = { error: { message: text.slice(0, 300) } };
-    }
+  try {
+    data = JSON.parse(text);
+  } catch {
+    data = { error: { message: text.slice(0, 300) } };
   }
-  if (!response.ok) {
-    const error = new ApiError(response.status, data);
-    if (response.status === 401) askForKey(error.message);
-    throw error;
+  const error = new ApiError(response.status, data);
+  if (response.status === 401) askForKey(error.message);
+  throw error;
+}
+
+async function request(method, path, body, { raw = false, headers = {} } = {}) {
+  const init = { method, headers: { ...headers } };
+  if (body !== undefined) {
+    init.body = raw ? body : JSON.stringify(body);
+    if (!raw) init.headers["Content-Type"] = "application/json";
   }
-  return data;
+  const text = await (await send(path, init)).text();
+  return text ? JSON.parse(text) : null;
 }
 
 /**
@@ -78,19 +76,8 @@ async function download(path, { stream = false } = {}) {
     clickLink(API + path, "");
     return;
   }
-  let response;
-  try {
-    response = await fetch(API + path, { headers: authHeaders() });
-  } catch (err) {
-    throw new ApiError(0, { error: { message: `The bridge could not be reached (${err.message}).` } });
-  }
-  if (!response.ok) {
-    const error = new ApiError(response.status, await response.json().catch(() => null));
-    if (response.status === 401) askForKey(error.message);
-    throw error;
-  }
-  const disposition = response.headers.get("Content-Disposition") || "";
-  const name = /filename="?([^";]+)"?/.exec(disposition);
+  const response = await send(API + path);
+  const name = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
   const url = URL.createObjectURL(await response.blob());
   clickLink(url, name ? name[1] : "download");
   setTimeout(() => URL.revokeObjectURL(url), 1000);

@@ -59,6 +59,10 @@ class Api:
         )
         return response.json()
 
+    def served_model(self) -> str:
+        """The id chat clients use for the served model."""
+        return self.http.get("/health").json()["model"]
+
     def reset_steering(self) -> None:
         """No active profile, no live features, steering on, nothing attached."""
         self.post("/profiles/deactivate")

@@ -115,7 +115,7 @@ def test_train_attach_steer_profile_chat_and_monitor(ui_stack, page, artifacts_d
     expect(panel.locator(".steered-reply")).not_to_be_empty(timeout=60_000)
     client = openai.OpenAI(base_url=ui_stack.http_url + "/v1", api_key="unused")
     unsteered = client.chat.completions.create(
-        model=_served_model(api),
+        model=api.served_model(),
         messages=[{"role": "user", "content": prompt}],
         max_tokens=12,
         temperature=0,
@@ -130,7 +130,7 @@ def test_train_attach_steer_profile_chat_and_monitor(ui_stack, page, artifacts_d
     panel.get_by_label("Description").first.fill("made in the browser")
     panel.get_by_role("button", name="Save profile").click()
     card = panel.locator(f'[data-profile="{PROFILE}"]')
-    model = _served_model(api)
+    model = api.served_model()
     expect(card.locator(".chat-id")).to_have_text(f"{model}:{PROFILE}")
     saved = api.get(f"/profiles/{PROFILE}")
     assert [(f["index"], f["strength"]) for f in saved["features"]] == [(FEATURE, STRENGTH)]
@@ -160,7 +160,3 @@ def test_train_attach_steer_profile_chat_and_monitor(ui_stack, page, artifacts_d
     for tab in TABS:
         assert (artifacts_dir / f"{tab}.png").stat().st_size > 20_000, tab
     assert unexpected_errors(page) == []
-
-
-def _served_model(api: Api) -> str:
-    return api.http.get("/health").json()["model"]

@@ -4,14 +4,12 @@ it with every call: REST, WebSockets and downloads."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import REPO_ROOT, free_port
-from tests.fixtures.stack import wait_healthy
+from tests.conftest import free_port
+from tests.fixtures.stack import spawn, stop, wait_healthy
 from tests.ui.steps import Api, open_tab
 
 pytestmark = pytest.mark.e2e
@@ -29,21 +27,13 @@ def keyed_bridge(ui_stack, tmp_path):
         "MILLM_INFERENCE_ADDRESS": ui_stack.grpc_address,
         "MILLM_API_KEY": KEY,
     }
-    with open(tmp_path / "bridge.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "openai_bridge"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(url, [proc])
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+    proc = spawn("openai_bridge", env, tmp_path / "bridge.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, [proc])
+        yield url
+    finally:
+        stop([proc])
 
 
 def test_the_page_asks_for_the_key_and_then_uses_it(keyed_bridge, ui_stack, page, tmp_path):

@@ -45,6 +45,9 @@ def test_profile_export_delete_import_and_overwrite(ui_stack, page, tmp_path):
 
     # Importing it again: the name is taken, so the page asks before replacing.
     api.http.patch("/api/v1/profiles/round-trip", json={"description": "changed"})
+    page.reload()
+    panel = page.locator("#panel-profiles")
+    expect(card).to_contain_text("changed")
     panel.get_by_label("Profile JSON file").set_input_files(exported)
     panel.get_by_role("button", name="Import", exact=True).click()
     dialog = page.get_by_role("dialog")
@@ -54,7 +57,7 @@ def test_profile_export_delete_import_and_overwrite(ui_stack, page, tmp_path):
         lambda: api.get("/profiles/round-trip")["description"] == "to and from a file",
         "the imported profile to replace the changed one",
     )
-    expect(card).to_contain_text("to and from a file")  # and the list shows it
+    expect(card).to_contain_text("to and from a file")  # the list shows the replacement
     api.delete("/profiles/round-trip")
     assert unexpected_errors(page) == []
 
@@ -111,7 +114,7 @@ def test_monitor_records_history_shows_statistics_and_pauses(ui_stack, page, tmp
     api.attach_random_sae(tmp_path / "mon", "monitor-sae", d_sae=32)
     api.delete("/monitoring/history")
     client = openai.OpenAI(base_url=ui_stack.http_url + "/v1", api_key="unused")
-    model = api.http.get("/health").json()["model"]
+    model = api.served_model()
 
     def chat() -> str:
         reply = client.chat.completions.create(
