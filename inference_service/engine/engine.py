@@ -23,21 +23,30 @@ import torch.nn.functional as F
 
 from inference_service.config import InferenceSettings
 from inference_service.engine.generation import final_length
+from inference_service.engine.grammar import Grammar, GrammarCompiler
 from inference_service.engine.lane import Lane, LaneJob, PassBoundary
 from inference_service.engine.loader import LoadedModel
 from inference_service.engine.memory import available_memory, format_bytes, kv_bytes_per_token
-from inference_service.engine.prompts import encode_text, render_chat
+from inference_service.engine.prompts import NO_OPTIONS, encode_text, render_chat
 from inference_service.engine.row_edits import install
 from inference_service.engine.scheduler import BatchScheduler, BatchStats
 from inference_service.engine.types import (
+    ChatOptions,
     ChatTurn,
     FinishedEvent,
     GenerationEvent,
     GenerationRequest,
     ModelDescription,
+    OutputConstraint,
     PassObserver,
+    ToolSpec,
 )
-from inference_service.engine.validation import fit_context, validate_prompt, validate_sampling
+from inference_service.engine.validation import (
+    fit_context,
+    validate_logit_bias,
+    validate_prompt,
+    validate_sampling,
+)
 from inference_service.errors import (
     ContextLengthExceededError,
     InvalidArgumentError,
@@ -120,6 +129,8 @@ class Engine:
         self._jobs: set[LaneJob] = set()  # admitted and unfinished
         self._mean_job_s = 2.0
         self._closed = False
+        self._grammars: GrammarCompiler | None = None  # built on first use
+        self._grammar_lock = threading.Lock()
         self._scheduler = BatchScheduler(
             self._lane_loaded,
             self._lane,
@@ -158,11 +169,30 @@ class Engine:
 
     # ---- tokenizer only: no lane needed ------------------------------------------
 
-    def render_chat(self, turns: Sequence[ChatTurn]) -> list[int]:
-        return render_chat(self._loaded.tokenizer, turns)
+    def render_chat(
+        self, turns: Sequence[ChatTurn], options: ChatOptions = NO_OPTIONS
+    ) -> list[int]:
+        return render_chat(self._loaded.tokenizer, turns, options)
+
+    def compile_grammar(
+        self, constraint: OutputConstraint, tools: Sequence[ToolSpec] = (), *, param: str
+    ) -> Grammar:
+        """A constraint compiled for this model. Blocking (the first call also indexes
+        the vocabulary, about half a second): call it off the event loop."""
+        with self._grammar_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(
+                    self._loaded.tokenizer, self._loaded.description.vocab_size
+                )
+            compiler = self._grammars
+        return compiler.compile(constraint, tools, param=param)
 
     def encode_text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return encode_text(self._loaded.tokenizer, text, add_special_tokens=add_special_tokens)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of token ids, special tokens included (the legacy `echo`)."""
+        return self._loaded.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
     def lane_token_strings(self, token_ids: Sequence[int]) -> list[str]:
         """`token_strings` for the worker lane, with the lane's own tokenizer copy."""
@@ -182,6 +212,7 @@ class Engine:
         """Validates and admits a generation; call from the event loop that reads it."""
         description = self.description
         validate_sampling(request.sampling)
+        validate_logit_bias(request.sampling, description.vocab_size)
         validate_prompt(request.prompt_token_ids, description.vocab_size, param=prompt_param)
         sampling = fit_context(
             request.sampling,

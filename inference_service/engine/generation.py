@@ -72,6 +72,8 @@ class SequenceState:
         self._penalised = bool(self.options.frequency_penalty or self.options.presence_penalty)
         self._counts: torch.Tensor | None = None
         self._text = CompletionText(self._tokenizer, self.prompt_ids, self.options.stop)
+        self._bias = _bias_tensors(self.options.logit_bias, self.device)
+        self._mask = request.grammar.new_mask() if request.grammar is not None else None
         assert self.options.max_tokens is not None, "validation fills max_tokens"
         self._max_tokens = self.options.max_tokens
 
@@ -91,13 +93,20 @@ class SequenceState:
         return out.logits[0, -1].float()  # [1, 1, V] -> [V]
 
     def choose(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
-        """Samples the next token from [V] logits and reports its logprobs if asked."""
+        """Samples the next token from [V] logits and reports its logprobs if asked.
+        Order: logit_bias, penalties, then the grammar's mask (after steering, which
+        already shaped the logits), so every choice, greedy or sampled, is allowed."""
+        if self._bias is not None:
+            ids, values = self._bias
+            logits = logits.index_add(0, ids, values)
         if self._penalised:
             if self._counts is None:
                 self._counts = torch.zeros(logits.shape[-1], dtype=torch.int32, device=self.device)
             logits = apply_penalties(
                 logits, self._counts, self.options.frequency_penalty, self.options.presence_penalty
             )
+        if self._mask is not None:
+            logits = self._mask.apply(logits)
         token_id = choose_token(
             logits, self.options.temperature, self.options.top_p, self._generator
         )
@@ -116,11 +125,17 @@ class SequenceState:
         if self._counts is not None:
             self._counts[token_id] += 1
         reason: FinishReason | None = None
+        if self._mask is not None:
+            self._mask.accept(token_id)
         if token_id in self._eos:
             text, reason = self._text.finish(), "stop"
         else:
             text = self._text.push(token_id)
             if self._text.stopped:
+                reason = "stop"
+            elif self._mask is not None and self._mask.finished:
+                # The grammar is complete: nothing but the end could follow.
+                text += self._text.finish()
                 reason = "stop"
             elif (
                 len(self.generated) >= self._max_tokens
@@ -135,6 +150,17 @@ class SequenceState:
         """(id, text, UTF-8 bytes) of one token as OpenAI's logprobs show it."""
         text = self._tokenizer.decode([token_id], skip_special_tokens=False)
         return token_id, text, _token_bytes(self._tokenizer, token_id, text)
+
+
+def _bias_tensors(
+    bias: tuple[tuple[int, float], ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`logit_bias` as (ids [B], values [B]) built once per request, not per step."""
+    if not bias:
+        return None
+    ids = torch.tensor([i for i, _ in bias], dtype=torch.long, device=device)
+    values = torch.tensor([v for _, v in bias], dtype=torch.float32, device=device)
+    return ids, values
 
 
 def final_length(prompt_tokens: int, max_tokens: int, max_context: int) -> int:

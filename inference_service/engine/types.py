@@ -10,9 +10,64 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
+class ToolCallRecord:
+    """A call an assistant turn made; arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True)
 class ChatTurn:
     role: str
     content: str
+    tool_calls: tuple[ToolCallRecord, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call; `index` is its place in the request's `tools`."""
+
+    index: int
+    name: str
+    description: str = ""
+    parameters_json: str = ""
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How a conversation is rendered: tools offered, and whether the last turn is
+    continued (an assistant prefill) or the assistant's cue is appended."""
+
+    tools: tuple[ToolSpec, ...] = ()
+    continue_final_message: bool = False
+    add_generation_prompt: bool | None = None  # None: True unless continuing
+
+
+@dataclass(frozen=True)
+class JsonObject:
+    """Any JSON object."""
+
+
+@dataclass(frozen=True)
+class JsonSchema:
+    """JSON valid against a schema (JSON text)."""
+
+    schema_json: str
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """Only calls of the offered tools (one named tool, or any); several if parallel."""
+
+    name: str = ""
+    parallel: bool = True
+
+
+OutputConstraint = JsonObject | JsonSchema | ToolCalls
 
 
 @dataclass(frozen=True)
@@ -28,6 +83,8 @@ class SamplingOptions:
     top_logprobs: int = 0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # (token id, bias) pairs added to the logits before sampling.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 class PassObserver(Protocol):
@@ -51,6 +108,8 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingOptions
     observer: PassObserver | None = None
+    # A compiled engine.grammar.Grammar that every token must follow, or None.
+    grammar: Any = None
 
 
 @dataclass(frozen=True)

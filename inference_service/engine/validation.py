@@ -7,14 +7,16 @@ refused at once instead of after waiting in the queue.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 
-from inference_service.engine.types import SamplingOptions
+from inference_service.engine.types import SamplingOptions, ToolSpec
 from inference_service.errors import ContextLengthExceededError, InvalidArgumentError
 
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
 
 
 def validate_sampling(options: SamplingOptions) -> None:
@@ -46,6 +48,43 @@ def validate_sampling(options: SamplingOptions) -> None:
         )
     if any(not s for s in options.stop):
         raise InvalidArgumentError("stop sequences must not be empty strings.", param="stop")
+    for token_id, bias in options.logit_bias:
+        _check_range(
+            f"logit_bias.{token_id}", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS, "between -100 and 100"
+        )
+
+
+def validate_logit_bias(options: SamplingOptions, vocab_size: int) -> None:
+    for token_id, _ in options.logit_bias:
+        if not 0 <= token_id < vocab_size:
+            raise InvalidArgumentError(
+                f"logit_bias names token id {token_id}, outside this model's vocabulary "
+                f"(0 to {vocab_size - 1}).",
+                param="logit_bias",
+            )
+
+
+def validate_tools(tools: Sequence[ToolSpec]) -> None:
+    """Names present and unique, parameters a JSON object (or absent)."""
+    seen: set[str] = set()
+    for tool in tools:
+        param = f"tools[{tool.index}].function"
+        if not tool.name:
+            raise InvalidArgumentError("A tool needs a `name`.", param=f"{param}.name")
+        if tool.name in seen:
+            raise InvalidArgumentError(
+                f"Two tools are named `{tool.name}`; names must be unique.", param=f"{param}.name"
+            )
+        seen.add(tool.name)
+        if tool.parameters_json:
+            try:
+                parameters = json.loads(tool.parameters_json)
+            except json.JSONDecodeError:
+                parameters = None
+            if not isinstance(parameters, dict):
+                raise InvalidArgumentError(
+                    "`parameters` must be a JSON Schema object.", param=f"{param}.parameters"
+                )
 
 
 def validate_prompt(

@@ -5,13 +5,20 @@ from __future__ import annotations
 from inference_service.engine.memory import MemoryUsage
 from inference_service.engine.scheduler import BatchStats
 from inference_service.engine.types import (
+    ChatOptions,
     ChatTurn,
     FinishedEvent,
     GenerationEvent,
+    JsonObject,
+    JsonSchema,
     ModelDescription,
+    OutputConstraint,
     SamplingOptions,
     TokenEvent,
     TokenLogprob,
+    ToolCallRecord,
+    ToolCalls,
+    ToolSpec,
 )
 from inference_service.models.catalog import CachedModel
 from inference_service.operations.types import OperationSnapshot
@@ -27,7 +34,52 @@ _FINISH_REASONS = {
 
 
 def chat_turns(chat: pb.ChatMessages) -> list[ChatTurn]:
-    return [ChatTurn(role=m.role, content=m.content) for m in chat.messages]
+    return [
+        ChatTurn(
+            role=m.role,
+            content=m.content,
+            tool_calls=tuple(
+                ToolCallRecord(id=c.id, name=c.name, arguments_json=c.arguments_json)
+                for c in m.tool_calls
+            ),
+            tool_call_id=m.tool_call_id,
+            name=m.name,
+        )
+        for m in chat.messages
+    ]
+
+
+def chat_options(chat: pb.ChatMessages) -> ChatOptions:
+    return ChatOptions(
+        tools=tools(chat),
+        continue_final_message=chat.continue_final_message,
+        add_generation_prompt=(
+            chat.add_generation_prompt if chat.HasField("add_generation_prompt") else None
+        ),
+    )
+
+
+def tools(chat: pb.ChatMessages) -> tuple[ToolSpec, ...]:
+    return tuple(
+        ToolSpec(
+            index=i,
+            name=t.name,
+            description=t.description,
+            parameters_json=t.parameters_json,
+        )
+        for i, t in enumerate(chat.tools)
+    )
+
+
+def output_constraint(constraint: pb.OutputConstraint) -> OutputConstraint | None:
+    kind = constraint.WhichOneof("kind")
+    if kind == "json_object":
+        return JsonObject()
+    if kind == "json_schema":
+        return JsonSchema(constraint.json_schema)
+    if kind == "tool_calls":
+        return ToolCalls(name=constraint.tool_calls.name, parallel=constraint.tool_calls.parallel)
+    return None
 
 
 def sampling_options(params: pb.SamplingParams) -> SamplingOptions:
@@ -41,6 +93,7 @@ def sampling_options(params: pb.SamplingParams) -> SamplingOptions:
         top_logprobs=params.top_logprobs,
         frequency_penalty=params.frequency_penalty,
         presence_penalty=params.presence_penalty,
+        logit_bias=tuple(sorted(params.logit_bias.items())),
     )
 
 

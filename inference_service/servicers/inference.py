@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from inference_service import __version__
 from inference_service.engine.engine import Engine, GenerationHandle
 from inference_service.engine.memory import memory_usage
-from inference_service.engine.types import GenerationRequest
+from inference_service.engine.types import GenerationRequest, ToolCalls, ToolSpec
+from inference_service.engine.validation import validate_tools
 from inference_service.errors import InvalidArgumentError, MillmError, ModelNotFoundError
 from inference_service.host import LOADING_RETRY_AFTER_S, ModelHost, ModelState
 from inference_service.logs import request_id_var
@@ -66,7 +68,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def _prompt_ids(self, engine: Engine, start: pb.GenerateStart) -> tuple[int, ...]:
         which = start.WhichOneof("input")
         if which == "chat":
-            return tuple(engine.render_chat(convert.chat_turns(start.chat)))
+            turns = convert.chat_turns(start.chat)
+            return tuple(engine.render_chat(turns, convert.chat_options(start.chat)))
         if which == "prompt":
             return tuple(engine.encode_text(start.prompt, add_special_tokens=True))
         if which == "prompt_token_ids":
@@ -85,15 +88,20 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         start = first.start
         engine = self._engine_for(start.model)
+        tools = convert.tools(start.chat)
+        validate_tools(tools)
+        prompt_ids = self._prompt_ids(engine, start)
+        grammar = await _grammar(engine, start, tools)
         # A thread: resolving a profile may read the database.
         observer = await asyncio.to_thread(
             self._context, engine, "generate", start, steering_convert.selection(start.activations)
         )
         request = GenerationRequest(
             request_id=request_id_var.get(),
-            prompt_token_ids=self._prompt_ids(engine, start),
+            prompt_token_ids=prompt_ids,
             sampling=convert.sampling_options(start.sampling),
             observer=observer,
+            grammar=grammar,
         )
         prompt_param = "prompt" if start.WhichOneof("input") != "chat" else "messages"
         handle = engine.submit_generation(request, prompt_param=prompt_param)
@@ -105,6 +113,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     request_id=request.request_id,
                     prompt_tokens=len(request.prompt_token_ids),
                     model=engine.description.id,
+                    prompt_text=(
+                        engine.decode(request.prompt_token_ids) if start.echo_prompt else ""
+                    ),
                 )
             )
             async for event in handle.events():
@@ -172,6 +183,20 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         device = engine.loaded_model.device if engine is not None else None
         response.memory.CopyFrom(convert.memory_status(memory_usage(device)))
         return response
+
+
+async def _grammar(engine: Engine, start: pb.GenerateStart, tools: tuple[ToolSpec, ...]) -> Any:
+    """The request's compiled constraint, or None. A thread: a large schema takes a
+    while to check, and the first one indexes the vocabulary."""
+    constraint = convert.output_constraint(start.constraint)
+    if constraint is None:
+        return None
+    if isinstance(constraint, ToolCalls) and not tools:
+        raise InvalidArgumentError(
+            "A tool-call constraint needs `tools` to choose from.", param="tool_choice"
+        )
+    param = "tool_choice" if isinstance(constraint, ToolCalls) else "response_format"
+    return await asyncio.to_thread(engine.compile_grammar, constraint, tools, param=param)
 
 
 async def _watch_client(
