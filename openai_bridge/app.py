@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openai_bridge import health
 from openai_bridge.config import BridgeSettings
@@ -24,7 +25,7 @@ from openai_bridge.management import saes as management_saes
 from openai_bridge.management import steering as management_steering
 from openai_bridge.management import training as management_training
 from openai_bridge.management_client import ManagementClient
-from openai_bridge.middleware import ApiKeyMiddleware, RequestIdMiddleware
+from openai_bridge.middleware import ApiKeyMiddleware, CorsMiddleware, RequestIdMiddleware
 from openai_bridge.openai_api import chat, completions, embeddings, models
 from openai_bridge.state import BridgeState
 
@@ -59,6 +60,8 @@ def create_app(
         title="miLLM OpenAI-compatible API",
         summary="OpenAI REST + SSE, translated to the miLLM inference service.",
         lifespan=lifespan,
+        # `/v1/models/` is an unknown route (404), not a redirect: one answer per path.
+        redirect_slashes=False,
     )
     app.state.bridge = BridgeState(
         settings=settings, client=client, clock=clock, management=management
@@ -79,10 +82,29 @@ def create_app(
         management_training,
     ):
         app.include_router(module.router)
+    # The last added runs first: the request id covers everything; CORS answers
+    # preflights before the key is asked for and adds its headers to 401s.
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(CorsMiddleware, origins=settings.cors_origins)
     app.add_middleware(RequestIdMiddleware)
     if ADMIN_WEB_DIR.is_dir():
-        # Last, so that it only sees paths no route claimed.
-        app.mount("/", AdminWebFiles(directory=ADMIN_WEB_DIR, html=True), name="admin_web")
+        app.router.default = _admin_ui_fallback(
+            AdminWebFiles(directory=ADMIN_WEB_DIR, html=True), app.router.not_found
+        )
     return app
+
+
+def _admin_ui_fallback(files: ASGIApp, not_found: ASGIApp) -> ASGIApp:
+    """What the router runs for a path no route claims: the admin UI's files for GET
+    and HEAD, the 404 for the rest. Not a mount at "/": a mount claims every path and
+    method, so `POST /v1/unknown` got the files' 405 and a wrong method on a real
+    route got their 404, where clients need 404 and 405 naming the route's methods."""
+
+    async def fallback(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            await files(scope, receive, send)
+        else:
+            await not_found(scope, receive, send)
+
+    return fallback

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# What a browser sends as `Origin`: scheme://host[:port], never a path or a slash.
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s]+$")
 
 
 class BridgeSettings(BaseSettings):
@@ -23,5 +29,23 @@ class BridgeSettings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     # WebSocket keepalive: a client that answers no ping for this long is disconnected.
     ws_ping_timeout_s: float = Field(default=20.0, gt=0)
+    # Origins whose pages may call the API from a browser (CORS), comma-separated,
+    # or `*` for any. Empty: no CORS headers, so other origins' pages are refused.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for origin in value:
+            # A trailing slash or a path never equals a browser's Origin: refuse at
+            # start rather than silently matching nothing.
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write it as scheme://host[:port],"
+                    " e.g. http://localhost:3000, or `*`"
+                )
+        return value

@@ -11,7 +11,7 @@ client sees comes out of `ERROR_TABLE`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +153,32 @@ def error_headers(error: InferenceError, row: HttpError) -> dict[str, str]:
     return headers
 
 
-def error_response(error: InferenceError) -> JSONResponse:
+def error_response(error: InferenceError, scope: Scope) -> JSONResponse:
+    """The HTTP answer to `error` on the request of `scope`."""
     row, body = describe(error)
-    return JSONResponse(body, status_code=row.status, headers=error_headers(error, row))
+    return _answer(scope, row.status, body, error_headers(error, row))
+
+
+def _answer(
+    scope: Scope, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """Every error answer leaves through here, so each 4xx is logged once, whichever
+    route, handler or middleware refused the request."""
+    if 400 <= status < 500:
+        # INFO, not WARNING: the client's mistake, but the reason must be findable
+        # when a client only reports "it says 400". The path only (a WebSocket may
+        # carry `?api_key=`), and never the body: it holds the prompt.
+        error = body["error"]
+        log.info(
+            "%s %s answered %d, code=%s param=%s: %s",
+            scope.get("method", "WEBSOCKET"),
+            scope["path"],
+            status,
+            error["code"],
+            error["param"],
+            error["message"],
+        )
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _http_type(status: int) -> str:
@@ -187,7 +212,7 @@ async def _on_inference_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning(
             "%s %s failed: %s %s", request.method, request.url.path, exc.grpc_code.name, exc.message
         )
-    return error_response(exc)
+    return error_response(exc, request.scope)
 
 
 def validation_failure(errors: Sequence[Any]) -> InferenceError:
@@ -205,7 +230,7 @@ def validation_failure(errors: Sequence[Any]) -> InferenceError:
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     # FastAPI answers 422 by default; OpenAI clients expect 400 with `param`.
     assert isinstance(exc, RequestValidationError)
-    return error_response(validation_failure(list(exc.errors())))
+    return error_response(validation_failure(list(exc.errors())), request.scope)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -216,14 +241,34 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"Method {request.method} is not allowed on {request.url.path}"
     else:
         message = str(exc.detail)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = ", ".join(allowed)
     body = error_body(message, _http_type(exc.status_code), None, None)
-    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return _answer(request.scope, exc.status_code, body, headers)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path. Starlette's 405 names the first
+    matching route's only, and a path may have one route per method; asking the
+    router per method also sees into FastAPI's nested routers."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     body = error_body("Internal server error; the details are in the bridge log.", "server_error")
-    return JSONResponse(body, status_code=500)
+    return _answer(request.scope, 500, body)
 
 
 def install_exception_handlers(app: FastAPI) -> None:

@@ -8,6 +8,7 @@ import uuid
 
 import grpc
 from starlette.datastructures import Headers, MutableHeaders, QueryParams
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -83,7 +84,8 @@ class ApiKeyMiddleware:
                     None,
                     "Missing or invalid API key; send it as `Authorization: Bearer <key>`"
                     " (WebSockets may use `?api_key=<key>`).",
-                )
+                ),
+                scope,
             )
             if scope["type"] == "http":
                 await response(scope, receive, send)
@@ -93,3 +95,53 @@ class ApiKeyMiddleware:
                 await WebSocket(scope, receive, send).close(1008)
             return
         await self.app(scope, receive, send)
+
+
+class CorsMiddleware(CORSMiddleware):
+    """Starlette's CORS for the origins in `MILLM_CORS_ORIGINS`, refusals in OpenAI JSON.
+
+    Installed outside `ApiKeyMiddleware`, so it answers preflights itself (a browser
+    never sends `Authorization` on one) and its headers reach 401s too. Any method and
+    any requested header are allowed (the OpenAI SDK sends a growing set of
+    `x-stainless-*`); the origin is what is checked. A preflight from another origin
+    gets a 403 without CORS headers; with no origins configured, nothing else is
+    touched, so responses carry no CORS headers at all.
+    """
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        super().__init__(
+            app,
+            allow_origins=origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            # The origins were listed on purpose: let their public pages reach a
+            # bridge on a private network (Chrome's Private Network Access preflight).
+            allow_private_network=True,
+            # What a browser client needs to read: the id to quote, when to retry.
+            expose_headers=["x-request-id", "Retry-After", "x-should-retry"],
+        )
+        self._enabled = bool(origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        preflight = (
+            origin is not None
+            and scope["method"] == "OPTIONS"
+            and "access-control-request-method" in headers
+        )
+        if preflight and not self.is_allowed_origin(origin or ""):
+            refused = InferenceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "CORS_ORIGIN_REFUSED",
+                f"Browser pages from {origin} may not call this API; list the origin"
+                " in MILLM_CORS_ORIGINS to allow them.",
+            )
+            await error_response(refused, scope)(scope, receive, send)
+        elif self._enabled:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

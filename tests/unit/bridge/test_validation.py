@@ -111,7 +111,7 @@ def test_embedding_bad_format_is_400(http):
 def test_unknown_route_is_openai_404(http):
     error = error_of(http.get("/v1/nothing"), 404)
     assert error["type"] == "not_found_error"
-    assert error_of(http.post("/nope", json={}), 405)["type"] == "invalid_request_error"
+    assert error_of(http.post("/nope", json={}), 404)["type"] == "not_found_error"
 
 
 def test_api_key_guards_v1_and_api_but_not_health_or_ui(fake):
