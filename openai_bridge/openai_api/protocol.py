@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class OpenAIBody(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True)
 
 
 class ContentPart(OpenAIBody):
@@ -24,10 +24,56 @@ class ContentPart(OpenAIBody):
     text: str | None = None
 
 
+class FunctionCall(OpenAIBody):
+    """A call as an assistant message records it: arguments are JSON text."""
+
+    name: str
+    arguments: str | dict[str, Any] = ""
+
+
+class ToolCall(OpenAIBody):
+    id: str = ""
+    type: str = "function"
+    function: FunctionCall
+
+
 class ChatMessage(OpenAIBody):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    # The legacy single call of `functions`.
+    function_call: FunctionCall | None = None
+
+
+class FunctionDefinition(OpenAIBody):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(OpenAIBody):
+    type: str
+    function: FunctionDefinition | None = None
+
+
+class NamedFunction(OpenAIBody):
+    name: str
+
+
+class NamedToolChoice(OpenAIBody):
+    type: str = "function"
+    function: NamedFunction
+
+
+class JsonSchemaFormat(OpenAIBody):
+    name: str | None = None
+    description: str | None = None
+    # `schema` shadows a pydantic BaseModel attribute, hence the alias.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
 
 
 class StreamOptions(OpenAIBody):
@@ -36,6 +82,7 @@ class StreamOptions(OpenAIBody):
 
 class ResponseFormat(OpenAIBody):
     type: str
+    json_schema: JsonSchemaFormat | None = None
 
 
 class SamplingFields(OpenAIBody):
@@ -64,8 +111,15 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool | None = False
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # The legacy spelling of tools and tool_choice.
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    # vLLM's chat-template options: an assistant prefill continued in place.
+    continue_final_message: bool | None = False
+    add_generation_prompt: bool | None = None
 
 
 class CompletionRequest(SamplingFields):
