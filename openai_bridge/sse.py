@@ -10,6 +10,7 @@ event, then `[DONE]` (the SDK raises `APIError` on it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -65,6 +66,9 @@ async def event_stream(
     finally:
         if pending is not None and not pending.done():
             pending.cancel()
+            # Let the cancellation finish inside `chunks`, so the caller can close it.
+            with contextlib.suppress(BaseException):
+                await pending
     yield DONE
 
 

@@ -2,63 +2,182 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from millm.v1 import inference_service_pb2 as pb
 from openai_bridge.inference_client import GenerationStream
 from openai_bridge.openai_api import millm, translate
-from openai_bridge.openai_api.generation import Collected, complete, open_generations, sse_body
+from openai_bridge.openai_api.generation import (
+    Collected,
+    Opened,
+    complete,
+    merged,
+    open_generations,
+    sse_body,
+)
 from openai_bridge.openai_api.protocol import ChatCompletionRequest
+from openai_bridge.openai_api.tool_calls import (
+    CallArguments,
+    CallStarted,
+    Content,
+    Event,
+    ToolCallParser,
+)
 from openai_bridge.sse import sse_response
-from openai_bridge.state import State
+from openai_bridge.state import BridgeState, State
 
 router = APIRouter()
 
 OBJECT_CHUNK = "chat.completion.chunk"
 
 
-async def chat_chunks(
+def _tool_delta(event: Event, tool_mode: translate.ToolMode) -> dict[str, Any] | None:
+    """One parser event as a chunk's delta, in OpenAI's order: a call's index, id, type
+    and name first, then its arguments in pieces. The legacy `functions` shape has one
+    call only; later calls are dropped."""
+    if isinstance(event, Content):
+        return {"content": event.text}
+    if tool_mode == "functions":
+        if event.index > 0:
+            return None
+        if isinstance(event, CallStarted):
+            return {"function_call": {"name": event.name, "arguments": ""}}
+        return {"function_call": {"arguments": event.text}}
+    if isinstance(event, CallStarted):
+        call = {"name": event.name, "arguments": ""}
+        return {
+            "tool_calls": [
+                {"index": event.index, "id": event.id, "type": "function", "function": call}
+            ]
+        }
+    assert isinstance(event, CallArguments)
+    return {"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]}
+
+
+async def choice_chunks(
     stream: GenerationStream,
     ids: translate.ResponseIds,
+    *,
+    index: int,
     include_usage: bool,
     logprobs: bool,
-    activations: bool = False,
+    activations: bool,
+    tool_mode: translate.ToolMode,
+    finished: dict[int, pb.GenerateFinished],
 ) -> AsyncIterator[dict[str, Any]]:
-    yield translate.chat_chunk(
-        ids, {"role": "assistant", "content": ""}, include_usage=include_usage
-    )
+    """The chunks of one choice; its `finished` message is appended to `finished`."""
+
+    def chunk(delta: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return translate.chat_chunk(ids, delta, include_usage=include_usage, index=index, **extra)
+
+    parser = ToolCallParser() if tool_mode != "none" else None
+    yield chunk({"role": "assistant", "content": ""})
     async for message in stream:
         if message.WhichOneof("kind") == "delta":
             delta = message.delta
-            # Held-back text (a possible stop string) leaves empty deltas; skip them
-            # unless they carry logprobs or activations the client asked for.
-            if (
-                not delta.text
-                and not (logprobs and delta.logprobs)
-                and not (activations and delta.activations)
-            ):
-                continue
-            yield translate.chat_chunk(
-                ids,
-                {"content": delta.text},
-                include_usage=include_usage,
-                logprobs=translate.chat_logprobs(delta.logprobs) if logprobs else None,
-                millm=millm.chunk_field(delta.activations) if activations else None,
-            )
+            if parser is None:
+                deltas = [{"content": delta.text}] if delta.text else []
+            else:
+                deltas = [d for e in parser.push(delta.text) if (d := _tool_delta(e, tool_mode))]
+            # Held-back text (a possible stop string or tag) leaves a delta empty; it is
+            # sent anyway when it carries logprobs or activations the client asked for.
+            extra: dict[str, Any] = {}
+            if logprobs and delta.logprobs:
+                extra["logprobs"] = translate.chat_logprobs(delta.logprobs)
+            if activations and delta.activations:
+                extra["millm"] = millm.chunk_field(delta.activations)
+            if not deltas and extra:
+                deltas = [{"content": ""}]
+            for i, d in enumerate(deltas):
+                yield chunk(d, **(extra if i == 0 else {}))
         elif message.WhichOneof("kind") == "finished":
-            finished = message.finished
-            yield translate.chat_chunk(
-                ids,
-                {},
-                include_usage=include_usage,
-                finish=translate.finish_reason(finished),
-            )
-            if include_usage:
-                yield translate.usage_chunk(ids, OBJECT_CHUNK, finished.usage)
+            ending = parser.finish() if parser is not None else []
+            for d in (d for e in ending if (d := _tool_delta(e, tool_mode))):
+                yield chunk(d)
+            finished[index] = message.finished
+            reason = translate.finish_reason(message.finished)
+            if parser is not None:
+                reason = translate.call_finish_reason(reason, bool(parser.calls), tool_mode)
+            yield chunk({}, finish=reason)
             return
+
+
+async def chat_chunks(
+    opened: Opened,
+    *,
+    include_usage: bool,
+    logprobs: bool,
+    activations: bool,
+    tool_mode: translate.ToolMode,
+) -> AsyncIterator[dict[str, Any]]:
+    """Every choice's chunks, interleaved as produced, then the usage chunk. Closing
+    this generator cancels the generations."""
+    finished: dict[int, pb.GenerateFinished] = {}
+    choices = [
+        choice_chunks(
+            stream,
+            opened.ids,
+            index=i,
+            include_usage=include_usage,
+            logprobs=logprobs,
+            activations=activations,
+            tool_mode=tool_mode,
+            finished=finished,
+        )
+        for i, stream in enumerate(opened.streams)
+    ]
+    try:
+        async for chunk in merged(choices) if len(choices) > 1 else choices[0]:
+            yield chunk
+        if include_usage:
+            usage = translate.usage_total(list(finished.values()))
+            yield translate.usage_chunk(opened.ids, OBJECT_CHUNK, usage)
+    finally:
+        opened.cancel()
+
+
+async def run_chat(
+    body: ChatCompletionRequest, request: Request, state: BridgeState
+) -> dict[str, Any] | AsyncGenerator[dict[str, Any], None]:
+    """A chat completion: the response object, or when streaming its chunks. Shared
+    with the Responses API, which reshapes either."""
+    plan = translate.chat_start(body)
+    extension = millm.for_generation(body.millm, stream=bool(body.stream))
+    choice = await millm.choose_model(state.client, plan.start.model)
+    prepared = millm.prepare(plan.start, extension, choice)
+    starts = translate.sample_starts(plan.start, plan.n)
+    opened = await open_generations(
+        state.client, starts, "chatcmpl", int(state.clock()), choice, prepared
+    )
+    logprobs = bool(body.logprobs)
+    if body.stream:
+        return chat_chunks(
+            opened,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            logprobs=logprobs,
+            activations=prepared.activations,
+            tool_mode=plan.tool_mode,
+        )
+
+    def respond(results: list[Collected]) -> dict[str, Any]:
+        choices = [
+            translate.chat_choice(
+                i, r.text, r.logprobs if logprobs else None, r.finished, plan.tool_mode
+            )
+            for i, r in enumerate(results)
+        ]
+        return translate.chat_completion(
+            opened.ids, choices, translate.usage_total([r.finished for r in results])
+        )
+
+    try:
+        return await complete(request, opened, prepared.activations, respond)
+    finally:
+        opened.cancel()
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -67,24 +186,7 @@ async def create_chat_completion(
     request: Request,
     state: State,
 ) -> Response:
-    start = translate.chat_start(body)
-    extension = millm.for_generation(body.millm, stream=bool(body.stream))
-    choice = await millm.choose_model(state.client, start.model)
-    prepared = millm.prepare(start, extension, choice)
-    opened = await open_generations(
-        state.client, start, "chatcmpl", int(state.clock()), choice, prepared
-    )
-    logprobs = bool(body.logprobs)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = chat_chunks(
-            opened.stream, opened.ids, include_usage, logprobs, prepared.activations
-        )
-        return sse_response(sse_body(opened.stream, chunks))
-
-    def respond(collected: Collected) -> dict[str, Any]:
-        return translate.chat_completion(
-            opened.ids, collected.text, collected.logprobs if logprobs else None, collected.finished
-        )
-
-    return JSONResponse(await complete(request, opened, prepared.activations, respond))
+    result = await run_chat(body, request, state)
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    return sse_response(sse_body(result))

@@ -8,9 +8,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from millm.v1 import inference_service_pb2 as pb
 from openai_bridge.inference_client import GenerationStream
 from openai_bridge.openai_api import millm, translate
-from openai_bridge.openai_api.generation import Collected, complete, open_generations, sse_body
+from openai_bridge.openai_api.generation import (
+    Collected,
+    Opened,
+    complete,
+    merged,
+    open_generations,
+    sse_body,
+)
 from openai_bridge.openai_api.protocol import CompletionRequest
 from openai_bridge.sse import sse_response
 from openai_bridge.state import State
@@ -20,14 +28,30 @@ router = APIRouter()
 OBJECT = "text_completion"
 
 
-async def completion_chunks(
+def _echo_text(start: pb.GenerateStart, stream: GenerationStream) -> str:
+    """The prompt as `echo` shows it: as sent, or for token ids as the service read them."""
+    return start.prompt if start.WhichOneof("input") == "prompt" else stream.accepted.prompt_text
+
+
+async def choice_chunks(
     stream: GenerationStream,
     ids: translate.ResponseIds,
+    *,
+    index: int,
+    echo: str,
     include_usage: bool,
     logprobs: bool,
-    activations: bool = False,
+    activations: bool,
+    finished: dict[int, pb.GenerateFinished],
 ) -> AsyncIterator[dict[str, Any]]:
-    text_offset = 0
+    def chunk(text: str, **extra: Any) -> dict[str, Any]:
+        return translate.completion_chunk(
+            ids, text, include_usage=include_usage, index=index, **extra
+        )
+
+    if echo:
+        yield chunk(echo)
+    text_offset = len(echo)
     async for message in stream:
         if message.WhichOneof("kind") == "delta":
             delta = message.delta
@@ -37,10 +61,8 @@ async def completion_chunks(
                 and not (activations and delta.activations)
             ):
                 continue
-            yield translate.completion_chunk(
-                ids,
+            yield chunk(
                 delta.text,
-                include_usage=include_usage,
                 logprobs=(
                     translate.completion_logprobs(delta.logprobs, text_offset) if logprobs else None
                 ),
@@ -48,13 +70,47 @@ async def completion_chunks(
             )
             text_offset += sum(len(e.token) for e in delta.logprobs)
         elif message.WhichOneof("kind") == "finished":
-            finished = message.finished
-            yield translate.completion_chunk(
-                ids, "", include_usage=include_usage, finish=translate.finish_reason(finished)
-            )
-            if include_usage:
-                yield translate.usage_chunk(ids, OBJECT, finished.usage)
+            finished[index] = message.finished
+            yield chunk("", finish=translate.finish_reason(message.finished))
             return
+
+
+async def completion_chunks(
+    opened: Opened,
+    plan: translate.CompletionPlan,
+    *,
+    include_usage: bool,
+    logprobs: bool,
+    activations: bool,
+) -> AsyncIterator[dict[str, Any]]:
+    finished: dict[int, pb.GenerateFinished] = {}
+    choices = [
+        choice_chunks(
+            stream,
+            opened.ids,
+            index=i,
+            echo=_echo_text(start, stream) if plan.echo else "",
+            include_usage=include_usage,
+            logprobs=logprobs,
+            activations=activations,
+            finished=finished,
+        )
+        for i, (start, stream) in enumerate(zip(_all_starts(plan), opened.streams, strict=True))
+    ]
+    try:
+        async for chunk in merged(choices) if len(choices) > 1 else choices[0]:
+            yield chunk
+        if include_usage:
+            usage = translate.usage_total([finished[i] for i in sorted(finished)], len(plan.starts))
+            yield translate.usage_chunk(opened.ids, OBJECT, usage)
+    finally:
+        opened.cancel()
+
+
+def _all_starts(plan: translate.CompletionPlan) -> list[pb.GenerateStart]:
+    """One start per choice: `n` samples of each prompt, prompt by prompt (OpenAI's
+    choice order)."""
+    return [s for start in plan.starts for s in translate.sample_starts(start, plan.n)]
 
 
 @router.post("/v1/completions", response_model=None)
@@ -63,24 +119,42 @@ async def create_completion(
     request: Request,
     state: State,
 ) -> Response:
-    start = translate.completion_start(body)
+    plan = translate.completion_start(body)
     extension = millm.for_generation(body.millm, stream=bool(body.stream))
-    choice = await millm.choose_model(state.client, start.model)
-    prepared = millm.prepare(start, extension, choice)
+    choice = await millm.choose_model(state.client, plan.starts[0].model)
+    prepared = millm.Prepared(None, False)
+    for start in plan.starts:
+        prepared = millm.prepare(start, extension, choice)
+    starts = _all_starts(plan)
     opened = await open_generations(
-        state.client, start, "cmpl", int(state.clock()), choice, prepared
+        state.client, starts, "cmpl", int(state.clock()), choice, prepared
     )
     logprobs = body.logprobs is not None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = completion_chunks(
-            opened.stream, opened.ids, include_usage, logprobs, prepared.activations
+            opened,
+            plan,
+            include_usage=include_usage,
+            logprobs=logprobs,
+            activations=prepared.activations,
         )
-        return sse_response(sse_body(opened.stream, chunks))
+        return sse_response(sse_body(chunks))
 
-    def respond(collected: Collected) -> dict[str, Any]:
-        return translate.text_completion(
-            opened.ids, collected.text, collected.logprobs if logprobs else None, collected.finished
-        )
+    def respond(results: list[Collected]) -> dict[str, Any]:
+        choices = [
+            translate.completion_choice(
+                i,
+                r.text,
+                r.logprobs if logprobs else None,
+                r.finished,
+                _echo_text(start, stream) if plan.echo else "",
+            )
+            for i, (r, start, stream) in enumerate(
+                zip(results, starts, opened.streams, strict=False)
+            )
+        ]
+        usage = translate.usage_total([r.finished for r in results], len(plan.starts))
+        return translate.text_completion(opened.ids, choices, usage)
 
     return JSONResponse(await complete(request, opened, prepared.activations, respond))

@@ -10,7 +10,7 @@ against the ASGI `http.disconnect` message.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from fastapi import Request
 
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import steering_pb2 as stpb
-from openai_bridge.errors import InferenceError
+from openai_bridge.errors import InferenceError, unsupported
 from openai_bridge.inference_client import GenerationStream, InferenceClient
 from openai_bridge.openai_api import millm
 from openai_bridge.openai_api.translate import ResponseIds
@@ -77,15 +77,6 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def sse_body(stream: GenerationStream, chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-    """The response body of a streaming generation; always cancels the call at the end."""
-    try:
-        async for data in event_stream(chunks):
-            yield data
-    finally:
-        stream.cancel()
-
-
 async def open_generation(
     client: InferenceClient,
     start: pb.GenerateStart,
@@ -115,17 +106,15 @@ async def open_unsteered(
         raise
 
 
-async def collect_pair(
-    steered: GenerationStream, unsteered: GenerationStream
-) -> tuple[Collected, Collected]:
-    """Both generations at once; the first failure cancels the other."""
-    tasks = [asyncio.ensure_future(collect(s)) for s in (steered, unsteered)]
+async def collect_all(streams: Sequence[GenerationStream]) -> list[Collected]:
+    """Every generation at once; the first failure cancels the others."""
+    tasks = [asyncio.ensure_future(collect(s)) for s in streams]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in tasks:
             if task.done() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
-        return tasks[0].result(), tasks[1].result()
+        return [task.result() for task in tasks]
     finally:
         for task in tasks:
             task.cancel()
@@ -133,47 +122,97 @@ async def collect_pair(
 
 @dataclass(frozen=True)
 class Opened:
-    """An admitted generation, named, and its unsteered twin when comparing."""
+    """Admitted generations (one per choice), named, and the unsteered twin when
+    comparing."""
 
-    stream: GenerationStream
+    streams: list[GenerationStream]
     ids: ResponseIds
     unsteered: GenerationStream | None = None
+
+    def cancel(self) -> None:
+        for stream in self.streams:
+            stream.cancel()
 
 
 async def open_generations(
     client: InferenceClient,
-    start: pb.GenerateStart,
+    starts: Sequence[pb.GenerateStart],
     id_prefix: str,
     created: int,
     choice: millm.ModelChoice,
     prepared: millm.Prepared,
 ) -> Opened:
-    """`open_generation`, plus the comparison run when `millm.compare` asks for it;
-    errors about the request's steering name the fields the client sent."""
-    with millm.client_names(prepared):
-        stream, ids = await open_generation(client, start, id_prefix, created, choice)
-        unsteered = await open_unsteered(client, start, stream) if prepared.compare else None
-    return Opened(stream, ids, unsteered)
+    """Starts one generation per entry of `starts` (all or none: a refusal cancels those
+    already admitted), plus the comparison run when `millm.compare` asks for it; errors
+    about the request's steering name the fields the client sent."""
+    if prepared.compare and len(starts) > 1:
+        raise unsupported(
+            "`millm.compare` compares one completion; ask for `n` = 1 and one prompt.",
+            "millm.compare",
+        )
+    streams: list[GenerationStream] = []
+    try:
+        with millm.client_names(prepared):
+            first, ids = await open_generation(client, starts[0], id_prefix, created, choice)
+            streams.append(first)
+            for start in starts[1:]:
+                streams.append(await client.generate(start))
+            unsteered = await open_unsteered(client, starts[0], first) if prepared.compare else None
+    except BaseException:
+        for stream in streams:
+            stream.cancel()
+        raise
+    return Opened(streams, ids, unsteered)
 
 
 async def complete(
     request: Request,
     opened: Opened,
     activations: bool,
-    respond: Callable[[Collected], dict[str, Any]],
+    respond: Callable[[list[Collected]], dict[str, Any]],
 ) -> dict[str, Any]:
-    """The body of a non-streamed response: `respond(result)`, with the `millm`
-    field when activations or a comparison were asked for."""
-    if opened.unsteered is None:
-        result = await until_disconnected(request, collect(opened.stream))
-        default = None
-    else:
-        pair = collect_pair(opened.stream, opened.unsteered)
-        result, default = await until_disconnected(request, pair)
-    payload = respond(result)
+    """The body of a non-streamed response: `respond(results)`, with the `millm`
+    field when activations or a comparison were asked for (both single-choice)."""
+    streams = list(opened.streams)
+    if opened.unsteered is not None:
+        streams.append(opened.unsteered)
+    results = await until_disconnected(request, collect_all(streams))
+    default = results.pop() if opened.unsteered is not None else None
+    payload = respond(results)
     if activations or default is not None:
         payload["millm"] = millm.response_field(
-            result.activations if activations else None,
-            respond(default) if default is not None else None,
+            results[0].activations if activations else None,
+            respond([default]) if default is not None else None,
         )
     return payload
+
+
+async def merged(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
+    """Items of several async iterators as each produces them (the choices of a streamed
+    `n` > 1 response). An error in one ends all."""
+    iterators = [aiter(s) for s in streams]
+    pending = {asyncio.ensure_future(anext(it)): it for it in iterators}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                iterator = pending.pop(task)
+                try:
+                    item = task.result()
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(anext(iterator))] = iterator
+                yield item
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+async def sse_body(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
+    """The response body of a streaming generation. Closing `chunks` at the end (also
+    when the client left) runs its cleanup, which cancels the gRPC calls."""
+    try:
+        async for data in event_stream(chunks):
+            yield data
+    finally:
+        await chunks.aclose()

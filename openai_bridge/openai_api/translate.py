@@ -1,17 +1,18 @@
 """Pure translation: OpenAI request models -> millm.v1 messages, and results -> OpenAI JSON.
 
-No I/O here. Capabilities the bridge does not offer (n > 1, tools, JSON modes,
-images, echo) are refused with a 400 naming the offending field; values are
-otherwise passed through for the inference service to range-check.
+No I/O here. Capabilities the bridge does not offer (images, audio, `best_of`,
+`suffix`) are refused with a 400 naming the offending field; values are otherwise
+passed through for the inference service to range-check.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from millm.v1 import inference_service_pb2 as pb
 from openai_bridge.errors import invalid_request, unsupported
@@ -20,8 +21,14 @@ from openai_bridge.openai_api.protocol import (
     ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
+    FunctionDefinition,
+    NamedToolChoice,
     SamplingFields,
 )
+from openai_bridge.openai_api.tool_calls import ParsedCall, parse_whole
+
+# Most independent samples one request may ask for (`n`); each is a row of the batch.
+MAX_N = 16
 
 FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
@@ -54,11 +61,25 @@ def _assign(message: Any, field: str, value: Any, param: str) -> None:
         raise invalid_request(f"`{param}` is out of range.", param) from None
 
 
-def _refuse_common(body: SamplingFields) -> None:
-    if body.n is not None and body.n != 1:
-        raise unsupported("Only `n` = 1 is supported.", "n")
-    if body.logit_bias:
-        raise unsupported("`logit_bias` is not supported.", "logit_bias")
+def choice_count(body: SamplingFields) -> int:
+    """`n`: how many independent samples to generate."""
+    n = 1 if body.n is None else body.n
+    if not 1 <= n <= MAX_N:
+        raise invalid_request(f"`n` must be between 1 and {MAX_N}; got {n}.", "n")
+    return n
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI sends token ids as JSON object keys, so as strings."""
+    out = {}
+    for key, value in (bias or {}).items():
+        try:
+            out[int(key)] = value
+        except ValueError:
+            raise invalid_request(
+                f"`logit_bias` keys are token ids; {key!r} is not a number.", "logit_bias"
+            ) from None
+    return out
 
 
 def _sampling(
@@ -80,6 +101,10 @@ def _sampling(
     for field, value, param in fields:
         if value is not None:
             _assign(sampling, field, value, param)
+    try:
+        sampling.logit_bias.update(_logit_bias(body.logit_bias))
+    except (ValueError, TypeError, OverflowError):
+        raise invalid_request("`logit_bias` has a token id out of range.", "logit_bias") from None
     return sampling
 
 
@@ -99,53 +124,227 @@ def _message_text(message: ChatMessage, index: int) -> str:
     return "\n".join(texts)
 
 
-def chat_start(body: ChatCompletionRequest) -> pb.GenerateStart:
-    _refuse_common(body)
-    if body.tools:
-        raise unsupported("`tools` are not supported.", "tools")
-    if body.response_format is not None and body.response_format.type != "text":
+ToolMode = Literal["none", "tools", "functions"]
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """A chat request translated: the generation to start, how many samples, and
+    whether the reply is searched for tool calls (and in which shape they are told)."""
+
+    start: pb.GenerateStart
+    n: int
+    tool_mode: ToolMode
+
+
+def _arguments_text(arguments: str | dict[str, Any]) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def _chat_message(message: ChatMessage, index: int) -> pb.ChatMessage:
+    role = "tool" if message.role == "function" else message.role
+    calls = [
+        pb.ToolCall(
+            id=call.id,
+            name=call.function.name,
+            arguments_json=_arguments_text(call.function.arguments),
+        )
+        for call in message.tool_calls or []
+    ]
+    if message.function_call is not None:
+        calls.append(
+            pb.ToolCall(
+                name=message.function_call.name,
+                arguments_json=_arguments_text(message.function_call.arguments),
+            )
+        )
+    return pb.ChatMessage(
+        role=role,
+        content=_message_text(message, index),
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id or "",
+        name=message.name or "",
+    )
+
+
+def _tool_definitions(body: ChatCompletionRequest) -> tuple[list[FunctionDefinition], ToolMode]:
+    if body.tools and body.functions:
+        raise invalid_request("Send `tools` or the older `functions`, not both.", "functions")
+    if body.functions:
+        return list(body.functions), "functions"
+    definitions = []
+    for i, tool in enumerate(body.tools or []):
+        if tool.type != "function" or tool.function is None:
+            raise unsupported(
+                f"Tools of type `{tool.type}` are not supported; send function tools.",
+                f"tools[{i}].type",
+            )
+        definitions.append(tool.function)
+    return definitions, "tools"
+
+
+def _tool_choice(body: ChatCompletionRequest, mode: ToolMode) -> str | NamedToolChoice | None:
+    """tool_choice, or the legacy function_call spelled the same way."""
+    if mode == "functions":
+        legacy = body.function_call
+        if legacy is None or isinstance(legacy, str):
+            return legacy
+        return NamedToolChoice(function=legacy)
+    return body.tool_choice
+
+
+def _tools_and_constraint(body: ChatCompletionRequest, start: pb.GenerateStart) -> ToolMode:
+    """Offers the tools and constrains the reply as `tool_choice` asks; returns how the
+    reply is read. `none` offers nothing; `auto` (the default) lets the model choose;
+    `required` and a named function allow nothing but calls."""
+    definitions, mode = _tool_definitions(body)
+    choice = _tool_choice(body, mode)
+    param = "function_call" if mode == "functions" else "tool_choice"
+    if not definitions:
+        if choice not in (None, "none", "auto"):
+            raise invalid_request(f"`{param}` needs `tools` to choose from.", param)
+        return "none"
+    if choice == "none":
+        return "none"
+    for definition in definitions:
+        start.chat.tools.append(
+            pb.ToolDefinition(
+                name=definition.name,
+                description=definition.description or "",
+                parameters_json=json.dumps(definition.parameters)
+                if definition.parameters is not None
+                else "",
+            )
+        )
+    parallel = body.parallel_tool_calls is not False and mode == "tools"
+    if choice == "required":
+        start.constraint.tool_calls.CopyFrom(pb.ToolCallConstraint(parallel=parallel))
+    elif isinstance(choice, NamedToolChoice):
+        names = [d.name for d in definitions]
+        if choice.function.name not in names:
+            raise invalid_request(
+                f"`{param}` names `{choice.function.name}`, which is not among the tools "
+                f"offered ({', '.join(names)}).",
+                param,
+            )
+        start.constraint.tool_calls.CopyFrom(pb.ToolCallConstraint(name=choice.function.name))
+    return mode
+
+
+def _response_format(body: ChatCompletionRequest, start: pb.GenerateStart) -> None:
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return
+    if start.HasField("constraint"):
+        raise invalid_request(
+            "`response_format` cannot be combined with a `tool_choice` that requires a call.",
+            "response_format",
+        )
+    if fmt.type == "json_object":
+        start.constraint.json_object.SetInParent()
+    elif fmt.type == "json_schema":
+        if fmt.json_schema is None or fmt.json_schema.json_schema is None:
+            raise invalid_request(
+                "`response_format.json_schema.schema` is required for type `json_schema`.",
+                "response_format.json_schema.schema",
+            )
+        start.constraint.json_schema = json.dumps(fmt.json_schema.json_schema)
+    else:
         raise unsupported(
-            f"`response_format` of type `{body.response_format.type}` is not supported.",
+            f"`response_format` of type `{fmt.type}` is not supported; use `text`, "
+            "`json_object` or `json_schema`.",
             "response_format.type",
         )
+
+
+def chat_start(body: ChatCompletionRequest) -> ChatPlan:
+    n = choice_count(body)
     if not body.messages:
         raise invalid_request("`messages` must not be empty.", "messages")
     chat = pb.ChatMessages(
-        messages=[
-            pb.ChatMessage(role=m.role, content=_message_text(m, i))
-            for i, m in enumerate(body.messages)
-        ]
+        messages=[_chat_message(m, i) for i, m in enumerate(body.messages)],
+        continue_final_message=bool(body.continue_final_message),
     )
+    if body.add_generation_prompt is not None:
+        chat.add_generation_prompt = body.add_generation_prompt
     max_tokens = (
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     )
     sampling = _sampling(body, max_tokens, bool(body.logprobs), body.top_logprobs)
-    return pb.GenerateStart(model=body.model or "", chat=chat, sampling=sampling)
+    start = pb.GenerateStart(model=body.model or "", chat=chat, sampling=sampling)
+    tool_mode = _tools_and_constraint(body, start)
+    _response_format(body, start)
+    return ChatPlan(start, n, tool_mode)
 
 
-def completion_start(body: CompletionRequest) -> pb.GenerateStart:
-    _refuse_common(body)
-    if body.echo:
-        raise unsupported("`echo` is not supported.", "echo")
-    if body.best_of is not None and body.best_of != 1:
-        raise unsupported("Only `best_of` = 1 is supported.", "best_of")
+def sample_starts(start: pb.GenerateStart, n: int) -> list[pb.GenerateStart]:
+    """`n` independent samples of one request: with a seed, sample i draws from seed + i
+    (reproducible, and different from each other); without one, each draws its own."""
+    starts = [start]
+    for i in range(1, n):
+        copy = pb.GenerateStart()
+        copy.CopyFrom(start)
+        if copy.sampling.HasField("seed"):
+            copy.sampling.seed = (start.sampling.seed + i) % 2**64
+        starts.append(copy)
+    return starts
+
+
+@dataclass(frozen=True)
+class CompletionPlan:
+    """A legacy completion translated: one generation per prompt, `n` samples of each,
+    and whether each choice starts with its prompt (`echo`)."""
+
+    starts: list[pb.GenerateStart]
+    n: int
+    echo: bool
+
+
+def _prompts(prompt: Any) -> list[str | list[int]]:
+    """The prompt forms OpenAI takes: a string, token ids, or a list of either."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and isinstance(prompt[0], int):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def completion_start(body: CompletionRequest) -> CompletionPlan:
+    n = choice_count(body)
+    if body.best_of is not None and body.best_of != n:
+        raise unsupported("`best_of` must equal `n` (no server-side ranking).", "best_of")
     if body.suffix:
         raise unsupported("`suffix` is not supported.", "suffix")
-    start = pb.GenerateStart(model=body.model or "")
-    prompt = body.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-        if len(prompt) != 1:
-            raise unsupported("Only one prompt per request is supported.", "prompt")
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        start.prompt = prompt
-    elif not prompt:
+    if body.echo and body.logprobs is not None:
+        raise unsupported(
+            "`echo` with `logprobs` would need the prompt's logprobs, which this server "
+            "does not compute; drop one of them.",
+            "echo",
+        )
+    prompts = _prompts(body.prompt)
+    if not prompts:
         raise invalid_request("`prompt` must not be empty.", "prompt")
-    else:
-        _assign(start.prompt_token_ids, "ids", list(prompt), "prompt")
+    if len(prompts) * n > MAX_N:
+        raise invalid_request(
+            f"{len(prompts)} prompts with `n` = {n} would make {len(prompts) * n} "
+            f"completions; at most {MAX_N} per request.",
+            "prompt",
+        )
     logprobs = body.logprobs is not None
-    start.sampling.CopyFrom(_sampling(body, body.max_tokens, logprobs, body.logprobs))
-    return start
+    sampling = _sampling(body, body.max_tokens, logprobs, body.logprobs)
+    starts = []
+    for i, prompt in enumerate(prompts):
+        param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+        start = pb.GenerateStart(model=body.model or "", sampling=sampling)
+        if isinstance(prompt, str):
+            start.prompt = prompt
+        elif not prompt:
+            raise invalid_request("`prompt` must not be empty.", param)
+        else:
+            _assign(start.prompt_token_ids, "ids", list(prompt), param)
+            start.echo_prompt = bool(body.echo)
+        starts.append(start)
+    return CompletionPlan(starts, n, bool(body.echo))
 
 
 def embed_request(body: EmbeddingRequest) -> pb.EmbedRequest:
@@ -234,49 +433,88 @@ def _envelope(ids: ResponseIds, obj: str) -> dict[str, Any]:
     }
 
 
-def chat_completion(
-    ids: ResponseIds,
+def usage_total(finished: Sequence[pb.GenerateFinished], prompts: int = 1) -> dict[str, int]:
+    """Usage of several samples: the prompt counted once per distinct prompt (samples of
+    one prompt are consecutive), completions summed."""
+    per_prompt = len(finished) // prompts if prompts else 0
+    prompt_tokens = sum(f.usage.prompt_tokens for f in finished[:: per_prompt or 1])
+    completion_tokens = sum(f.usage.completion_tokens for f in finished)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _call_json(call: ParsedCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def call_finish_reason(finish: str, calls: bool, tool_mode: ToolMode) -> str:
+    """A reply that ended by itself after calling tools says so."""
+    if calls and finish == "stop":
+        return "function_call" if tool_mode == "functions" else "tool_calls"
+    return finish
+
+
+def chat_choice(
+    index: int,
     text: str,
     logprobs: Sequence[pb.TokenLogprob] | None,
     finished: pb.GenerateFinished,
+    tool_mode: ToolMode = "none",
+) -> dict[str, Any]:
+    calls: list[ParsedCall] = []
+    if tool_mode != "none":
+        text, calls = parse_whole(text)
+    message: dict[str, Any] = {
+        "role": "assistant",
+        # OpenAI sends null content beside calls when the model wrote nothing else.
+        "content": text if text or not calls else None,
+        "tool_calls": None,
+        "refusal": None,
+    }
+    if calls and tool_mode == "functions":
+        message["function_call"] = _call_json(calls[0])["function"]
+    elif calls:
+        message["tool_calls"] = [_call_json(call) for call in calls]
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": chat_logprobs(logprobs) if logprobs is not None else None,
+        "finish_reason": call_finish_reason(finish_reason(finished), bool(calls), tool_mode),
+    }
+
+
+def chat_completion(
+    ids: ResponseIds, choices: list[dict[str, Any]], usage: dict[str, int]
+) -> dict[str, Any]:
+    return {**_envelope(ids, "chat.completion"), "choices": choices, "usage": usage}
+
+
+def completion_choice(
+    index: int,
+    text: str,
+    logprobs: Sequence[pb.TokenLogprob] | None,
+    finished: pb.GenerateFinished,
+    echo: str = "",
 ) -> dict[str, Any]:
     return {
-        **_envelope(ids, "chat.completion"),
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": text,
-                    "tool_calls": None,
-                    "refusal": None,
-                },
-                "logprobs": chat_logprobs(logprobs) if logprobs is not None else None,
-                "finish_reason": finish_reason(finished),
-            }
-        ],
-        "usage": usage(finished.usage),
+        "text": echo + text,
+        "index": index,
+        "logprobs": completion_logprobs(logprobs, len(echo)) if logprobs is not None else None,
+        "finish_reason": finish_reason(finished),
     }
 
 
 def text_completion(
-    ids: ResponseIds,
-    text: str,
-    logprobs: Sequence[pb.TokenLogprob] | None,
-    finished: pb.GenerateFinished,
+    ids: ResponseIds, choices: list[dict[str, Any]], usage: dict[str, int]
 ) -> dict[str, Any]:
-    return {
-        **_envelope(ids, "text_completion"),
-        "choices": [
-            {
-                "text": text,
-                "index": 0,
-                "logprobs": completion_logprobs(logprobs, 0) if logprobs is not None else None,
-                "finish_reason": finish_reason(finished),
-            }
-        ],
-        "usage": usage(finished.usage),
-    }
+    return {**_envelope(ids, "text_completion"), "choices": choices, "usage": usage}
 
 
 def _chunk(
@@ -303,8 +541,9 @@ def chat_chunk(
     logprobs: dict[str, Any] | None = None,
     finish: str | None = None,
     millm: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
-    choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
     return _chunk(ids, "chat.completion.chunk", [choice], include_usage, millm)
 
 
@@ -316,15 +555,16 @@ def completion_chunk(
     logprobs: dict[str, Any] | None = None,
     finish: str | None = None,
     millm: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
-    choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
+    choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
     return _chunk(ids, "text_completion", [choice], include_usage, millm)
 
 
-def usage_chunk(ids: ResponseIds, obj: str, u: pb.Usage) -> dict[str, Any]:
+def usage_chunk(ids: ResponseIds, obj: str, usage: dict[str, int]) -> dict[str, Any]:
     """The extra `include_usage` chunk: no choices, the whole request's usage."""
     chunk = _chunk(ids, obj, [], include_usage=True)
-    chunk["usage"] = usage(u)
+    chunk["usage"] = usage
     return chunk
 
 

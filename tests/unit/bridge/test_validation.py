@@ -52,10 +52,8 @@ def test_non_object_body_is_400(http, body):
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format.type"),
-        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"tools": [{"type": "file_search"}]}, "tools[0].type"),
+        ({"response_format": {"type": "regex"}}, "response_format.type"),
         (
             {
                 "messages": [
@@ -82,10 +80,48 @@ def test_unsupported_chat_features_are_400(http, fake, body, param):
 
 @pytest.mark.parametrize(
     ("body", "param"),
-    [({"echo": True}, "echo"), ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": []}, "prompt")],
+    [
+        ({"echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a"] * 9, "n": 2}, "prompt"),
+        ({"suffix": "end"}, "suffix"),
+    ],
 )
 def test_completion_refusals(http, body, param):
     assert error_of(http.post("/v1/completions", json={"prompt": "x", **body}))["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"n": 0}, "n"),
+        ({"n": 17}, "n"),
+        ({"logit_bias": {"token": 5}}, "logit_bias"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "functions": [{"name": "f"}],
+            },
+            "functions",
+        ),
+    ],
+)
+def test_bad_chat_options_are_400_before_the_service(http, fake, body, param):
+    error = error_of(http.post(CHAT, json={"messages": USER, **body}))
+    assert error["param"] == param
+    assert not fake.starts
 
 
 def test_value_the_wire_cannot_hold_is_400(http):
