@@ -47,13 +47,15 @@ class IncrementalDetokenizer:
         return full_text[len(prefix_text) :]
 
     def flush(self) -> str:
-        """Text of tokens still held back (an incomplete character stays as U+FFFD)."""
+        """Text of tokens still held back. A character the completion never finished
+        (cut by max_tokens mid-character) is dropped, as it is mid-stream: a reply
+        never ends in U+FFFD."""
         if self._read == len(self._ids):
             return ""
         prefix_text = self._decode(self._ids[self._prefix : self._read])
         full_text = self._decode(self._ids[self._prefix :])
         self._prefix, self._read = self._read, len(self._ids)
-        return full_text[len(prefix_text) :]
+        return full_text[len(prefix_text) :].rstrip(_REPLACEMENT)
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)

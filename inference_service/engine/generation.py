@@ -147,9 +147,13 @@ class SequenceState:
         return Step(TokenEvent(text=text, token_ids=(token_id,), logprobs=logprobs), reason)
 
     def _token_text(self, token_id: int) -> tuple[int, str, bytes]:
-        """(id, text, UTF-8 bytes) of one token as OpenAI's logprobs show it."""
+        """(id, text, UTF-8 bytes) of one token as OpenAI's logprobs show it: a token
+        that holds only part of a character is named by its bytes, `bytes:\\xf0\\x9f`."""
         text = self._tokenizer.decode([token_id], skip_special_tokens=False)
-        return token_id, text, _token_bytes(self._tokenizer, token_id, text)
+        raw = _token_bytes(self._tokenizer, token_id, text)
+        if _REPLACEMENT in text and raw != text.encode("utf-8"):
+            text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        return token_id, text, raw
 
 
 def _bias_tensors(

@@ -197,3 +197,24 @@ def test_each_row_of_a_batch_follows_its_own_grammar(loaded, chat_ids, compiler)
     assert together == alone
     jsonschema.validate(json.loads(together[0]), PERSON)
     assert CALL.fullmatch(together[1])
+
+
+def test_a_reply_cut_mid_character_never_ends_in_a_broken_one(loaded, chat_ids) -> None:
+    """logit_bias forces the first byte token of an emoji; max_tokens cuts right after."""
+    byte_token = loaded.tokenizer.encode("🍎", add_special_tokens=False)[0]
+    assert "\ufffd" in loaded.tokenizer.decode([byte_token])  # really a piece of a character
+    events: list[GenerationEvent] = []
+    options = SamplingOptions(
+        temperature=0.0, max_tokens=2, logit_bias=((byte_token, 100.0),), logprobs=True
+    )
+    run_generation(
+        loaded, GenerationRequest("t", chat_ids("Hi"), options), events.append, lambda: False
+    )
+    *tokens, finished = events
+    assert finished.finish_reason == "length"
+    text = "".join(e.text for e in tokens)
+    assert "\ufffd" not in text
+    first = tokens[0].logprobs[0]
+    raw = first.token_bytes
+    assert first.token == "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+    assert raw == "🍎".encode()[: len(raw)]
