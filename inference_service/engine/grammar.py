@@ -115,6 +115,51 @@ def _json(schema: dict[str, Any]) -> str:
     return json.dumps({**schema, "x-guidance": _JSON_STYLE})
 
 
+def close_objects(schema: Any) -> Any:
+    """The schema with every object that lists its properties, and says nothing of
+    others, closed to them (`additionalProperties: false`), as OpenAI's strict outputs
+    and xgrammar's strict mode read schemas. Clients rarely write it (pydantic and
+    LangChain leave it out), and an open object lets a small model invent keys until
+    max_tokens runs out. Members of `allOf` stay open: closing them would refuse each
+    other's properties."""
+    if isinstance(schema, list):
+        return [close_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {
+        key: value if key == "allOf" else _close_children(key, value)
+        for key, value in schema.items()
+    }
+    lists_properties = "properties" in schema or schema.get("type") == "object"
+    if (
+        lists_properties
+        and "properties" in schema
+        and not (
+            "additionalProperties" in schema
+            or "patternProperties" in schema
+            or "unevaluatedProperties" in schema
+        )
+    ):
+        closed["additionalProperties"] = False
+    return closed
+
+
+# Keywords whose value is a map of names to schemas, not a schema itself.
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+# Keywords whose value is a schema or a list of schemas.
+_SCHEMA_VALUES = frozenset(
+    {"items", "prefixItems", "anyOf", "oneOf", "additionalProperties", "not", "if", "then", "else"}
+)
+
+
+def _close_children(key: str, value: Any) -> Any:
+    if key in _SCHEMA_MAPS and isinstance(value, dict):
+        return {name: close_objects(sub) for name, sub in value.items()}
+    if key in _SCHEMA_VALUES:
+        return close_objects(value)
+    return value
+
+
 def _schema(text: str, param: str) -> dict[str, Any]:
     try:
         schema = json.loads(text) if text else {"type": "object"}
@@ -126,7 +171,7 @@ def _schema(text: str, param: str) -> dict[str, Any]:
         schema = {} if schema else {"not": {}}
     if not isinstance(schema, dict):
         raise InvalidArgumentError(f"`{param}` must be a JSON Schema object.", param=param)
-    return schema
+    return close_objects(schema)
 
 
 def _grammar(constraint: OutputConstraint, tools: Sequence[ToolSpec], param: str) -> str:
@@ -162,7 +207,9 @@ def _tool_call_grammar(constraint: ToolCalls, tools: Sequence[ToolSpec], param: 
         }
         rules.append(f"call_{i}: %json {_json(call)}")
     calls = " | ".join(f"call_{i}" for i in range(len(offered)))
-    more = ' ("\\n" framed)*' if constraint.parallel else ""
+    # Parallel calls: at most as many as tools offered. Made to call, small models
+    # otherwise repeat the same call until max_tokens runs out.
+    more = ' ("\\n" framed)?' * (len(offered) - 1) if constraint.parallel else ""
     return "\n".join(
         [
             f"start: framed{more}",

@@ -75,7 +75,9 @@ async def choice_chunks(
         return translate.chat_chunk(ids, delta, include_usage=include_usage, index=index, **extra)
 
     parser = ToolCallParser() if tool_mode != "none" else None
-    yield chunk({"role": "assistant", "content": ""})
+    # With tools the reply may be calls only, whose content is null: the first chunk
+    # then leaves content out rather than starting it as "".
+    yield chunk({"role": "assistant"} if parser else {"role": "assistant", "content": ""})
     async for message in stream:
         if message.WhichOneof("kind") == "delta":
             delta = message.delta

@@ -164,7 +164,9 @@ class ToolCallParser:
 
     def _in_head(self, events: list[Event]) -> bool:
         match = _HEAD.match(self._held)
-        if match:
+        # Only once the arguments' first character is in: blank space after the colon
+        # may still be arriving, and belongs to no one.
+        if match and match.end() < len(self._held):
             call = ParsedCall(self.make_id(), json.loads(f'"{match.group(1)}"'))
             self.calls.append(call)
             events.append(CallStarted(len(self.calls) - 1, call.id, call.name))

@@ -56,7 +56,9 @@ def test_any_split_gives_the_same_calls_and_content(size: int) -> None:
 
 def test_arguments_stream_before_the_call_is_complete() -> None:
     parser = ToolCallParser(lambda: "call_x")
-    assert parser.push('<tool_call>\n{"name": "f", "arguments": {"city": "Pa') == [
+    assert parser.push('<tool_call>\n{"name": "f", "arguments":') == []
+    assert parser.push(" ") == []  # the blank before the arguments belongs to no one
+    assert parser.push('{"city": "Pa') == [
         CallStarted(0, "call_x", "f"),
         CallArguments(0, '{"city": "Pa'),
     ]

@@ -218,3 +218,28 @@ def test_a_reply_cut_mid_character_never_ends_in_a_broken_one(loaded, chat_ids) 
     raw = first.token_bytes
     assert first.token == "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
     assert raw == "🍎".encode()[: len(raw)]
+
+
+def test_objects_that_list_properties_are_closed_unless_they_say_otherwise() -> None:
+    from inference_service.engine.grammar import close_objects
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "object", "properties": {"b": {"type": "string"}}},
+            "open": {"type": "object", "properties": {}, "additionalProperties": True},
+            "list": {"type": "array", "items": {"properties": {"c": {}}}},
+        },
+        "$defs": {"D": {"type": "object", "properties": {"d": {}}}},
+        "allOf": [{"properties": {"x": {}}}],
+    }
+    closed = close_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert closed["properties"]["open"]["additionalProperties"] is True
+    assert closed["properties"]["list"]["items"]["additionalProperties"] is False
+    assert closed["$defs"]["D"]["additionalProperties"] is False
+    assert "additionalProperties" not in closed["allOf"][0]
+    jsonschema.validate({"a": {"b": "x"}, "open": {"z": 1}}, closed)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"a": {"b": "x", "extra": 1}}, closed)

@@ -266,7 +266,9 @@ class ToolCallConstraint(_message.Message):
     name: _builtins.str
     """The one function to call; empty allows any offered tool."""
     parallel: _builtins.bool
-    """Allow several calls in a row; false allows exactly one."""
+    """Allow several calls in a row (at most as many as tools offered); false
+    allows exactly one.
+    """
     def __init__(
         self,
         *,
