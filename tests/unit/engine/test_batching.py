@@ -6,8 +6,10 @@ hold; newcomers join a running batch."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 
+import jsonschema
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from inference_service.engine.types import (
     ChatTurn,
     FinishedEvent,
     GenerationRequest,
+    JsonSchema,
     SamplingOptions,
     TokenEvent,
 )
@@ -282,3 +285,37 @@ async def test_the_kv_budget_refuses_what_never_fits_and_queues_what_fits_later(
     a, b = await asyncio.gather(outcome(first), outcome(second))
     assert b.first_token_at >= a.finished_at  # it waited for the first one's memory
     assert a.ids == b.ids
+
+
+async def test_a_grammar_masks_the_steered_logits_row_by_row(rig, loaded) -> None:
+    """The same JSON Schema on a steered and an unsteered row decoding together: both
+    replies validate, steering still changes what is written inside the grammar, and
+    each row equals its run alone."""
+    engine, runtime = rig
+    schema = {
+        "type": "object",
+        "properties": {"animal": {"type": "string", "maxLength": 16}, "legs": {"type": "integer"}},
+        "required": ["animal", "legs"],
+    }
+    grammar = engine.compile_grammar(JsonSchema(json.dumps(schema)), param="response_format")
+    prompt = tuple(render_chat(loaded.tokenizer, [ChatTurn("user", "Name an animal as JSON.")]))
+    sampling = SamplingOptions(temperature=0.0, max_tokens=30)
+
+    def request(steered: bool) -> GenerationRequest:
+        choice = SteeringChoice(
+            "features", steering=SteeringSet((SteeringFeature(7, "add", 16.0),))
+        )
+        observer = (
+            runtime.context("g", "generate", choice, Selection(), _texts) if steered else None
+        )
+        return GenerationRequest("g", prompt, sampling, observer=observer, grammar=grammar)
+
+    alone = [await run_alone(engine, request(steered)) for steered in (True, False)]
+    together = await asyncio.gather(
+        *(outcome(engine.submit_generation(request(steered))) for steered in (True, False))
+    )
+    assert [o.text for o in together] == [o.text for o in alone]
+    for result in together:
+        assert result.finish == "stop", result.text
+        jsonschema.validate(json.loads(result.text), schema)
+    assert together[0].text != together[1].text
