@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency demo compose-check lock clean
+.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency bench-constrained bench-load demo compose-check lock clean
 
 help: ## List the tasks
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-24s %s\n", $$1, $$2}'
 
 bootstrap: ## Create or refresh .venv and the Buf CLI (idempotent)
 	@scripts/bootstrap.sh
@@ -63,6 +63,12 @@ bench-training: bootstrap ## SAE training: our trainer vs sae-lens's (time, FVU,
 
 bench-training-latency: bootstrap ## Generation TTFT and tok/s while an SAE trains vs idle
 	@$(PY) bench/training_latency.py
+
+bench-constrained: bootstrap ## Constrained decoding: JSON-schema vs free decode tok/s, tool-call validity
+	@$(PY) bench/constrained.py
+
+bench-load: bootstrap ## 64 and 128 streaming clients, 20% hanging up: completed/429/errors/lost, p95 TTFT
+	@$(PY) bench/load.py
 
 demo: bootstrap ## Train an SAE on the built-in model, find upper-case features, steer them
 	@$(PY) scripts/demo_caps.py

@@ -26,7 +26,7 @@ from openai_bridge.management import steering as management_steering
 from openai_bridge.management import training as management_training
 from openai_bridge.management_client import ManagementClient
 from openai_bridge.middleware import ApiKeyMiddleware, CorsMiddleware, RequestIdMiddleware
-from openai_bridge.openai_api import chat, completions, embeddings, models
+from openai_bridge.openai_api import chat, completions, embeddings, models, responses
 from openai_bridge.state import BridgeState
 
 # The repository's admin_web/ folder, next to this package.
@@ -72,6 +72,7 @@ def create_app(
         completions,
         embeddings,
         models,
+        responses,
         health,
         management_models,
         management_operations,

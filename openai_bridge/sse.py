@@ -14,13 +14,14 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import StreamingResponse
 
 from openai_bridge.errors import InferenceError, describe, error_body
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
@@ -36,25 +37,41 @@ def frame(obj: Any) -> bytes:
     return f"data: {dumps(obj)}\n\n".encode()
 
 
+async def paced(
+    source: AsyncIterator[T], keepalive_s: float = KEEPALIVE_INTERVAL_S
+) -> AsyncIterator[T | None]:
+    """The items of `source`, and None whenever it has been quiet for `keepalive_s`
+    (time for a keep-alive). On the way out a pending read is cancelled and allowed
+    to finish inside `source`, so the caller can close it."""
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(source))
+            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
+            if not done:
+                yield None
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield item
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+
+
 async def event_stream(
     chunks: AsyncIterator[dict[str, Any]], keepalive_s: float = KEEPALIVE_INTERVAL_S
 ) -> AsyncIterator[bytes]:
     """Frames `chunks`, interleaves keep-alives, ends with `[DONE]` after success or error."""
-    pending: asyncio.Future[dict[str, Any]] | None = None
     try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(chunks))
-            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
-            if not done:
-                yield KEEPALIVE
-                continue
-            try:
-                chunk = pending.result()
-            except StopAsyncIteration:
-                break
-            pending = None
-            yield frame(chunk)
+        async for chunk in paced(chunks, keepalive_s):
+            yield KEEPALIVE if chunk is None else frame(chunk)
     except InferenceError as error:
         _, body = describe(error)
         yield frame(body)
@@ -63,12 +80,6 @@ async def event_stream(
         yield frame(
             error_body("Internal server error; the details are in the bridge log.", "server_error")
         )
-    finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            # Let the cancellation finish inside `chunks`, so the caller can close it.
-            with contextlib.suppress(BaseException):
-                await pending
     yield DONE
 
 

@@ -29,13 +29,14 @@ GiB = 1 << 30
 
 # Runtime overhead = fixed + a share of the weights. Measured on CPU with the built-in
 # model, in a fresh process, RSS growth from before load_model to after a 504-token
-# prefill + 8 tokens, minus weights and KV cache: 190-197 MiB in float32 and 176-206
-# MiB in bfloat16 (this machine and CI, with continuous batching and the row-batched
-# CPU linear layers in place). So it is mostly fixed: the tokenizer, modules
-# transformers imports lazily on the first load, torch kernels' first-use buffers, the
-# model's Python objects. The share of the weights covers load-time copies and
-# allocator slack on bigger models.
-_OVERHEAD_FIXED_BYTES = 184 * MiB
+# prefill + 8 tokens, minus weights and KV cache. It is mostly fixed: the tokenizer,
+# modules transformers imports lazily on the first load, torch kernels' first-use
+# buffers, the model's Python objects. The share of the weights covers load-time
+# copies and allocator slack on bigger models. Was 176-206 MiB; since the grammar
+# engine (llguidance, imported with the prompt code) brings transformers' tokenizer
+# modules in before any load, about 70 MiB of that is no longer load growth: 633 MiB
+# measured against 730 estimated in float32, 382 against 457 in bfloat16 with 184.
+_OVERHEAD_FIXED_BYTES = 104 * MiB
 _OVERHEAD_WEIGHT_SHARE = 0.02
 # Quantized modes grow by more than their weights, per quantized weight, measured the
 # same way on CPU (rough; the process' allocator keeps some of it): int8_dynamic

@@ -115,7 +115,7 @@ async def chat_chunks(
     logprobs: bool,
     activations: bool,
     tool_mode: translate.ToolMode,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Every choice's chunks, interleaved as produced, then the usage chunk. Closing
     this generator cancels the generations."""
     finished: dict[int, pb.GenerateFinished] = {}

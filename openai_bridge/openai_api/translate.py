@@ -216,7 +216,11 @@ def _tools_and_constraint(body: ChatCompletionRequest, start: pb.GenerateStart) 
                 else "",
             )
         )
-    parallel = body.parallel_tool_calls is not False and mode == "tools"
+    # Several constrained calls only when asked for outright: made to call, small
+    # models repeat calls until max_tokens cuts the last one (7 of 10 replies in
+    # bench/constrained.py with OpenAI's implicit default), and a required reply
+    # must always be valid.
+    parallel = body.parallel_tool_calls is True and mode == "tools"
     if choice == "required":
         start.constraint.tool_calls.CopyFrom(pb.ToolCallConstraint(parallel=parallel))
     elif isinstance(choice, NamedToolChoice):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import openai
 import pytest
 
 from tests.fixtures.local_hub import LocalHub
@@ -32,3 +33,11 @@ def stack(data_dir, tmp_path_factory, local_hub):
         max_queue=9,
     ) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    """The official SDK against the stack; no retries, so a refusal shows at once."""
+    return openai.OpenAI(
+        base_url=f"{stack.http_url}/v1", api_key="unused", max_retries=0, timeout=180
+    )

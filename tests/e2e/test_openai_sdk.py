@@ -17,13 +17,6 @@ CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def client(stack):
-    return openai.OpenAI(
-        base_url=f"{stack.http_url}/v1", api_key="unused", max_retries=0, timeout=120
-    )
-
-
 def test_chat_non_streaming_answers_paris(client):
     reply = client.chat.completions.create(
         model=MODEL, messages=CAPITAL, temperature=0, max_tokens=24

@@ -10,7 +10,6 @@ from typing import Literal
 
 import httpx
 import jsonschema
-import openai
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_openai import ChatOpenAI
@@ -45,13 +44,6 @@ class City(BaseModel):
     country: str = Field(max_length=30)
     population_millions: int
     continent: Literal["Europe", "Asia", "Africa", "America", "Oceania"]
-
-
-@pytest.fixture(scope="module")
-def client(stack):
-    return openai.OpenAI(
-        base_url=f"{stack.http_url}/v1", api_key="unused", max_retries=0, timeout=180
-    )
 
 
 def test_sdk_parse_returns_a_validated_pydantic_object(client):

@@ -34,14 +34,16 @@ def test_tools_and_tool_choice_reach_the_service_as_definitions_and_a_constraint
     (tool,) = start.chat.tools
     assert (tool.name, tool.description) == ("get_weather", "Weather now.")
     assert json.loads(tool.parameters_json) == WEATHER["function"]["parameters"]
-    assert start.constraint.tool_calls == pb.ToolCallConstraint(parallel=True)
+    assert start.constraint.tool_calls == pb.ToolCallConstraint(parallel=False)
+    http.post(CHAT, json={**body, "parallel_tool_calls": True})
+    assert fake.starts[-1].constraint.tool_calls == pb.ToolCallConstraint(parallel=True)
     named = {"type": "function", "function": {"name": "get_weather"}}
-    http.post(CHAT, json={**body, "tool_choice": named, "parallel_tool_calls": False})
-    assert fake.starts[1].constraint.tool_calls == pb.ToolCallConstraint(name="get_weather")
+    http.post(CHAT, json={**body, "tool_choice": named, "parallel_tool_calls": True})
+    assert fake.starts[-1].constraint.tool_calls == pb.ToolCallConstraint(name="get_weather")
     http.post(CHAT, json={**body, "tool_choice": "auto"})
-    assert not fake.starts[2].HasField("constraint") and fake.starts[2].chat.tools
+    assert not fake.starts[-1].HasField("constraint") and fake.starts[-1].chat.tools
     http.post(CHAT, json={**body, "tool_choice": "none"})
-    assert not fake.starts[3].chat.tools
+    assert not fake.starts[-1].chat.tools
 
 
 def test_a_call_in_the_reply_is_message_tool_calls(http, fake):
