@@ -53,6 +53,9 @@ class InferenceSettings(BaseSettings):
     training_data_root: Path | None = None
     # Largest corpus an upload may store.
     training_max_corpus_bytes: int = Field(default=1 << 30, ge=1)
+    # On SIGTERM/SIGINT: seconds running generations get to finish while new calls
+    # are refused; those still running then end with a shutting-down error.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
     api_key: str = ""
     log_level: str = "INFO"
     log_json: bool = False

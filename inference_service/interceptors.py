@@ -10,6 +10,7 @@ log line it causes.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -155,7 +156,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
     def __init__(self, api_key: str) -> None:
-        self._expected = f"Bearer {api_key}"
+        self._expected = f"Bearer {api_key}".encode()
 
     async def intercept_service(
         self,
@@ -164,10 +165,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method or ""
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if (
-            method.startswith(self._OPEN_PREFIXES)
-            or metadata.get("authorization") == self._expected
-        ):
+        given = metadata.get("authorization") or ""
+        if isinstance(given, str):
+            given = given.encode()
+        # Constant time: `==` stops at the first differing byte, which leaks how much
+        # of a guess was right to anyone who can time the answers.
+        if method.startswith(self._OPEN_PREFIXES) or hmac.compare_digest(given, self._expected):
             return await continuation(handler_call_details)
         return _unauthenticated_handler(await continuation(handler_call_details))
 

@@ -30,9 +30,11 @@ from inference_service.servicers.profiles import ProfileServicer
 from inference_service.servicers.saes import SaeServicer
 from inference_service.servicers.steering import SteeringServicer
 from inference_service.servicers.training import TrainingServicer
+from inference_service.shutdown import ShutdownGate
 from inference_service.steering.runtime import SteeringRuntime
 from inference_service.steering.state import SteeringState, SteeringTarget
 from inference_service.storage.database import Database, resolve_url
+from inference_service.storage.orphans import sweep_orphans
 from inference_service.training.corpora import CorpusStore
 from inference_service.training.manager import TrainingManager
 from inference_service.training.output import read_feature_stats
@@ -92,6 +94,8 @@ class InferenceServer:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(resolve_url(settings.database_url, settings.data_dir))
         self.db.migrate()
+        # Before anything can start an import or a download that would look orphaned.
+        sweep_orphans(self.db, settings.data_dir)
         store = DatabaseOperationStore(self.db)
         if interrupted := store.fail_interrupted():
             log.warning(
@@ -142,9 +146,12 @@ class InferenceServer:
                 "%d training runs were cut short by the last stop; resume them with ResumeTraining",
                 interrupted_runs,
             )
+        # First, so its wrapper is outermost and sees the cancellations it causes.
+        self._gate = ShutdownGate(awaited_prefixes=(f"/{INFERENCE_SERVICE}/",))
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
         if settings.api_key:
             interceptors.insert(0, AuthInterceptor(settings.api_key))
+        interceptors.insert(0, self._gate)
         self._server = grpc.aio.server(interceptors=interceptors, options=_CHANNEL_OPTIONS)
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(self.host, self.steering), self._server
@@ -244,9 +251,14 @@ class InferenceServer:
         if self._load_task is not None:
             await self._load_task
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float) -> None:
+        """Health turns NOT_SERVING and new calls get UNAVAILABLE / SHUTTING_DOWN at
+        once; generations get up to `grace_s` to finish, then every call still
+        running ends with that same status."""
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace_s)
+        await self._gate.drain(grace_s)
+        # Nothing is left running; the short grace only lets the last statuses flush.
+        await self._server.stop(min(grace_s, 1.0))
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -268,5 +280,5 @@ async def serve(settings: InferenceSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    log.info("shutting down: up to %.1f s for running generations", settings.shutdown_grace_s)
+    await server.stop(settings.shutdown_grace_s)

@@ -14,9 +14,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openai_bridge import health
+from openai_bridge.browser_guard import JsonBodyMiddleware, OriginGuardMiddleware
 from openai_bridge.config import BridgeSettings
 from openai_bridge.errors import install_exception_handlers
 from openai_bridge.inference_client import InferenceClient
+from openai_bridge.limits import BodyLimitMiddleware
 from openai_bridge.management import models as management_models
 from openai_bridge.management import monitoring as management_monitoring
 from openai_bridge.management import operations as management_operations
@@ -25,8 +27,14 @@ from openai_bridge.management import saes as management_saes
 from openai_bridge.management import steering as management_steering
 from openai_bridge.management import training as management_training
 from openai_bridge.management_client import ManagementClient
-from openai_bridge.middleware import ApiKeyMiddleware, CorsMiddleware, RequestIdMiddleware
+from openai_bridge.middleware import (
+    ApiKeyMiddleware,
+    CorsMiddleware,
+    RequestIdMiddleware,
+    SubprotocolMiddleware,
+)
 from openai_bridge.openai_api import chat, completions, embeddings, models, responses
+from openai_bridge.openapi import document_openai_errors
 from openai_bridge.state import BridgeState
 
 # The repository's admin_web/ folder, next to this package.
@@ -67,6 +75,7 @@ def create_app(
         settings=settings, client=client, clock=clock, management=management
     )
     install_exception_handlers(app)
+    document_openai_errors(app)
     for module in (
         chat,
         completions,
@@ -84,9 +93,15 @@ def create_app(
     ):
         app.include_router(module.router)
     # The last added runs first: the request id covers everything; CORS answers
-    # preflights before the key is asked for and adds its headers to 401s.
+    # preflights before the key is asked for and adds its headers to 401s; other
+    # origins' pages are refused whatever the key; the key is read from the WebSocket
+    # subprotocols before they are hidden from the routes.
+    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(SubprotocolMiddleware)
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(OriginGuardMiddleware, origins=settings.cors_origins)
     app.add_middleware(CorsMiddleware, origins=settings.cors_origins)
     app.add_middleware(RequestIdMiddleware)
     if ADMIN_WEB_DIR.is_dir():

@@ -31,4 +31,7 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         ws_ping_interval=settings.ws_ping_timeout_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
+        # uvicorn waits for open connections without limit by default; a stream whose
+        # client never reads would hold a stop open for minutes.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )

@@ -27,8 +27,14 @@ class BridgeSettings(BaseSettings):
     # Deadline of each unary gRPC call (models, embeddings, tokenize). Generations
     # have none: they last as long as the HTTP client stays connected.
     request_timeout_s: float = Field(default=30.0, gt=0)
+    # Largest request body accepted (413 above it); the corpus upload streams and
+    # has its own limit in the service.
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     # WebSocket keepalive: a client that answers no ping for this long is disconnected.
     ws_ping_timeout_s: float = Field(default=20.0, gt=0)
+    # On SIGTERM/SIGINT: seconds open requests and streams get to finish before the
+    # server closes them, so a stuck client can never hold a stop open.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
     # Origins whose pages may call the API from a browser (CORS), comma-separated,
     # or `*` for any. Empty: no CORS headers, so other origins' pages are refused.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -103,7 +103,13 @@ ERROR_TABLE: dict[tuple[grpc.StatusCode, str | None], HttpError] = {
     (Code.FAILED_PRECONDITION, "NO_MODEL_LOADED"): HttpError(
         503, "service_unavailable_error", should_retry=False
     ),
-    (Code.RESOURCE_EXHAUSTED, None): HttpError(429, "rate_limit_error"),
+    # The service says QUEUE_FULL when it is busy; RESOURCE_EXHAUSTED without a
+    # reason comes from gRPC itself: a message or metadata over its size limits (an
+    # oversized id echoed back, say). The same request fails the same way again, so
+    # a 400 without retries, not a 429 the SDK would retry with no Retry-After.
+    (Code.RESOURCE_EXHAUSTED, None): HttpError(
+        400, "invalid_request_error", "request_too_large", should_retry=False
+    ),
     (Code.RESOURCE_EXHAUSTED, "QUEUE_FULL"): HttpError(429, "rate_limit_error", retry_after_s=1),
     # A request that ran the device out of memory will do so again: 503 without
     # retries, not 429 (which invites the SDK to triple the load).
@@ -156,10 +162,10 @@ def error_headers(error: InferenceError, row: HttpError) -> dict[str, str]:
 def error_response(error: InferenceError, scope: Scope) -> JSONResponse:
     """The HTTP answer to `error` on the request of `scope`."""
     row, body = describe(error)
-    return _answer(scope, row.status, body, error_headers(error, row))
+    return error_answer(scope, row.status, body, error_headers(error, row))
 
 
-def _answer(
+def error_answer(
     scope: Scope, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """Every error answer leaves through here, so each 4xx is logged once, whichever
@@ -190,8 +196,9 @@ def _http_type(status: int) -> str:
 
 
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
-    """('body', 'messages', 0, 'content', 'list[...]', 1) -> 'messages.0.content.1'."""
-    if loc[:1] == ("body",):
+    """('body', 'messages', 0, 'content', 'list[...]', 1) -> 'messages.0.content.1';
+    ('path', 'id') -> 'id' (a path parameter has no other name to clash with)."""
+    if loc[:1] in (("body",), ("path",)):
         loc = loc[1:]
     return ".".join(str(p) for p in loc if not _is_type_tag(p)) or None
 
@@ -245,7 +252,7 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 405 and (allowed := _allowed_methods(request)):
         headers["Allow"] = ", ".join(allowed)
     body = error_body(message, _http_type(exc.status_code), None, None)
-    return _answer(request.scope, exc.status_code, body, headers)
+    return error_answer(request.scope, exc.status_code, body, headers)
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -265,13 +272,31 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+async def _on_unencodable_text(request: Request, exc: Exception) -> JSONResponse:
+    # The net under `request_checks`: text that reached protobuf with a lone
+    # surrogate (from a path or query, or a route that builds strings itself).
+    from openai_bridge.request_checks import lone_surrogate_error
+
+    assert isinstance(exc, UnicodeEncodeError)
+    log.info("unencodable text on %s %s: %s", request.method, request.url.path, exc.reason)
+    return error_response(lone_surrogate_error(None), request.scope)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     body = error_body("Internal server error; the details are in the bridge log.", "server_error")
-    return _answer(request.scope, 500, body)
+    return error_answer(request.scope, 500, body)
 
 
 def install_exception_handlers(app: FastAPI) -> None:
+    """The handlers, and `request_checks.check_request` as a dependency of every route.
+    FastAPI copies the app's dependencies into each route when it is included, so
+    this runs before the routers are included (`create_app` does; a test checks)."""
+    # Imported here: request_checks builds its errors with this module.
+    from openai_bridge.request_checks import check_request
+
+    app.router.dependencies.append(Depends(check_request))
+    app.add_exception_handler(UnicodeEncodeError, _on_unencodable_text)
     app.add_exception_handler(InferenceError, _on_inference_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

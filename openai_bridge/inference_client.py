@@ -111,6 +111,22 @@ def decode_rpc_error(err: grpc.aio.AioRpcError, address: str) -> InferenceError:
     return InferenceError(code, None, err.details() or code.name)
 
 
+# An embedding batch's deadline grows with its work, so a large batch is not cut
+# off (504) by the fixed deadline of small calls. Generous on purpose: one forward
+# pass per input, and a token id counts as four characters (about a token's text).
+EMBED_S_PER_INPUT = 0.5
+EMBED_S_PER_1000_CHARS = 1.0
+
+
+def embed_timeout_s(request: pb.EmbedRequest, base_s: float) -> float:
+    """base + 0.5 s per input + 1 s per 1000 characters of input text."""
+    chars = sum(
+        4 * len(item.token_ids.ids) if item.WhichOneof("input") == "token_ids" else len(item.text)
+        for item in request.inputs
+    )
+    return base_s + EMBED_S_PER_INPUT * len(request.inputs) + EMBED_S_PER_1000_CHARS * chars / 1000
+
+
 class _GrpcGenerationStream(GenerationStream):
     def __init__(
         self,
@@ -204,9 +220,8 @@ class GrpcInferenceClient(InferenceClient):
 
     async def embed(self, request: pb.EmbedRequest) -> pb.EmbedResponse:
         try:
-            return await self._get_stub().Embed(
-                request, metadata=self._metadata(), timeout=self._timeout_s
-            )
+            timeout = embed_timeout_s(request, self._timeout_s)
+            return await self._get_stub().Embed(request, metadata=self._metadata(), timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise decode_rpc_error(err, self.address) from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 import uuid
@@ -15,7 +16,6 @@ from starlette.websockets import WebSocket
 from openai_bridge.errors import InferenceError, error_response
 from openai_bridge.logs import request_id_var
 
-_PROTECTED = re.compile(r"^/(v1|api)(/|$)")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -51,13 +51,49 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-class ApiKeyMiddleware:
-    """Requires the API key on /v1/* and /api/*; the UI and /health stay open.
+# The API key's routes: the APIs, and the API's own description (it lists every route).
+_PROTECTED = re.compile(r"^/((v1|api)(/|$)|docs(/|$)|redoc$|openapi\.json$)")
+# WebSocket subprotocols: browsers cannot set headers on a WebSocket, and a key in
+# the URL ends up in access logs, proxies and browser history; the one header a page
+# may set is `Sec-WebSocket-Protocol`. The client offers `millm.v1` and, with a key,
+# `millm.key.<base64url(key)>` (base64url without padding, since a subprotocol must
+# be an HTTP token and a key may hold any character); the server only ever selects
+# `millm.v1`, so the key is never echoed back.
+SUBPROTOCOL = "millm.v1"
+KEY_SUBPROTOCOL_PREFIX = "millm.key."
 
-    One rule: the key comes as `Authorization: Bearer <key>`; a WebSocket may
-    send it as `?api_key=<key>` instead, since browsers cannot set headers on
-    one. A refused WebSocket gets the same 401 JSON as HTTP where the server
-    supports denial responses, otherwise close code 1008 before the handshake.
+
+async def refuse(error: InferenceError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers `error` in OpenAI JSON; a WebSocket is refused before its handshake
+    completes, with the same JSON where the server supports denial responses, else
+    close code 1008."""
+    response = error_response(error, scope)
+    if scope["type"] == "http":
+        await response(scope, receive, send)
+    elif "websocket.http.response" in scope.get("extensions", {}):
+        await WebSocket(scope, receive, send).send_denial_response(response)
+    else:
+        await WebSocket(scope, receive, send).close(1008)
+
+
+def key_from_subprotocols(subprotocols: list[str]) -> bytes | None:
+    """The key a WebSocket client offered as `millm.key.<base64url>`, if any."""
+    for offered in subprotocols:
+        if offered.startswith(KEY_SUBPROTOCOL_PREFIX):
+            encoded = offered[len(KEY_SUBPROTOCOL_PREFIX) :]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            except ValueError:
+                return b""
+    return None
+
+
+class ApiKeyMiddleware:
+    """Requires the API key on /v1/*, /api/* and the API docs; the UI and /health stay open.
+
+    The key comes as `Authorization: Bearer <key>`; a WebSocket from a browser, which
+    cannot set that header, offers it as a subprotocol instead (see `SUBPROTOCOL`).
+    `?api_key=` is refused with a 401 saying so: a key in a URL leaks into logs.
     """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
@@ -65,12 +101,12 @@ class ApiKeyMiddleware:
         self._expected = f"Bearer {api_key}".encode()
 
     def _presented(self, scope: Scope) -> bytes:
-        given = Headers(scope=scope).get("authorization", "")
+        given = Headers(scope=scope).get("authorization", "").encode()
         if not given and scope["type"] == "websocket":
-            query_key = QueryParams(scope.get("query_string", b"")).get("api_key")
-            if query_key:
-                given = f"Bearer {query_key}"
-        return given.encode()
+            key = key_from_subprotocols(scope.get("subprotocols", []))
+            if key is not None:
+                given = b"Bearer " + key
+        return given
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -78,23 +114,48 @@ class ApiKeyMiddleware:
             and _PROTECTED.match(scope["path"])
             and not hmac.compare_digest(self._presented(scope), self._expected)
         ):
-            response = error_response(
-                InferenceError(
-                    grpc.StatusCode.UNAUTHENTICATED,
-                    None,
-                    "Missing or invalid API key; send it as `Authorization: Bearer <key>`"
-                    " (WebSockets may use `?api_key=<key>`).",
-                ),
-                scope,
-            )
-            if scope["type"] == "http":
-                await response(scope, receive, send)
-            elif "websocket.http.response" in scope.get("extensions", {}):
-                await WebSocket(scope, receive, send).send_denial_response(response)
+            message = "Missing or invalid API key; send it as `Authorization: Bearer <key>`"
+            if "api_key" in QueryParams(scope.get("query_string", b"")):
+                message += (
+                    "; `?api_key=` is no longer accepted (a key in a URL ends up in logs):"
+                    " a browser WebSocket offers the subprotocols"
+                    " `millm.v1, millm.key.<base64url(key)>` instead."
+                )
             else:
-                await WebSocket(scope, receive, send).close(1008)
+                message += " (browser WebSockets: the subprotocol `millm.key.<base64url(key)>`)."
+            error = InferenceError(grpc.StatusCode.UNAUTHENTICATED, None, message)
+            await refuse(error, scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class SubprotocolMiddleware:
+    """Selects `millm.v1` for a WebSocket client that offers it (a browser fails the
+    connection when it offered subprotocols and none is selected), and hides the key
+    subprotocol from the routes, so no route can echo or log it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        offered = [
+            p for p in scope.get("subprotocols", []) if not p.startswith(KEY_SUBPROTOCOL_PREFIX)
+        ]
+        scope = {**scope, "subprotocols": offered}
+
+        async def send_selecting(message: Message) -> None:
+            if (
+                message["type"] == "websocket.accept"
+                and message.get("subprotocol") is None
+                and SUBPROTOCOL in offered
+            ):
+                message = {**message, "subprotocol": SUBPROTOCOL}
+            await send(message)
+
+        await self.app(scope, receive, send_selecting)
 
 
 class CorsMiddleware(CORSMiddleware):

@@ -1,7 +1,7 @@
 // The bridge's public REST and WebSocket API, and nothing else: every call the UI
 // makes goes through here, so errors always arrive as one ApiError shape.
 
-import { apiKey, askForKey } from "./auth.js";
+import { apiKey, askForKey, socketProtocols } from "./auth.js";
 
 const API = "/api/v1";
 
@@ -128,9 +128,7 @@ export async function listAll(path, key = "data") {
  */
 export function openSocket(path, { onFrame, onClose, onOpen }) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const key = apiKey();
-  const query = key ? `${path.includes("?") ? "&" : "?"}api_key=${encodeURIComponent(key)}` : "";
-  const socket = new WebSocket(`${scheme}://${location.host}${API}${path}${query}`);
+  const socket = new WebSocket(`${scheme}://${location.host}${API}${path}`, socketProtocols());
   socket.onopen = () => onOpen && onOpen(socket);
   socket.onmessage = (event) => onFrame(JSON.parse(event.data));
   socket.onclose = (event) => onClose && onClose(event);

@@ -1,7 +1,9 @@
 // The bridge's optional API key (MILLM_API_KEY). The page asks for it when a call is
 // refused with 401 and keeps it in this browser's localStorage; every REST call
-// sends it as a Bearer token and every WebSocket as `?api_key=`, the one way the
-// bridge accepts it there.
+// sends it as a Bearer token. A WebSocket cannot carry headers from a browser, and a
+// key in its URL would land in the server's access log, so it is offered as a
+// subprotocol instead: `millm.key.<base64url(key)>` next to `millm.v1`, the one the
+// bridge selects (base64url: a subprotocol must be an HTTP token).
 
 import { h } from "./ui.js";
 
@@ -9,6 +11,16 @@ const STORAGE_KEY = "millm.api_key";
 
 export function apiKey() {
   return localStorage.getItem(STORAGE_KEY) || "";
+}
+
+/** The subprotocols a WebSocket offers: the API version, and the key when there is one. */
+export function socketProtocols() {
+  const key = apiKey();
+  if (!key) return ["millm.v1"];
+  const bytes = new TextEncoder().encode(key);
+  const base64 = btoa(String.fromCharCode(...bytes));
+  const base64url = base64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return ["millm.v1", `millm.key.${base64url}`];
 }
 
 let asking = false;

@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
@@ -42,6 +44,7 @@ from inference_service.engine.types import (
     ToolSpec,
 )
 from inference_service.engine.validation import (
+    check_prompt_floor,
     fit_context,
     validate_logit_bias,
     validate_prompt,
@@ -123,6 +126,16 @@ class Engine:
         # The lane decodes with its own tokenizer copy, so tokenize calls on the
         # event loop never share the Rust tokenizer with the worker thread.
         self._lane_loaded = dataclasses.replace(loaded, tokenizer=copy.deepcopy(loaded.tokenizer))
+        # Requests are tokenized and chat-templated on this one thread, never on the
+        # event loop: a 10 MB prompt takes seconds and stalled every other stream.
+        # It has a third tokenizer copy, since a Rust tokenizer must not be used from
+        # two threads at once (the loop's copy still serves the small sync callers).
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        self._worker_tokenizer = copy.deepcopy(loaded.tokenizer)
+        # Queued first, so it is ready before the first request needs it.
+        self._longest_token: Future[int | None] = self._tokenizer_thread.submit(
+            longest_token_chars, self._worker_tokenizer
+        )
         self._lane = Lane()
         self._boundary = PassBoundary()
         self._lock = threading.Lock()
@@ -194,15 +207,64 @@ class Engine:
         """Text of token ids, special tokens included (the legacy `echo`)."""
         return self._loaded.tokenizer.decode(list(token_ids), skip_special_tokens=False)
 
+    # ---- tokenizer, off the event loop ------------------------------------------------
+
+    async def render_chat_async(
+        self, turns: Sequence[ChatTurn], options: ChatOptions = NO_OPTIONS
+    ) -> list[int]:
+        """`render_chat` on the tokenizer thread."""
+        return await self._on_tokenizer_thread(render_chat, turns, options)
+
+    async def encode_text_async(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """`encode_text` on the tokenizer thread."""
+        return await self._on_tokenizer_thread(
+            encode_text, text, add_special_tokens=add_special_tokens
+        )
+
+    async def encode_texts_async(self, texts: Sequence[str]) -> list[list[int]]:
+        """Embedding inputs (no special tokens), all in one trip to the tokenizer thread."""
+
+        def encode_all(tokenizer: Any) -> list[list[int]]:
+            return [encode_text(tokenizer, text, add_special_tokens=False) for text in texts]
+
+        return await self._on_tokenizer_thread(encode_all)
+
+    async def token_strings_async(self, token_ids: Sequence[int]) -> list[str]:
+        """`token_strings` on the tokenizer thread (one decode per token adds up)."""
+        return await self._on_tokenizer_thread(_token_strings, token_ids)
+
+    async def check_prompt_chars(self, chars: int, *, param: str) -> None:
+        """Refuses a prompt of `chars` characters that cannot fit the context whatever
+        it says, before any tokenization (see `validation.check_prompt_floor`)."""
+        longest = await self._tokenizer_result(self._longest_token)
+        if longest is not None:
+            check_prompt_floor(chars, longest, self.description.max_context_tokens, param=param)
+
+    async def _on_tokenizer_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(tokenizer, *args, **kwargs)` on the tokenizer thread, with its own copy."""
+        call = functools.partial(fn, self._worker_tokenizer, *args, **kwargs)
+        try:
+            future = self._tokenizer_thread.submit(call)
+        except RuntimeError:  # shut down: the engine is going away
+            raise _unloading() from None
+        return await self._tokenizer_result(future)
+
+    async def _tokenizer_result(self, future: Future[T]) -> T:
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # `shutdown` dropped the queued job; the caller itself was not cancelled.
+            if self._closed and not _current_task_cancelling():
+                raise _unloading() from None
+            raise
+
     def lane_token_strings(self, token_ids: Sequence[int]) -> list[str]:
         """`token_strings` for the worker lane, with the lane's own tokenizer copy."""
-        decode = self._lane_loaded.tokenizer.decode
-        return [decode([i], skip_special_tokens=False) for i in token_ids]
+        return _token_strings(self._lane_loaded.tokenizer, token_ids)
 
     def token_strings(self, token_ids: Sequence[int]) -> list[str]:
         """Each token's own text, for display (a piece of a character shows as U+FFFD)."""
-        decode = self._loaded.tokenizer.decode
-        return [decode([i], skip_special_tokens=False) for i in token_ids]
+        return _token_strings(self._loaded.tokenizer, token_ids)
 
     # ---- generation ----------------------------------------------------------------
 
@@ -386,6 +448,8 @@ class Engine:
         for job in jobs:
             job.cancel()
         self._lane.shutdown()
+        # A tokenization under way finishes on its own; queued ones are dropped.
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     # ---- admission -----------------------------------------------------------------
 
@@ -449,6 +513,39 @@ def _deliverer(
             loop.call_soon_threadsafe(set_if_pending)
 
     return deliver
+
+
+def _unloading() -> NoModelLoadedError:
+    return NoModelLoadedError("The model is being unloaded; retry shortly.")
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _token_strings(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
+    return [tokenizer.decode([i], skip_special_tokens=False) for i in token_ids]
+
+
+def longest_token_chars(tokenizer: Any) -> int | None:
+    """The most characters of text one token can stand for, or None when the
+    tokenizer normalizes text first (NFC, strip, ...): normalizing can shrink text, so
+    a count of the request's characters would no longer bound its tokens.
+
+    Both the decoded text and the vocabulary entry count: a byte-level entry has one
+    character per byte, an upper bound on the characters the token covers even
+    when it holds only part of one (which decodes alone as a single U+FFFD). About
+    0.2 s for a 50k vocabulary, once per engine, on the tokenizer thread.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return None
+    ids = list(range(len(tokenizer)))
+    decoded = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+    entries = tokenizer.convert_ids_to_tokens(ids)
+    longest = max(max(map(len, decoded)), max(len(e) for e in entries if e is not None))
+    return max(longest, 1)
 
 
 def _never_run(job: LaneJob) -> None:

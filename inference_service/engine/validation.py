@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Sequence
 
-from inference_service.engine.types import SamplingOptions, ToolSpec
+from inference_service.engine.types import ChatTurn, SamplingOptions, ToolSpec
 from inference_service.errors import ContextLengthExceededError, InvalidArgumentError
 
 MAX_STOP_SEQUENCES = 4
@@ -127,6 +127,42 @@ def fit_context(
             param="max_tokens",
         )
     return options
+
+
+def check_prompt_floor(
+    chars: int, longest_token_chars: int, max_context_tokens: int, *, param: str
+) -> None:
+    """Refuses, without tokenizing, a prompt that cannot fit whatever its text says.
+
+    No token stands for more than `longest_token_chars` characters, so `chars`
+    characters of prompt text take at least ceil(chars / longest) tokens. Same
+    error as `fit_context`, which refuses at max_context_tokens prompt tokens.
+    """
+    floor = -(-chars // longest_token_chars)
+    if floor >= max_context_tokens:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {max_context_tokens} tokens; the prompt "
+            f"has {chars} characters, so at least {floor} tokens, which leaves no room for a "
+            "completion. Shorten the prompt.",
+            param=param,
+        )
+
+
+def chat_chars(turns: Sequence[ChatTurn], tools: Sequence[ToolSpec] = ()) -> int:
+    """Characters of a chat that surely reach the rendered prompt: a lower bound,
+    cheap enough for a 10 MB request (no tokenizing, no parsing).
+
+    Contents count without leading and trailing whitespace (templates may trim).
+    A tool's `parameters` is parsed and dumped again, which drops JSON whitespace
+    and turns an escape such as \\u0041 (six characters) into one: only its other
+    characters count, divided by six.
+    """
+    total = sum(len(turn.content.strip()) for turn in turns)
+    for tool in tools:
+        params = tool.parameters_json
+        solid = len(params) - sum(params.count(c) for c in " \t\n\r")
+        total += len(tool.name) + len(tool.description.strip()) + solid // 6
+    return total
 
 
 def _finite(value: float) -> bool:

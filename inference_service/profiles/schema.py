@@ -123,6 +123,9 @@ def loads(text: str) -> ProfileDocument:
         ) from None
     except ValueError as exc:  # NaN or Infinity
         raise InvalidArgumentError(f"The profile is not valid JSON: {exc}", param=_PARAM) from None
+    except RecursionError:  # nesting deep enough to exhaust the parser's stack
+        message = "The profile nests too deeply to be one."
+        raise InvalidArgumentError(message, param=_PARAM) from None
     top = _object(value, "", required=("schema", "name", "model", "sae", "features"),
                   optional=("description",))  # fmt: skip
     schema = _string(top, "schema", "")

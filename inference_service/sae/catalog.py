@@ -144,12 +144,15 @@ class SaeCatalog:
 
     def import_folder(self, path: str, name: str = "") -> CachedSae:
         source = Path(path)
+        if "\x00" in path:
+            raise InvalidArgumentError("path holds a NUL byte (\\u0000).", param="path")
         if not path or not source.is_absolute():
             raise InvalidArgumentError(
                 "path must be the absolute path of a folder on the server.", param="path"
             )
         if not source.is_dir():
-            raise NotFoundError(f"There is no folder at '{path}' on the server.", param="path")
+            # The path is not echoed: answers never show server paths.
+            raise NotFoundError("There is no folder at that path on the server.", param="path")
         detect_format(source)
         load_sae(source)  # every tensor read and shape-checked before anything is kept
         spec = read_spec(source)

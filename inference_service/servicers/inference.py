@@ -14,7 +14,7 @@ from inference_service import __version__
 from inference_service.engine.engine import Engine, GenerationHandle
 from inference_service.engine.memory import memory_usage
 from inference_service.engine.types import GenerationRequest, ToolCalls, ToolSpec
-from inference_service.engine.validation import validate_tools
+from inference_service.engine.validation import chat_chars, validate_tools
 from inference_service.errors import InvalidArgumentError, MillmError, ModelNotFoundError
 from inference_service.host import LOADING_RETRY_AFTER_S, ModelHost, ModelState
 from inference_service.logs import request_id_var
@@ -65,13 +65,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         return engine
 
-    def _prompt_ids(self, engine: Engine, start: pb.GenerateStart) -> tuple[int, ...]:
+    async def _prompt_ids(self, engine: Engine, start: pb.GenerateStart) -> tuple[int, ...]:
+        """Tokenized on the engine's tokenizer thread: a large prompt takes seconds,
+        which on the event loop would stall every other stream and health check."""
         which = start.WhichOneof("input")
         if which == "chat":
             turns = convert.chat_turns(start.chat)
-            return tuple(engine.render_chat(turns, convert.chat_options(start.chat)))
+            options = convert.chat_options(start.chat)
+            await engine.check_prompt_chars(chat_chars(turns, options.tools), param="messages")
+            return tuple(await engine.render_chat_async(turns, options))
         if which == "prompt":
-            return tuple(engine.encode_text(start.prompt, add_special_tokens=True))
+            await engine.check_prompt_chars(len(start.prompt), param="prompt")
+            return tuple(await engine.encode_text_async(start.prompt, add_special_tokens=True))
         if which == "prompt_token_ids":
             return tuple(start.prompt_token_ids.ids)
         raise InvalidArgumentError(
@@ -90,7 +95,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         engine = self._engine_for(start.model)
         tools = convert.tools(start.chat)
         validate_tools(tools)
-        prompt_ids = self._prompt_ids(engine, start)
+        prompt_ids = await self._prompt_ids(engine, start)
         grammar = await _grammar(engine, start, tools)
         # A thread: resolving a profile may read the database.
         observer = await asyncio.to_thread(
@@ -137,12 +142,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 f"`dimensions` must be {hidden} for this model (embeddings are not truncated).",
                 param="dimensions",
             )
-        token_lists = []
-        for item in request.inputs:
-            if item.WhichOneof("input") == "token_ids":
-                token_lists.append(list(item.token_ids.ids))
-            else:
-                token_lists.append(engine.encode_text(item.text, add_special_tokens=False))
+        texts = [item.text for item in request.inputs if item.WhichOneof("input") != "token_ids"]
+        for text in texts:
+            await engine.check_prompt_chars(len(text), param="input")
+        encoded = iter(await engine.encode_texts_async(texts))
+        token_lists = [
+            list(item.token_ids.ids) if item.WhichOneof("input") == "token_ids" else next(encoded)
+            for item in request.inputs
+        ]
         observer = await asyncio.to_thread(self._context, engine, "embed", request)
         vectors = await engine.embed(token_lists, observer)
         return pb.EmbedResponse(
@@ -156,12 +163,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.TokenizeResponse:
         engine = self._engine_for(request.model)
         if request.WhichOneof("input") == "chat":
-            ids = engine.render_chat(convert.chat_turns(request.chat))
+            ids = await engine.render_chat_async(convert.chat_turns(request.chat))
         else:
-            ids = engine.encode_text(request.text, add_special_tokens=request.add_special_tokens)
+            ids = await engine.encode_text_async(
+                request.text, add_special_tokens=request.add_special_tokens
+            )
         return pb.TokenizeResponse(
             token_ids=ids,
-            tokens=engine.token_strings(ids),
+            tokens=await engine.token_strings_async(ids),
             max_context_tokens=engine.description.max_context_tokens,
         )
 

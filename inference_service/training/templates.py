@@ -134,6 +134,9 @@ def _parse(text: str) -> dict[str, Any]:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidArgumentError(f"The template is not JSON: {exc.msg}.", param="json") from None
+    except RecursionError:  # nesting deep enough to exhaust the parser's stack
+        message = "The template nests too deeply to be one."
+        raise InvalidArgumentError(message, param="json") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise InvalidArgumentError(
             f'A training template is a JSON object with "schema": "{SCHEMA}".', param="json"

@@ -4,7 +4,6 @@ live activation stream (a WebSocket in front of the bidirectional `Monitor` call
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Annotated, Literal
 
@@ -21,6 +20,7 @@ from openai_bridge.management import steering_translate as translate
 from openai_bridge.management.schemas import MonitorControl, MonitoringConfigBody
 from openai_bridge.management.translate import error_frame, export_content_disposition
 from openai_bridge.management_client import MonitorStream
+from openai_bridge.request_checks import loads_bounded
 from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState, Management
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,7 @@ def _apply(message: Message, selection: translate.Selection) -> bool:
     raw = message.get("text")
     if raw is None:
         raw = (message.get("bytes") or b"").decode("utf-8", errors="replace")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise invalid_request("A control message must be a JSON object.") from None
+    value = loads_bounded(raw, "A control message")
     if not isinstance(value, dict):
         raise invalid_request("A control message must be a JSON object.")
     try:

@@ -6,7 +6,6 @@ the fixed paths (`deactivate`, `import`) cannot collide with a `{name}/<verb>`.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -22,6 +21,7 @@ from openai_bridge.management.schemas import (
     ProfileUpdateBody,
 )
 from openai_bridge.management.translate import export_content_disposition
+from openai_bridge.request_checks import loads_bounded
 from openai_bridge.state import Management
 
 router = APIRouter(prefix="/api/v1/profiles")
@@ -65,9 +65,9 @@ async def import_profile(
     in the query) or `{"json": "<the document as a string>", "overwrite", "force"}`."""
     try:
         text = (await request.body()).decode("utf-8")
-        value = json.loads(text)
     except ValueError:
         raise invalid_request("The request body is not valid JSON.") from None
+    value = loads_bounded(text, "The request body", "json")
     if translate.is_profile_document(value):
         document = text
     else:

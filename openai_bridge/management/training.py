@@ -29,6 +29,7 @@ from openai_bridge.management.schemas import (
 )
 from openai_bridge.management.translate import export_content_disposition
 from openai_bridge.management_client import ManagementClient
+from openai_bridge.request_checks import loads_bounded
 from openai_bridge.state import Management
 
 router = APIRouter(prefix="/api/v1/training")
@@ -191,6 +192,9 @@ async def import_training_template(
         document = (await request.body()).decode("utf-8")
     except UnicodeDecodeError:
         raise invalid_request("The template is not UTF-8 text.", "json") from None
+    # Parsed here only to refuse what would fail deep in the service (nesting, lone
+    # surrogates); the text goes on verbatim.
+    loads_bounded(document, "The template", "json")
     response = await management.import_training_template(
         tspb.ImportTrainingTemplateRequest(json=document, name=name or "")
     )

@@ -224,6 +224,9 @@ def _set_scalar(message: Message, field: FieldDescriptor, value: Any, param: str
         fits = isinstance(value, str)
     else:
         fits = True
+    if isinstance(value, str) and "\x00" in value:
+        # Paths and ids: the OS refuses a NUL byte in a path with a ValueError.
+        raise invalid_request(f"`{param}` holds a NUL byte (\\u0000).", param)
     if fits:
         try:
             json_format.ParseDict({field.name: value}, message)

@@ -12,6 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# A model id, or `model:profile`; longer ones would only come back in an error
+# message too large for gRPC's metadata.
+MODEL_ID_MAX = 512
+
 
 class OpenAIBody(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True)
@@ -88,7 +92,7 @@ class ResponseFormat(OpenAIBody):
 class SamplingFields(OpenAIBody):
     """Fields shared by chat and legacy completions."""
 
-    model: str | None = None
+    model: str | None = Field(default=None, max_length=MODEL_ID_MAX)
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
@@ -133,7 +137,7 @@ class CompletionRequest(SamplingFields):
 
 class EmbeddingRequest(OpenAIBody):
     input: str | list[str] | list[int] | list[list[int]]
-    model: str | None = None
+    model: str | None = Field(default=None, max_length=MODEL_ID_MAX)
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = None
     user: str | None = None

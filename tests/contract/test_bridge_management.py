@@ -340,7 +340,7 @@ async def test_estimate_load_and_unload(bridge):
     assert unloaded.json() == {"rss_before_bytes": 5000, "rss_after_bytes": 1000}
 
 
-async def test_websocket_api_key_as_query_parameter(management_server):
+async def test_websocket_api_key_as_subprotocol(management_server):
     servicer, address = management_server
     servicer.reset()
     async with serve_bridge(address, api_key="k") as host:
@@ -348,8 +348,11 @@ async def test_websocket_api_key_as_query_parameter(management_server):
         with pytest.raises(InvalidStatus) as caught:
             async with connect(url):
                 pass
-        async with connect(f"{url}?api_key=k") as ws:
+        # base64url("k") is "aw"; only `millm.v1` is selected, never the key.
+        async with connect(url, subprotocols=["millm.v1", "millm.key.aw"]) as ws:
+            selected = ws.subprotocol
             frames = await read_until_closed(ws)
     assert caught.value.response.status_code == 401
     assert json.loads(caught.value.response.body)["error"]["code"] == "invalid_api_key"
+    assert selected == "millm.v1"
     assert frames[-1]["operation"]["state"] == "succeeded"

@@ -109,9 +109,10 @@ async def test_a_refused_origin_is_not_allowed_on_the_answer(cors_bridge):
 
 async def test_no_cors_headers_by_default(make_bridge):
     bridge = await make_bridge()
+    # Another origin's POST is refused outright (tests/contract/test_origin_defence.py).
     simple = await bridge.post("/v1/chat/completions", json={}, headers={"origin": ALLOWED})
     refused = await bridge.options("/v1/chat/completions", headers=preflight(ALLOWED))
-    assert (simple.status_code, cors_headers(simple)) == (400, {})
+    assert (simple.status_code, cors_headers(simple)) == (403, {})
     assert (refused.status_code, cors_headers(refused)) == (403, {})
     assert refused.json()["error"]["code"] == "cors_origin_refused"
 

@@ -1,5 +1,5 @@
 """Behind a bridge started with MILLM_API_KEY, the page asks for the key, then sends
-it with every call: REST, WebSockets and downloads."""
+it with every call: REST, WebSockets (as a subprotocol) and downloads."""
 
 from __future__ import annotations
 
@@ -55,9 +55,14 @@ def test_the_page_asks_for_the_key_and_then_uses_it(keyed_bridge, ui_stack, page
     expect(page.get_by_role("dialog")).to_have_count(0)
     expect(page.locator("#status-sae")).to_contain_text("key-sae")
 
-    # The live activations WebSocket takes the key in its query string.
+    # The live activations WebSocket offers the key as a subprotocol, never in its URL
+    # (the bridge refuses `?api_key=`, so "live" shows the subprotocol worked).
+    sockets: list[str] = []
+    page.on("websocket", lambda socket: sockets.append(socket.url))
     panel = open_tab(page, "monitor")
     expect(panel.locator(".badge", has_text="live")).to_be_visible()
+    assert sockets and all("/api/v1/monitoring/" in url for url in sockets), sockets
+    assert not [url for url in sockets if KEY in url or "api_key" in url]
     # A download carries it in the Authorization header.
     with page.expect_download() as download:
         panel.get_by_role("button", name="Export CSV").click()

@@ -98,10 +98,10 @@ def detect_format(folder: Path) -> SaeFormat:
         return fmt
     if names and mistudio.find_checkpoint(folder) is not None:
         return "mistudio"
-    shown = ", ".join(sorted(names)[:10]) or "nothing"
-    raise UnsupportedError(
-        f"No SAE recognised in folder {folder.name!r} (it holds {shown}). Looked for {_LOOKED_FOR}."
-    )
+    # What is missing, never what is there: the folder may be any on the server
+    # (an import names one), and answers do not show the server's files or paths.
+    what = "is empty" if not names else "has none of the files of a known format"
+    raise UnsupportedError(f"No SAE recognised: the folder {what}. Looked for {_LOOKED_FOR}.")
 
 
 def spec_from_config(cfg: Mapping[str, Any], fmt: SaeFormat, *, folder_name: str = "") -> SaeSpec:

@@ -134,15 +134,16 @@ def test_without_a_management_client_watch_is_an_error_frame():
 
 
 @pytest.mark.parametrize(
-    ("url", "headers"),
+    "how",
     [
-        (f"{WATCH}?api_key=k", {}),
-        (WATCH, {"authorization": "Bearer k"}),
+        # base64url("k") is "aw": the browser's way, as a subprotocol.
+        {"subprotocols": ["millm.v1", "millm.key.aw"]},
+        {"headers": {"authorization": "Bearer k"}},
     ],
 )
-def test_watch_accepts_the_key_as_query_or_header(management, url, headers):
+def test_watch_accepts_the_key_as_subprotocol_or_header(management, how):
     management.watch_script = [operation(opb.OPERATION_STATE_SUCCEEDED)]
-    with client_for(management, api_key="k").websocket_connect(url, headers=headers) as ws:
+    with client_for(management, api_key="k").websocket_connect(WATCH, **how) as ws:
         frames, code = receive_all(ws)
     assert (len(frames), code) == (1, 1000)
 

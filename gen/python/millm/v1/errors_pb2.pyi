@@ -76,6 +76,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Something with that name already exists."""
     ERROR_REASON_TRAINING_BUSY: _ErrorReason.ValueType  # 24
     """A training run is in progress: another cannot start, and it cannot be deleted."""
+    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 25
+    """The server is stopping: it refuses new calls and ends those still running
+    when its shutdown grace runs out; retry on another replica or after it restarts.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons miLLM puts in the
@@ -140,4 +144,8 @@ ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 23
 """Something with that name already exists."""
 ERROR_REASON_TRAINING_BUSY: ErrorReason.ValueType  # 24
 """A training run is in progress: another cannot start, and it cannot be deleted."""
+ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 25
+"""The server is stopping: it refuses new calls and ends those still running
+when its shutdown grace runs out; retry on another replica or after it restarts.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
