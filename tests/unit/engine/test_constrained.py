@@ -248,3 +248,14 @@ def test_objects_that_list_properties_are_closed_unless_they_say_otherwise() -> 
     jsonschema.validate({"a": {"b": "x"}, "open": {"z": 1}}, closed)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"a": {"b": "x", "extra": 1}}, closed)
+
+
+def test_a_stop_string_cuts_constrained_output_like_any_other(loaded, chat_ids, compiler) -> None:
+    grammar = compiler.compile(JsonSchema(json.dumps(SHORT)), param="response_format")
+    prompt = chat_ids("A person as JSON.")
+    whole, _ = generate(loaded, prompt, grammar, temperature=0.0, max_tokens=40)
+    stop = '"age"'
+    assert stop in whole
+    cut, finished = generate(loaded, prompt, grammar, temperature=0.0, max_tokens=40, stop=(stop,))
+    assert finished.finish_reason == "stop"
+    assert cut == whole[: whole.index(stop)]
