@@ -45,10 +45,7 @@ import argparse
 import asyncio
 import math
 import os
-import signal
 import statistics
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,12 +54,10 @@ from typing import Any
 import httpx
 import openai
 from stack import (  # puts the repository root on sys.path, for `tests`
-    start_stack,
-    stop,
+    isolated_stack,
     streaming_chat,
 )
 
-from tests.conftest import TEST_DATA_DIR
 from tests.fixtures.saes import write_sae
 
 HOOK = "blocks.9.hook_resid_post"
@@ -140,16 +135,6 @@ def steering_for(client: int, d_sae: int, mode: str) -> list[dict[str, Any]]:
 
 
 # -- stack setup ----------------------------------------------------------------------------
-
-
-def own_data_dir(tmp: Path) -> Path:
-    """A fresh data dir whose converted built-in model is the shared test cache's."""
-    shared = TEST_DATA_DIR / "models" / "converted"
-    shared.mkdir(parents=True, exist_ok=True)  # a first run converts into the shared cache
-    data_dir = tmp / "data"
-    (data_dir / "models").mkdir(parents=True)
-    (data_dir / "models" / "converted").symlink_to(shared, target_is_directory=True)
-    return data_dir
 
 
 def check(response: httpx.Response, what: str) -> dict[str, Any]:
@@ -374,42 +359,25 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    print("command:", " ".join(sys.orig_argv))
-    # A plain SIGTERM (timeout, CI) would skip `finally` and leave the stack running.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     batch = args.max_batch_size or max(16, *args.clients)
     # service_env copies os.environ, so this reaches the inference service.
     os.environ["MILLM_MAX_BATCH_SIZE"] = str(batch)
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    with tempfile.TemporaryDirectory(prefix="millm-bench-concurrency-") as tmp_name:
-        tmp = Path(tmp_name)
-        logs = tmp / "logs"
-        logs.mkdir()
-        procs: list = []
-        try:
-            url, _ = start_stack(own_data_dir(tmp), logs, procs)
-            model = httpx.get(f"{url}/health", timeout=10).json()["model"]
-            attachment = attach_random_sae(url, tmp / "random-sae", args.d_sae)
-            print(
-                f"model {model}, max_batch_size {batch}, {os.cpu_count()} CPUs,"
-                f" max_tokens {args.max_tokens}, greedy, {args.repeats} repeats, {args.pattern}"
-                + (
-                    f" ({args.requests} requests per client, starts {args.stagger} s apart)"
-                    if args.pattern == "closed-loop"
-                    else ""
-                )
-                + ";"
-                f" SAE d_sae={args.d_sae} at {attachment['hook_name']},"
-                f" steered: one '{args.steer_mode}' feature per client, each its own"
+    with isolated_stack("concurrency") as (url, tmp):
+        model = httpx.get(f"{url}/health", timeout=10).json()["model"]
+        attachment = attach_random_sae(url, tmp / "random-sae", args.d_sae)
+        print(
+            f"model {model}, max_batch_size {batch}, {os.cpu_count()} CPUs,"
+            f" max_tokens {args.max_tokens}, greedy, {args.repeats} repeats, {args.pattern}"
+            + (
+                f" ({args.requests} requests per client, starts {args.stagger} s apart)"
+                if args.pattern == "closed-loop"
+                else ""
             )
-            results = asyncio.run(measure(args, url, model))
-        except Exception:
-            for log in sorted(logs.glob("*.log")):
-                print(f"--- {log.name} (tail)", file=sys.stderr)
-                print(log.read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            stop(procs)
+            + ";"
+            f" SAE d_sae={args.d_sae} at {attachment['hook_name']},"
+            f" steered: one '{args.steer_mode}' feature per client, each its own"
+        )
+        results = asyncio.run(measure(args, url, model))
     print_table(args, results)
     print_targets(results)
 

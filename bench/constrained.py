@@ -62,20 +62,16 @@ import asyncio
 import json
 import math
 import os
-import signal
 import statistics
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import openai
-from concurrency import own_data_dir, percentile  # puts the repository root on sys.path
-from stack import start_stack, stop, streaming_chat
+from concurrency import percentile  # puts the repository root on sys.path
+from stack import isolated_stack, streaming_chat
 
 MODES = ("free", "json")
 PERSON_SCHEMA: dict[str, Any] = {
@@ -606,38 +602,21 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    print("command:", " ".join(sys.orig_argv))
-    # A plain SIGTERM (timeout, CI) would skip `finally` and leave the stack running.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     batch = max(16, *args.clients)
     # service_env copies os.environ, so this reaches the inference service.
     os.environ["MILLM_MAX_BATCH_SIZE"] = str(batch)
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    with tempfile.TemporaryDirectory(prefix="millm-bench-constrained-") as tmp_name:
-        tmp = Path(tmp_name)
-        logs = tmp / "logs"
-        logs.mkdir()
-        procs: list = []
-        try:
-            url, _ = start_stack(own_data_dir(tmp), logs, procs)
-            model = httpx.get(f"{url}/health", timeout=10).json()["model"]
-            print(
-                f"model {model}, max_batch_size {batch}, {os.cpu_count()} CPUs;"
-                f" part 1: clients {','.join(map(str, args.clients))}, max({args.prompts}, clients)"
-                f" requests per round, client count and mode, {args.repeats} repeats,"
-                f" max_tokens {args.max_tokens}, greedy, streaming;"
-                f" part 2: {len(TOOLS)} tools, max_tokens {args.tool_max_tokens},"
-                f" at most {max(args.clients)} at once"
-            )
-            print(f"person schema: {json.dumps(PERSON_SCHEMA)}")
-            asyncio.run(measure(args, url, model))
-        except BaseException:
-            for log in sorted(logs.glob("*.log")):
-                print(f"--- {log.name} (tail)", file=sys.stderr)
-                print(log.read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            stop(procs)
+    with isolated_stack("constrained") as (url, _):
+        model = httpx.get(f"{url}/health", timeout=10).json()["model"]
+        print(
+            f"model {model}, max_batch_size {batch}, {os.cpu_count()} CPUs;"
+            f" part 1: clients {','.join(map(str, args.clients))}, max({args.prompts}, clients)"
+            f" requests per round, client count and mode, {args.repeats} repeats,"
+            f" max_tokens {args.max_tokens}, greedy, streaming;"
+            f" part 2: {len(TOOLS)} tools, max_tokens {args.tool_max_tokens},"
+            f" at most {max(args.clients)} at once"
+        )
+        print(f"person schema: {json.dumps(PERSON_SCHEMA)}")
+        asyncio.run(measure(args, url, model))
 
 
 if __name__ == "__main__":

@@ -25,19 +25,15 @@ import argparse
 import asyncio
 import os
 import random
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
-from concurrency import own_data_dir
-from stack import start_stack, stop, streaming_chat  # puts the repository root on sys.path
+from stack import isolated_stack, streaming_chat  # puts the repository root on sys.path
 
 PROMPTS = (
     "Write a long story about a lighthouse keeper.",
@@ -169,41 +165,24 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    print("command:", " ".join(sys.orig_argv))
-    # A plain SIGTERM (timeout, CI) would skip `finally` and leave the stack running.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # service_env copies os.environ, so these reach both processes.
     os.environ["MILLM_MAX_QUEUE"] = str(args.max_queue)
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     failures = 0
-    with tempfile.TemporaryDirectory(prefix="millm-bench-load-") as tmp_name:
-        tmp = Path(tmp_name)
-        logs = tmp / "logs"
-        logs.mkdir()
-        procs: list = []
-        try:
-            url, _ = start_stack(own_data_dir(tmp), logs, procs)
-            health = httpx.get(f"{url}/health", timeout=10).json()
-            model = health["model"]
-            print(
-                f"model {model}, {os.cpu_count()} CPUs, max_queue {args.max_queue},"
-                f" max_batch_size {health['batch']['max_batch_size']},"
-                f" max_tokens {args.max_tokens}, {args.requests} request(s) per client,"
-                f" {args.disconnect:.0%} hang up mid-stream, seed {args.seed}"
-            )
-            print("clients requests completed   429 disconnected errors  lost p95_TTFT_s   wall_s")
-            for clients in args.clients:
-                t0 = time.perf_counter()
-                outcomes = asyncio.run(round_of(args, url, model, clients))
-                wall = time.perf_counter() - t0
-                failures += report(clients, outcomes, wall, settled(url))
-        except Exception:
-            for log in sorted(logs.glob("*.log")):
-                print(f"--- {log.name} (tail)", file=sys.stderr)
-                print(log.read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            stop(procs)
+    with isolated_stack("load") as (url, _):
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        model = health["model"]
+        print(
+            f"model {model}, {os.cpu_count()} CPUs, max_queue {args.max_queue},"
+            f" max_batch_size {health['batch']['max_batch_size']},"
+            f" max_tokens {args.max_tokens}, {args.requests} request(s) per client,"
+            f" {args.disconnect:.0%} hang up mid-stream, seed {args.seed}"
+        )
+        print("clients requests completed   429 disconnected errors  lost p95_TTFT_s   wall_s")
+        for clients in args.clients:
+            t0 = time.perf_counter()
+            outcomes = asyncio.run(round_of(args, url, model, clients))
+            wall = time.perf_counter() - t0
+            failures += report(clients, outcomes, wall, settled(url))
     print("target: lost = 0 and nothing left decoding:", "met" if not failures else "MISSED")
     sys.exit(1 if failures else 0)
 

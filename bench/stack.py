@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402
-from tests.fixtures.stack import spawn, stop, wait_healthy  # noqa: E402, F401 - re-exported
+from tests.conftest import TEST_DATA_DIR, free_port  # noqa: E402
+from tests.fixtures.stack import spawn, stop, wait_healthy  # noqa: E402 - re-exported
 
 START_TIMEOUT_S = 300
 
@@ -90,3 +94,39 @@ def start_stack(data_dir: Path, logs: Path, procs: list[subprocess.Popen]) -> tu
     except (RuntimeError, TimeoutError) as exc:
         raise SystemExit(f"stack did not start ({exc}); logs in {logs}") from exc
     return url, f"127.0.0.1:{grpc_port}"
+
+
+def own_data_dir(tmp: Path) -> Path:
+    """A fresh data dir whose converted built-in model is the shared test cache's."""
+    shared = TEST_DATA_DIR / "models" / "converted"
+    shared.mkdir(parents=True, exist_ok=True)  # a first run converts into the shared cache
+    data_dir = tmp / "data"
+    (data_dir / "models").mkdir(parents=True)
+    (data_dir / "models" / "converted").symlink_to(shared, target_is_directory=True)
+    return data_dir
+
+
+@contextmanager
+def isolated_stack(name: str) -> Iterator[tuple[str, Path]]:
+    """A stack of the benchmark's own, on a temporary data dir: yields (bridge URL, the
+    temporary folder). Prints the command line first; on a failure prints the tail of
+    each process's log; always stops both processes, also on SIGTERM."""
+    print("command:", " ".join(sys.orig_argv))
+    # A plain SIGTERM (timeout, CI) would skip `finally` and leave the stack running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    with tempfile.TemporaryDirectory(prefix=f"millm-bench-{name}-") as tmp_name:
+        tmp = Path(tmp_name)
+        logs = tmp / "logs"
+        logs.mkdir()
+        procs: list[subprocess.Popen] = []
+        try:
+            url, _ = start_stack(own_data_dir(tmp), logs, procs)
+            yield url, tmp
+        except BaseException:
+            for log in sorted(logs.glob("*.log")):
+                print(f"--- {log.name} (tail)", file=sys.stderr)
+                print(log.read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            stop(procs)
