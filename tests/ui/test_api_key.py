@@ -3,13 +3,10 @@ it with every call: REST, WebSockets (as a subprotocol) and downloads."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import free_port
-from tests.fixtures.stack import spawn, stop, wait_healthy
+from tests.fixtures.stack import second_bridge
 from tests.ui.steps import Api, open_tab
 
 pytestmark = pytest.mark.e2e
@@ -20,20 +17,10 @@ KEY = "sk-ui-test"
 @pytest.fixture
 def keyed_bridge(ui_stack, tmp_path):
     """A second bridge, with an API key, in front of the UI stack's inference service."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "MILLM_HTTP_PORT": str(port),
-        "MILLM_INFERENCE_ADDRESS": ui_stack.grpc_address,
-        "MILLM_API_KEY": KEY,
-    }
-    proc = spawn("openai_bridge", env, tmp_path / "bridge.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, [proc])
+    with second_bridge(
+        ui_stack.grpc_address, tmp_path / "bridge.log", {"MILLM_API_KEY": KEY}
+    ) as url:
         yield url
-    finally:
-        stop([proc])
 
 
 def test_the_page_asks_for_the_key_and_then_uses_it(keyed_bridge, ui_stack, page, tmp_path):

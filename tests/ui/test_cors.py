@@ -4,7 +4,6 @@ page read the answer only when the bridge names the page's origin."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,8 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Page
 
-from tests.conftest import free_port
-from tests.fixtures.stack import spawn, stop, wait_healthy
+from tests.fixtures.stack import second_bridge
 from tests.ui.steps import Api
 
 pytestmark = pytest.mark.e2e
@@ -38,21 +36,13 @@ FETCH_JS = """async ([url, headers, body]) => {
 def cors_bridge(ui_stack, tmp_path_factory) -> Iterator[str]:
     """A second bridge, keyed, in front of the UI stack's inference service, that lets
     pages from the UI stack's origin call it."""
-    port = free_port()
     env = {
-        **os.environ,
-        "MILLM_HTTP_PORT": str(port),
-        "MILLM_INFERENCE_ADDRESS": ui_stack.grpc_address,
         "MILLM_API_KEY": KEY,
         "MILLM_CORS_ORIGINS": f"http://app.invalid:1, {ui_stack.http_url}",
     }
-    proc = spawn("openai_bridge", env, tmp_path_factory.mktemp("cors") / "bridge.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, [proc])
+    log = tmp_path_factory.mktemp("cors") / "bridge.log"
+    with second_bridge(ui_stack.grpc_address, log, env) as url:
         yield url
-    finally:
-        stop([proc])
 
 
 def embed(page: Page, url: str, model: str, key: str | None = KEY) -> dict[str, Any]:
