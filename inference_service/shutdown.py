@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from inference_service.errors import MillmError
-from inference_service.interceptors import abort_with
+from inference_service.interceptors import abort_with, rewrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ class ShutdownGate(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
         if self._draining:
-            return _rebuild(handler, _refuse, _refuse_stream)
-        return _rebuild(
+            return rewrap_handler(handler, _refuse, _refuse_stream)
+        return rewrap_handler(
             handler,
             lambda behavior: self._track_unary(behavior, method),
             lambda behavior: self._track_stream(behavior, method),
@@ -154,22 +154,3 @@ def _refuse_stream(_behavior: Any) -> Callable[..., AsyncIterator[Any]]:
         yield  # pragma: no cover - makes this an async generator
 
     return deny
-
-
-def _rebuild(
-    handler: grpc.RpcMethodHandler,
-    wrap_unary: Callable[[Any], Callable[..., Awaitable[Any]]],
-    wrap_stream: Callable[[Any], Callable[..., AsyncIterator[Any]]],
-) -> grpc.RpcMethodHandler:
-    """`handler` with its behaviour wrapped, whatever its kind."""
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap_unary(handler.unary_unary), **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap_unary(handler.stream_unary), **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap_stream(handler.unary_stream), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **kwargs)
