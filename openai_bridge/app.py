@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from openai_bridge import health
 from openai_bridge.browser_guard import JsonBodyMiddleware, OriginGuardMiddleware
 from openai_bridge.config import BridgeSettings
+from openai_bridge.draining import Draining, DrainingMiddleware
 from openai_bridge.errors import install_exception_handlers
 from openai_bridge.inference_client import InferenceClient
 from openai_bridge.limits import BodyLimitMiddleware
@@ -58,6 +59,7 @@ def create_app(
     *,
     management: ManagementClient | None = None,
     clock: Callable[[], float] = time.time,
+    draining: Draining | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -71,8 +73,9 @@ def create_app(
         # `/v1/models/` is an unknown route (404), not a redirect: one answer per path.
         redirect_slashes=False,
     )
+    draining = draining or Draining(settings.shutdown_grace_s)
     app.state.bridge = BridgeState(
-        settings=settings, client=client, clock=clock, management=management
+        settings=settings, client=client, clock=clock, management=management, draining=draining
     )
     install_exception_handlers(app)
     document_openai_errors(app)
@@ -96,6 +99,7 @@ def create_app(
     # preflights before the key is asked for and adds its headers to 401s; other
     # origins' pages are refused whatever the key; the key is read from the WebSocket
     # subprotocols before they are hidden from the routes.
+    app.add_middleware(DrainingMiddleware, draining=draining)
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(SubprotocolMiddleware)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from types import FrameType
+
 import uvicorn
 
 from openai_bridge.app import create_app
 from openai_bridge.config import BridgeSettings
+from openai_bridge.draining import Draining
 from openai_bridge.inference_client import GrpcInferenceClient
 from openai_bridge.logs import setup_logging
 from openai_bridge.management_client import GrpcManagementClient
@@ -20,10 +24,11 @@ def main() -> None:
         timeout_s=settings.request_timeout_s,
     )
     # Shares the inference client's channel: one connection to the service.
-    app = create_app(settings, client, management=GrpcManagementClient(client))
+    draining = Draining(settings.shutdown_grace_s)
+    app = create_app(settings, client, management=GrpcManagementClient(client), draining=draining)
     base = f"http://{settings.http_host}:{settings.http_port}"
     print(f"miLLM OpenAI API at {base}/v1, admin UI at {base}/", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.http_host,
         port=settings.http_port,
@@ -35,3 +40,17 @@ def main() -> None:
         # client never reads would hold a stop open for minutes.
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    _DrainingServer(config, draining).run()
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app when its graceful stop begins."""
+
+    def __init__(self, config: uvicorn.Config, draining: Draining) -> None:
+        super().__init__(config)
+        self._draining = draining
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to drain
+            self._draining.start()
+        super().handle_exit(sig, frame)

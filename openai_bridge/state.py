@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import grpc
@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from openai_bridge.config import BridgeSettings
+from openai_bridge.draining import Draining
 from openai_bridge.errors import InferenceError
 from openai_bridge.inference_client import InferenceClient
 from openai_bridge.management_client import ManagementClient
@@ -24,6 +25,8 @@ class BridgeState:
     clock: Callable[[], float]
     # ModelService + OperationsService for /api/v1; None: those routes answer 501.
     management: ManagementClient | None = None
+    # Set when the bridge starts its graceful stop (cli.py); streams end in time.
+    draining: Draining = field(default_factory=lambda: Draining(0.0))
 
 
 def bridge_state(request: Request) -> BridgeState:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from millm.v1 import inference_service_pb2 as pb
+from openai_bridge.draining import until_drained
 from openai_bridge.inference_client import GenerationStream
 from openai_bridge.openai_api import millm, translate
 from openai_bridge.openai_api.generation import (
@@ -191,4 +192,4 @@ async def create_chat_completion(
     result = await run_chat(body, request, state)
     if isinstance(result, dict):
         return JSONResponse(result)
-    return sse_response(sse_body(result))
+    return sse_response(sse_body(until_drained(result, state.draining)))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from millm.v1 import inference_service_pb2 as pb
+from openai_bridge.draining import until_drained
 from openai_bridge.inference_client import GenerationStream
 from openai_bridge.openai_api import millm, translate
 from openai_bridge.openai_api.generation import (
@@ -139,7 +140,7 @@ async def create_completion(
             logprobs=logprobs,
             activations=prepared.activations,
         )
-        return sse_response(sse_body(chunks))
+        return sse_response(sse_body(until_drained(chunks, state.draining)))
 
     def respond(results: list[Collected]) -> dict[str, Any]:
         choices = [

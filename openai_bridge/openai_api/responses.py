@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from openai_bridge.draining import until_drained
 from openai_bridge.errors import InferenceError, describe, error_body
 from openai_bridge.openai_api import chat
 from openai_bridge.openai_api import responses_translate as rt
@@ -89,4 +90,5 @@ async def create_response(body: rt.ResponsesRequest, request: Request, state: St
         result = await chat.run_chat(chat_body, request, state)
     if isinstance(result, dict):
         return JSONResponse(rt.from_chat(result, echoed, int(state.clock())))
-    return sse_response(stream_body(result, ResponseEvents(echoed), state.clock))
+    chunks = until_drained(result, state.draining)
+    return sse_response(stream_body(chunks, ResponseEvents(echoed), state.clock))
