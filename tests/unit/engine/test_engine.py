@@ -85,7 +85,9 @@ async def test_default_max_tokens_applies(make_engine, chat_ids) -> None:
 
 
 async def test_queue_full_while_the_lane_is_busy(make_engine, chat_ids) -> None:
-    engine = make_engine(max_queue=2)
+    # A batch of one: the second request must wait, not join the running batch
+    # between two decode steps (it did, now and then, and then it was not waiting).
+    engine = make_engine(max_queue=2, max_batch_size=1)
     running = engine.submit_generation(request(chat_ids))
     events = await first_token(running)
     waiting = engine.submit_generation(request(chat_ids))
