@@ -79,7 +79,9 @@ async def main() -> None:
     reps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     engine = Engine(load_model(InferenceSettings(data_dir=DATA_DIR)), InferenceSettings())
     layers = find_decoder_layers(engine.loaded_model.model)
-    prompt = engine.render_chat([ChatTurn("user", "Write a short story about a lighthouse.")])
+    prompt = await engine.render_chat_async(
+        [ChatTurn("user", "Write a short story about a lighthouse.")]
+    )
     # Attach reads the SAE from disk, as the service does, so its memory is new memory.
     folder = Path(tempfile.mkdtemp(prefix="millm-bench-sae-"))
     save_sae(random_sae(576, d_sae), folder, "saelens")

@@ -126,7 +126,9 @@ async def main() -> None:
     tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 64
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     engine = Engine(load_model(InferenceSettings(data_dir=DATA_DIR)), InferenceSettings())
-    prompt = engine.render_chat([ChatTurn("user", "Write a short story about a lighthouse.")])
+    prompt = await engine.render_chat_async(
+        [ChatTurn("user", "Write a short story about a lighthouse.")]
+    )
     await run(engine, prompt, 8, None)  # warm-up
     for d_sae in (4608, 16384):
         results = await measure(engine, prompt, d_sae, tokens, reps)

@@ -30,6 +30,7 @@ import grpc
 import torch
 
 from inference_service.config import InferenceSettings
+from inference_service.engine.prompts import render_chat
 from inference_service.engine.types import ChatTurn
 from inference_service.sae.formats import load_sae
 from inference_service.server import InferenceServer
@@ -232,7 +233,7 @@ async def generate(stub, question: str, features: list[steering_pb2.SteeringFeat
 def coherence(engine, question: str, reply: str) -> float:
     """Mean log-probability per token of the case-folded reply under the unsteered model."""
     tokenizer = engine.loaded_model.tokenizer
-    prompt = engine.render_chat([ChatTurn(role="user", content=question)])
+    prompt = render_chat(tokenizer, [ChatTurn(role="user", content=question)])
     answer = tokenizer(reply.lower(), add_special_tokens=False)["input_ids"]
     if not answer:
         return float("nan")

@@ -29,7 +29,7 @@ from inference_service.engine.grammar import Grammar, GrammarCompiler
 from inference_service.engine.lane import Lane, LaneJob, PassBoundary
 from inference_service.engine.loader import LoadedModel
 from inference_service.engine.memory import available_memory, format_bytes, kv_bytes_per_token
-from inference_service.engine.prompts import NO_OPTIONS, encode_text, render_chat
+from inference_service.engine.prompts import NO_OPTIONS, decode_tokens, encode_text, render_chat
 from inference_service.engine.row_edits import install
 from inference_service.engine.scheduler import BatchScheduler, BatchStats
 from inference_service.engine.types import (
@@ -123,13 +123,13 @@ class Engine:
         self._settings = settings
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        # The lane decodes with its own tokenizer copy, so tokenize calls on the
-        # event loop never share the Rust tokenizer with the worker thread.
+        # A Rust tokenizer must not be used from two threads at once, so the lane and
+        # the tokenizer thread each have a copy; the loaded one is left to callers
+        # that copy it for threads of their own (training).
         self._lane_loaded = dataclasses.replace(loaded, tokenizer=copy.deepcopy(loaded.tokenizer))
-        # Requests are tokenized and chat-templated on this one thread, never on the
-        # event loop: a 10 MB prompt takes seconds and stalled every other stream.
-        # It has a third tokenizer copy, since a Rust tokenizer must not be used from
-        # two threads at once (the loop's copy still serves the small sync callers).
+        # Requests are tokenized and chat-templated (and grammars compiled) on this one
+        # thread, never on the event loop: a 10 MB prompt takes seconds and stalled
+        # every other stream.
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         self._worker_tokenizer = copy.deepcopy(loaded.tokenizer)
         # Queued first, so it is ready before the first request needs it.
@@ -142,8 +142,7 @@ class Engine:
         self._jobs: set[LaneJob] = set()  # admitted and unfinished
         self._mean_job_s = 2.0
         self._closed = False
-        self._grammars: GrammarCompiler | None = None  # built on first use
-        self._grammar_lock = threading.Lock()
+        self._grammars: GrammarCompiler | None = None  # built on first use, on that thread
         self._scheduler = BatchScheduler(
             self._lane_loaded,
             self._lane,
@@ -182,41 +181,16 @@ class Engine:
 
     # ---- tokenizer only: no lane needed ------------------------------------------
 
-    def render_chat(
-        self, turns: Sequence[ChatTurn], options: ChatOptions = NO_OPTIONS
-    ) -> list[int]:
-        return render_chat(self._loaded.tokenizer, turns, options)
-
-    def compile_grammar(
-        self, constraint: OutputConstraint, tools: Sequence[ToolSpec] = (), *, param: str
-    ) -> Grammar:
-        """A constraint compiled for this model. Blocking (the first call also indexes
-        the vocabulary, about half a second): call it off the event loop."""
-        with self._grammar_lock:
-            if self._grammars is None:
-                self._grammars = GrammarCompiler(
-                    self._loaded.tokenizer, self._loaded.description.vocab_size
-                )
-            compiler = self._grammars
-        return compiler.compile(constraint, tools, param=param)
-
-    def encode_text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return encode_text(self._loaded.tokenizer, text, add_special_tokens=add_special_tokens)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        """Text of token ids, special tokens included (the legacy `echo`)."""
-        return self._loaded.tokenizer.decode(list(token_ids), skip_special_tokens=False)
-
     # ---- tokenizer, off the event loop ------------------------------------------------
 
     async def render_chat_async(
         self, turns: Sequence[ChatTurn], options: ChatOptions = NO_OPTIONS
     ) -> list[int]:
-        """`render_chat` on the tokenizer thread."""
+        """`prompts.render_chat` on the tokenizer thread."""
         return await self._on_tokenizer_thread(render_chat, turns, options)
 
     async def encode_text_async(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        """`encode_text` on the tokenizer thread."""
+        """`prompts.encode_text` on the tokenizer thread."""
         return await self._on_tokenizer_thread(
             encode_text, text, add_special_tokens=add_special_tokens
         )
@@ -230,8 +204,29 @@ class Engine:
         return await self._on_tokenizer_thread(encode_all)
 
     async def token_strings_async(self, token_ids: Sequence[int]) -> list[str]:
-        """`token_strings` on the tokenizer thread (one decode per token adds up)."""
+        """Each token's own text, for display (a piece of a character shows as U+FFFD),
+        on the tokenizer thread (one decode per token adds up)."""
         return await self._on_tokenizer_thread(_token_strings, token_ids)
+
+    async def decode_async(self, token_ids: Sequence[int]) -> str:
+        """Text of token ids, special tokens included (the legacy `echo`)."""
+        return await self._on_tokenizer_thread(decode_tokens, token_ids)
+
+    async def compile_grammar_async(
+        self, constraint: OutputConstraint, tools: Sequence[ToolSpec] = (), *, param: str
+    ) -> Grammar:
+        """A constraint compiled for this model, on the tokenizer thread: a large schema
+        takes a while to check, and the first call also indexes the vocabulary (about
+        half a second), from that thread's own tokenizer copy."""
+        return await self._on_tokenizer_thread(self._compile_grammar, constraint, tools, param)
+
+    def _compile_grammar(
+        self, tokenizer: Any, constraint: OutputConstraint, tools: Sequence[ToolSpec], param: str
+    ) -> Grammar:
+        # Only the tokenizer thread gets here, so building it once needs no lock.
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(tokenizer, self.description.vocab_size)
+        return self._grammars.compile(constraint, tools, param=param)
 
     async def check_prompt_chars(self, chars: int, *, param: str) -> None:
         """Refuses a prompt of `chars` characters that cannot fit the context whatever
@@ -261,10 +256,6 @@ class Engine:
     def lane_token_strings(self, token_ids: Sequence[int]) -> list[str]:
         """`token_strings` for the worker lane, with the lane's own tokenizer copy."""
         return _token_strings(self._lane_loaded.tokenizer, token_ids)
-
-    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
-        """Each token's own text, for display (a piece of a character shows as U+FFFD)."""
-        return _token_strings(self._loaded.tokenizer, token_ids)
 
     # ---- generation ----------------------------------------------------------------
 

@@ -15,6 +15,7 @@ on the worker lane only.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +27,14 @@ import numpy as np
 import torch
 
 from inference_service.engine.types import (
-    JsonObject,
     JsonSchema,
     OutputConstraint,
     ToolCalls,
     ToolSpec,
 )
 from inference_service.errors import InvalidArgumentError
+
+log = logging.getLogger(__name__)
 
 # JSON is written on one line the way json.dumps writes it ({"a": 1, "b": [2]}):
 # small models write that best, and free whitespace would let a model pad forever.
@@ -101,18 +103,16 @@ class TokenMask:
         return logits.masked_fill(~mask, float("-inf"))
 
     def accept(self, token_id: int) -> None:
-        # A token the mask allowed is always accepted; a refusal means the grammar
-        # engine and the mask disagree, which `failed` reports.
-        self._matcher.consume_token(token_id)
+        # A token the mask allowed is always accepted. A refusal would mean the engine
+        # and its own mask disagree; the matcher then reports itself stopped, so the
+        # sequence ends, and the log says why.
+        if not self._matcher.consume_token(token_id):
+            log.warning("grammar refused token %d: %s", token_id, self._matcher.get_error())
 
     @property
     def finished(self) -> bool:
         """The grammar is complete and allows nothing more (not even more JSON)."""
         return self._matcher.is_stopped()
-
-    @property
-    def failed(self) -> str | None:
-        return self._matcher.get_error() if self._matcher.is_error() else None
 
 
 # ---------------------------------------------------------------- grammars
@@ -182,16 +182,13 @@ def _schema(text: str, param: str) -> dict[str, Any]:
 
 
 def _grammar(constraint: OutputConstraint, tools: Sequence[ToolSpec], param: str) -> str:
-    if isinstance(constraint, JsonObject):
-        return llguidance.LLMatcher.grammar_from_json_schema(
-            json.dumps({"type": "object"}), defaults=_JSON_STYLE
-        )
-    if isinstance(constraint, JsonSchema):
-        return llguidance.LLMatcher.grammar_from_json_schema(
-            json.dumps(_schema(constraint.schema_json, param)), defaults=_JSON_STYLE
-        )
-    assert isinstance(constraint, ToolCalls)
-    return _tool_call_grammar(constraint, tools, param)
+    if isinstance(constraint, ToolCalls):
+        return _tool_call_grammar(constraint, tools, param)
+    # JsonObject is the empty schema text, which `_schema` reads as any object.
+    schema_json = constraint.schema_json if isinstance(constraint, JsonSchema) else ""
+    return llguidance.LLMatcher.grammar_from_json_schema(
+        json.dumps(_schema(schema_json, param)), defaults=_JSON_STYLE
+    )
 
 
 def _tool_call_grammar(constraint: ToolCalls, tools: Sequence[ToolSpec], param: str) -> str:

@@ -97,6 +97,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         validate_tools(tools)
         prompt_ids = await self._prompt_ids(engine, start)
         grammar = await _grammar(engine, start, tools)
+        prompt_text = await engine.decode_async(prompt_ids) if start.echo_prompt else ""
         # A thread: resolving a profile may read the database.
         observer = await asyncio.to_thread(
             self._context, engine, "generate", start, steering_convert.selection(start.activations)
@@ -118,9 +119,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     request_id=request.request_id,
                     prompt_tokens=len(request.prompt_token_ids),
                     model=engine.description.id,
-                    prompt_text=(
-                        engine.decode(request.prompt_token_ids) if start.echo_prompt else ""
-                    ),
+                    prompt_text=prompt_text,
                 )
             )
             async for event in handle.events():
@@ -195,8 +194,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
 
 async def _grammar(engine: Engine, start: pb.GenerateStart, tools: tuple[ToolSpec, ...]) -> Any:
-    """The request's compiled constraint, or None. A thread: a large schema takes a
-    while to check, and the first one indexes the vocabulary."""
+    """The request's compiled constraint, or None."""
     constraint = convert.output_constraint(start.constraint)
     if constraint is None:
         return None
@@ -205,7 +203,7 @@ async def _grammar(engine: Engine, start: pb.GenerateStart, tools: tuple[ToolSpe
             "A tool-call constraint needs `tools` to choose from.", param="tool_choice"
         )
     param = "tool_choice" if isinstance(constraint, ToolCalls) else "response_format"
-    return await asyncio.to_thread(engine.compile_grammar, constraint, tools, param=param)
+    return await engine.compile_grammar_async(constraint, tools, param=param)
 
 
 async def _watch_client(

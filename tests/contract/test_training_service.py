@@ -156,7 +156,7 @@ async def test_output_loads_in_sae_lens_and_encodes_as_miLLM_does(server, refere
     theirs = SAE.load_from_disk(str(folder), device="cpu")
     ours = load_sae(folder)
     model = server.host.engine.loaded_model.model
-    ids = server.host.engine.encode_text("The quick brown fox jumps over the lazy dog.")
+    ids = await server.host.engine.encode_text_async("The quick brown fox jumps over the lazy dog.")
     (hidden,) = capture(model, [capture_site(model, HOOK, "h")], torch.tensor([ids]))
     x = hidden[0]
     with torch.no_grad():

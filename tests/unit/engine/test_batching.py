@@ -297,7 +297,9 @@ async def test_a_grammar_masks_the_steered_logits_row_by_row(rig, loaded) -> Non
         "properties": {"animal": {"type": "string", "maxLength": 16}, "legs": {"type": "integer"}},
         "required": ["animal", "legs"],
     }
-    grammar = engine.compile_grammar(JsonSchema(json.dumps(schema)), param="response_format")
+    grammar = await engine.compile_grammar_async(
+        JsonSchema(json.dumps(schema)), param="response_format"
+    )
     prompt = tuple(render_chat(loaded.tokenizer, [ChatTurn("user", "Name an animal as JSON.")]))
     sampling = SamplingOptions(temperature=0.0, max_tokens=30)
 

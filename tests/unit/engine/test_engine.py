@@ -73,7 +73,7 @@ async def test_validation_runs_before_admission(make_engine, chat_ids) -> None:
         engine.submit_generation(GenerationRequest("e", (), SamplingOptions()))
     assert caught.value.param == "messages"
     with pytest.raises(InvalidArgumentError) as caught:
-        engine.render_chat([ChatTurn("wizard", "hi")])
+        await engine.render_chat_async([ChatTurn("wizard", "hi")])
     assert caught.value.param == "messages"
     assert engine.queue_depth == 0
 
@@ -152,7 +152,10 @@ async def test_consumer_task_cancelled_cancels_the_request(make_engine, chat_ids
 
 async def test_embeddings_are_normalised_and_deterministic(make_engine) -> None:
     engine = make_engine()
-    inputs = [engine.encode_text("The cat sat on the mat."), engine.encode_text("Stock prices")]
+    inputs = [
+        await engine.encode_text_async("The cat sat on the mat."),
+        await engine.encode_text_async("Stock prices"),
+    ]
     first = await engine.embed(inputs)
     again = await engine.embed(list(reversed(inputs)))
     assert len(first) == 2 and all(len(v) == engine.description.hidden_size for v in first)
@@ -217,10 +220,10 @@ async def test_shutdown_cancels_waiting_work_and_stops_the_thread(make_engine, c
         engine.submit_generation(request(chat_ids))
 
 
-def test_token_strings_and_encoding_need_no_lane(make_engine) -> None:
+async def test_token_strings_and_encoding_need_no_lane(make_engine) -> None:
     engine = make_engine()
-    ids = engine.encode_text("Hello world", add_special_tokens=False)
-    assert "".join(engine.token_strings(ids)) == "Hello world"
+    ids = await engine.encode_text_async("Hello world", add_special_tokens=False)
+    assert "".join(await engine.token_strings_async(ids)) == "Hello world"
 
 
 async def test_call_on_lane_runs_on_the_worker_thread(make_engine) -> None:

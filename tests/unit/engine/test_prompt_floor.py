@@ -11,6 +11,7 @@ import pytest
 from tokenizers import normalizers
 
 from inference_service.engine.engine import longest_token_chars
+from inference_service.engine.prompts import encode_text, render_chat
 from inference_service.engine.types import ChatTurn, ToolSpec
 from inference_service.engine.validation import chat_chars, check_prompt_floor
 from inference_service.errors import ContextLengthExceededError, NoModelLoadedError
@@ -75,17 +76,18 @@ def test_a_normalizing_tokenizer_has_no_bound(tokenizer):
     assert longest_token_chars(normalizing) is None
 
 
-async def test_async_tokenizing_matches_the_sync_methods(make_engine):
+async def test_the_tokenizer_thread_tokenizes_as_the_tokenizer_does(make_engine, tokenizer):
     engine = make_engine()
     turns = [ChatTurn("user", "What is the capital of France?")]
-    assert await engine.render_chat_async(turns) == engine.render_chat(turns)
-    assert await engine.encode_text_async("Hello world") == engine.encode_text("Hello world")
-    ids = engine.encode_text("Hello world", add_special_tokens=False)
+    assert await engine.render_chat_async(turns) == render_chat(tokenizer, turns)
+    assert await engine.encode_text_async("Hello world") == encode_text(tokenizer, "Hello world")
+    ids = encode_text(tokenizer, "Hello world", add_special_tokens=False)
     assert await engine.encode_texts_async(["Hello world", "x"]) == [
         ids,
-        engine.encode_text("x", add_special_tokens=False),
+        encode_text(tokenizer, "x", add_special_tokens=False),
     ]
-    assert await engine.token_strings_async(ids) == engine.token_strings(ids)
+    assert await engine.token_strings_async(ids) == [tokenizer.decode([i]) for i in ids]
+    assert await engine.decode_async(ids) == "Hello world"
 
 
 async def test_the_engines_bound_refuses_with_the_context_error(make_engine):
