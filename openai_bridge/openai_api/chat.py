@@ -15,8 +15,8 @@ from openai_bridge.openai_api import millm, translate
 from openai_bridge.openai_api.generation import (
     Collected,
     Opened,
+    all_choices,
     complete,
-    merged,
     open_generations,
     sse_body,
 )
@@ -109,7 +109,7 @@ async def choice_chunks(
             return
 
 
-async def chat_chunks(
+def chat_chunks(
     opened: Opened,
     *,
     include_usage: bool,
@@ -133,14 +133,14 @@ async def chat_chunks(
         )
         for i, stream in enumerate(opened.streams)
     ]
-    try:
-        async for chunk in merged(choices) if len(choices) > 1 else choices[0]:
-            yield chunk
-        if include_usage:
-            usage = translate.usage_total(list(finished.values()))
-            yield translate.usage_chunk(opened.ids, OBJECT_CHUNK, usage)
-    finally:
-        opened.cancel()
+    return all_choices(
+        opened,
+        choices,
+        finished,
+        obj=OBJECT_CHUNK,
+        include_usage=include_usage,
+        samples=len(choices),
+    )
 
 
 async def run_chat(
@@ -174,7 +174,7 @@ async def run_chat(
             for i, r in enumerate(results)
         ]
         return translate.chat_completion(
-            opened.ids, choices, translate.usage_total([r.finished for r in results])
+            opened.ids, choices, translate.usage_total([r.finished for r in results], len(results))
         )
 
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,8 +15,8 @@ from openai_bridge.openai_api import millm, translate
 from openai_bridge.openai_api.generation import (
     Collected,
     Opened,
+    all_choices,
     complete,
-    merged,
     open_generations,
     sse_body,
 )
@@ -76,14 +76,15 @@ async def choice_chunks(
             return
 
 
-async def completion_chunks(
+def completion_chunks(
     opened: Opened,
+    starts: list[pb.GenerateStart],
     plan: translate.CompletionPlan,
     *,
     include_usage: bool,
     logprobs: bool,
     activations: bool,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     finished: dict[int, pb.GenerateFinished] = {}
     choices = [
         choice_chunks(
@@ -96,22 +97,11 @@ async def completion_chunks(
             activations=activations,
             finished=finished,
         )
-        for i, (start, stream) in enumerate(zip(_all_starts(plan), opened.streams, strict=True))
+        for i, (start, stream) in enumerate(zip(starts, opened.streams, strict=True))
     ]
-    try:
-        async for chunk in merged(choices) if len(choices) > 1 else choices[0]:
-            yield chunk
-        if include_usage:
-            usage = translate.usage_total([finished[i] for i in sorted(finished)], len(plan.starts))
-            yield translate.usage_chunk(opened.ids, OBJECT, usage)
-    finally:
-        opened.cancel()
-
-
-def _all_starts(plan: translate.CompletionPlan) -> list[pb.GenerateStart]:
-    """One start per choice: `n` samples of each prompt, prompt by prompt (OpenAI's
-    choice order)."""
-    return [s for start in plan.starts for s in translate.sample_starts(start, plan.n)]
+    return all_choices(
+        opened, choices, finished, obj=OBJECT, include_usage=include_usage, samples=plan.n
+    )
 
 
 @router.post("/v1/completions", response_model=None)
@@ -122,11 +112,9 @@ async def create_completion(
 ) -> Response:
     plan = translate.completion_start(body)
     extension = millm.for_generation(body.millm, stream=bool(body.stream))
-    choice = await millm.choose_model(state.client, plan.starts[0].model)
-    prepared = millm.Prepared(None, False)
-    for start in plan.starts:
-        prepared = millm.prepare(start, extension, choice)
-    starts = _all_starts(plan)
+    choice = await millm.choose_model(state.client, plan.start.model)
+    prepared = millm.prepare(plan.start, extension, choice)
+    starts = plan.choice_starts()
     opened = await open_generations(
         state.client, starts, "cmpl", int(state.clock()), choice, prepared
     )
@@ -135,6 +123,7 @@ async def create_completion(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = completion_chunks(
             opened,
+            starts,
             plan,
             include_usage=include_usage,
             logprobs=logprobs,
@@ -155,7 +144,7 @@ async def create_completion(
                 zip(results, starts, opened.streams, strict=False)
             )
         ]
-        usage = translate.usage_total([r.finished for r in results], len(plan.starts))
+        usage = translate.usage_total([r.finished for r in results], plan.n)
         return translate.text_completion(opened.ids, choices, usage)
 
     return JSONResponse(await complete(request, opened, prepared.activations, respond))

@@ -22,7 +22,7 @@ from millm.v1 import steering_pb2 as stpb
 from openai_bridge.errors import InferenceError, unsupported
 from openai_bridge.inference_client import GenerationStream, InferenceClient
 from openai_bridge.openai_api import millm
-from openai_bridge.openai_api.translate import ResponseIds
+from openai_bridge.openai_api.translate import ResponseIds, usage_chunk, usage_total
 from openai_bridge.sse import event_stream
 
 T = TypeVar("T")
@@ -187,9 +187,33 @@ async def complete(
     return payload
 
 
+async def all_choices(
+    opened: Opened,
+    choices: Sequence[AsyncIterator[dict[str, Any]]],
+    finished: dict[int, pb.GenerateFinished],
+    *,
+    obj: str,
+    include_usage: bool,
+    samples: int,
+) -> AsyncGenerator[dict[str, Any], None]:
+    """A streamed response: every choice's chunks as each is produced, then, when asked,
+    the usage chunk (the choices record their `finished` by index, `samples` per
+    prompt). Closing it cancels the generations."""
+    # One choice is read directly: merging costs a task and a wait per token.
+    source = merged(choices) if len(choices) > 1 else choices[0]
+    try:
+        async for chunk in source:
+            yield chunk
+        if include_usage:
+            usage = usage_total([finished[i] for i in sorted(finished)], samples)
+            yield usage_chunk(opened.ids, obj, usage)
+    finally:
+        opened.cancel()
+
+
 async def merged(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
     """Items of several async iterators as each produces them (the choices of a streamed
-    `n` > 1 response). An error in one ends all."""
+    response). An error in one ends all."""
     iterators = [aiter(s) for s in streams]
     pending = {asyncio.ensure_future(anext(it)): it for it in iterators}
     try:

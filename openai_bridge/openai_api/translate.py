@@ -296,12 +296,25 @@ def sample_starts(start: pb.GenerateStart, n: int) -> list[pb.GenerateStart]:
 
 @dataclass(frozen=True)
 class CompletionPlan:
-    """A legacy completion translated: one generation per prompt, `n` samples of each,
-    and whether each choice starts with its prompt (`echo`)."""
+    """A legacy completion translated: the generation every choice shares (model,
+    sampling; `millm` is applied to it), each prompt's input, `n` samples of each, and
+    whether each choice starts with its prompt (`echo`)."""
 
-    starts: list[pb.GenerateStart]
+    start: pb.GenerateStart
+    inputs: list[pb.GenerateStart]
     n: int
     echo: bool
+
+    def choice_starts(self) -> list[pb.GenerateStart]:
+        """One start per choice, in OpenAI's order: the `n` samples of the first
+        prompt, then of the next."""
+        starts = []
+        for prompt in self.inputs:
+            start = pb.GenerateStart()
+            start.CopyFrom(self.start)
+            start.MergeFrom(prompt)
+            starts.extend(sample_starts(start, self.n))
+        return starts
 
 
 def _prompts(prompt: Any) -> list[str | list[int]]:
@@ -336,19 +349,21 @@ def completion_start(body: CompletionRequest) -> CompletionPlan:
         )
     logprobs = body.logprobs is not None
     sampling = _sampling(body, body.max_tokens, logprobs, body.logprobs)
-    starts = []
+    inputs = []
     for i, prompt in enumerate(prompts):
         param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
-        start = pb.GenerateStart(model=body.model or "", sampling=sampling)
+        entry = pb.GenerateStart()
         if isinstance(prompt, str):
-            start.prompt = prompt
+            entry.prompt = prompt
         elif not prompt:
             raise invalid_request("`prompt` must not be empty.", param)
         else:
-            _assign(start.prompt_token_ids, "ids", list(prompt), param)
-            start.echo_prompt = bool(body.echo)
-        starts.append(start)
-    return CompletionPlan(starts, n, bool(body.echo))
+            _assign(entry.prompt_token_ids, "ids", list(prompt), param)
+            # Token ids are echoed as the service reads them back.
+            entry.echo_prompt = bool(body.echo)
+        inputs.append(entry)
+    start = pb.GenerateStart(model=body.model or "", sampling=sampling)
+    return CompletionPlan(start, inputs, n, bool(body.echo))
 
 
 def embed_request(body: EmbeddingRequest) -> pb.EmbedRequest:
@@ -437,11 +452,10 @@ def _envelope(ids: ResponseIds, obj: str) -> dict[str, Any]:
     }
 
 
-def usage_total(finished: Sequence[pb.GenerateFinished], prompts: int = 1) -> dict[str, int]:
-    """Usage of several samples: the prompt counted once per distinct prompt (samples of
-    one prompt are consecutive), completions summed."""
-    per_prompt = len(finished) // prompts if prompts else 0
-    prompt_tokens = sum(f.usage.prompt_tokens for f in finished[:: per_prompt or 1])
+def usage_total(finished: Sequence[pb.GenerateFinished], samples: int = 1) -> dict[str, int]:
+    """Usage of choices in OpenAI's order, `samples` per prompt: each prompt counted
+    once, the completions summed."""
+    prompt_tokens = sum(f.usage.prompt_tokens for f in finished[::samples])
     completion_tokens = sum(f.usage.completion_tokens for f in finished)
     return {
         "prompt_tokens": prompt_tokens,
