@@ -80,7 +80,7 @@ class OriginGuardMiddleware:
         ):
             error = InferenceError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                "CROSS_ORIGIN_REFUSED",
+                "ORIGIN_REFUSED",
                 f"Pages from {origin} may not change this server's state or open its"
                 " WebSockets; list the origin in MILLM_CORS_ORIGINS to allow them.",
             )

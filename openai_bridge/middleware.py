@@ -197,7 +197,7 @@ class CorsMiddleware(CORSMiddleware):
         if preflight and not self.is_allowed_origin(origin or ""):
             refused = InferenceError(
                 grpc.StatusCode.PERMISSION_DENIED,
-                "CORS_ORIGIN_REFUSED",
+                "ORIGIN_REFUSED",
                 f"Browser pages from {origin} may not call this API; list the origin"
                 " in MILLM_CORS_ORIGINS to allow them.",
             )

@@ -80,6 +80,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The server is stopping: it refuses new calls and ends those still running
     when its shutdown grace runs out; retry on another replica or after it restarts.
     """
+    ERROR_REASON_ORIGIN_REFUSED: _ErrorReason.ValueType  # 26
+    """A browser page from an origin the server does not allow tried to call the
+    API or change its state (only the bridge's HTTP edge sends it); list the
+    origin in MILLM_CORS_ORIGINS to allow it.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists the machine-readable reasons miLLM puts in the
@@ -147,5 +152,10 @@ ERROR_REASON_TRAINING_BUSY: ErrorReason.ValueType  # 24
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 25
 """The server is stopping: it refuses new calls and ends those still running
 when its shutdown grace runs out; retry on another replica or after it restarts.
+"""
+ERROR_REASON_ORIGIN_REFUSED: ErrorReason.ValueType  # 26
+"""A browser page from an origin the server does not allow tried to call the
+API or change its state (only the bridge's HTTP edge sends it); list the
+origin in MILLM_CORS_ORIGINS to allow it.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
