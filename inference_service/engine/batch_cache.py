@@ -15,6 +15,8 @@ says whether a model qualifies, and others decode one sequence at a time.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,6 +27,12 @@ from transformers.cache_utils import DynamicLayer
 def supports_batching(cache: DynamicCache) -> bool:
     """Whether this (prefilled) cache's layers are plain full-attention layers."""
     return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The per-layer key/value holders. transformers types them as a union that
+    includes linear-attention layers, which a batched cache never holds."""
+    return cache.layers
 
 
 class BatchCache:
@@ -41,17 +49,17 @@ class BatchCache:
     @property
     def width(self) -> int:
         """Columns of the cache (the longest row plus what padding is left)."""
-        return 0 if self.cache is None else self.cache.layers[0].keys.shape[-2]
+        return 0 if self.cache is None else _layers(self.cache)[0].keys.shape[-2]
 
     def add(self, single: DynamicCache) -> None:
         """Appends a prefilled one-row cache as the last row."""
-        length = single.layers[0].keys.shape[-2]
+        length = _layers(single)[0].keys.shape[-2]
         if self.cache is None:
             self.cache, self.lengths = single, [length]
             return
         grow = max(0, length - self.width)
         pad_new = max(0, self.width - length)
-        for mine, theirs in zip(self.cache.layers, single.layers, strict=True):
+        for mine, theirs in zip(_layers(self.cache), _layers(single), strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, grow), _pad_left(theirs.keys, pad_new)])
             mine.values = torch.cat(
                 [_pad_left(mine.values, grow), _pad_left(theirs.values, pad_new)]
@@ -66,15 +74,15 @@ class BatchCache:
         assert self.cache is not None
         self.lengths = [self.lengths[r] for r in rows]
         start = self.width - max(self.lengths)  # columns that are padding in every row
-        index = torch.tensor(rows, device=self.cache.layers[0].keys.device)
-        for layer in self.cache.layers:
+        index = torch.tensor(rows, device=_layers(self.cache)[0].keys.device)
+        for layer in _layers(self.cache):
             layer.keys = layer.keys[index, :, start:]
             layer.values = layer.values[index, :, start:]
 
     def step_inputs(self) -> dict[str, Tensor]:
         """The mask, positions and cache position for one decode step of every row."""
         assert self.cache is not None
-        device = self.cache.layers[0].keys.device
+        device = _layers(self.cache)[0].keys.device
         width = self.width
         lengths = torch.tensor(self.lengths, device=device)
         columns = torch.arange(width + 1, device=device)

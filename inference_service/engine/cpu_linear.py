@@ -38,8 +38,12 @@ def use_row_batched_linear(model: Any) -> int:
     returns how many layers changed."""
     changed = 0
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if type(module) is nn.Linear and weight.device.type == "cpu" and weight.is_floating_point():
-            module.forward = types.MethodType(_forward, module)
+        if (
+            type(module) is nn.Linear
+            and module.weight.device.type == "cpu"
+            and module.weight.is_floating_point()
+        ):
+            # An instance attribute shadows the class's forward for this layer only.
+            setattr(module, "forward", types.MethodType(_forward, module))  # noqa: B010
             changed += 1
     return changed

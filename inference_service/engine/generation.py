@@ -65,7 +65,8 @@ class SequenceState:
         self.device = loaded.device
         self.prompt_ids = list(request.prompt_token_ids)
         self.generated: list[int] = []
-        self.cache = DynamicCache(config=self._model.config)  # until it joins a batch
+        # Its own until it joins a batch; the batch then holds it as a row.
+        self.cache: DynamicCache | None = DynamicCache(config=self._model.config)
         self._generator = make_generator(self.options.seed, self.device)
         # Completion token counts [V] for the penalties; only kept when they are used,
         # sized from the logits (some models pad the output layer beyond the vocabulary).
@@ -232,6 +233,7 @@ class DecodeBatch:
                 row.decode_started_ns = time.perf_counter_ns()
                 if self._advance(row, logits):
                     return
+            assert sequence.cache is not None  # prefilled, not yet joined
             if not supports_batching(sequence.cache):
                 self.batchable = False
             self._cache.add(sequence.cache)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # JSON is written on one line the way json.dumps writes it ({"a": 1, "b": [2]}):
 # small models write that best, and free whitespace would let a model pad forever.
-_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+_JSON_STYLE: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 TOOL_CALL_OPEN = "<tool_call>\n"
 TOOL_CALL_CLOSE = "\n</tool_call>"
 

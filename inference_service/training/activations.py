@@ -175,7 +175,7 @@ class BatchStream:
         self._scale_in, self._scale_out = scale_in, scale_out
         self._epoch, self._chunk = start.epoch, start.chunk
         self._offset = start.offset
-        self._rows: tuple[Tensor, Tensor] | None = None
+        self._rows: tuple[Tensor, Tensor | None] | None = None
 
     @property
     def cursor(self) -> Cursor:
