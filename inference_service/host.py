@@ -11,13 +11,13 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psutil
 
 from inference_service.config import InferenceSettings
 from inference_service.engine.engine import Engine
 from inference_service.engine.loader import load_model, unload
+from inference_service.engine.quantization import LoadOptions
 from inference_service.errors import ModelLoadingError, NoModelLoadedError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,9 @@ class ModelHost:
         except Exception:
             log.exception("loading model %r failed", self._settings.model)
 
-    async def switch(self, settings: InferenceSettings, options: Any = None) -> float:
+    async def switch(
+        self, settings: InferenceSettings, options: LoadOptions | None = None
+    ) -> float:
         """Serves the model `settings` describe instead of the current one; returns load seconds.
 
         While this runs, requests get MODEL_LOADING (503 with Retry-After); running

@@ -16,6 +16,7 @@ from inference_service.config import InferenceSettings
 from inference_service.host import ModelHost, ModelState
 from inference_service.interceptors import AuthInterceptor, ErrorInterceptor
 from inference_service.models.catalog import ModelCatalog
+from inference_service.models.manager import ModelManager
 from inference_service.monitoring.hub import MonitorHub
 from inference_service.operations.manager import OperationsManager
 from inference_service.operations.store import DatabaseOperationStore
@@ -166,7 +167,7 @@ class InferenceServer:
             MonitoringServicer(self.monitor, self._attached_d_sae), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.host, self.catalog), self._server
+            ModelServicer(ModelManager(self.host, self.catalog), self.catalog), self._server
         )
         sae_service_pb2_grpc.add_SaeServiceServicer_to_server(SaeServicer(self.saes), self._server)
         training_service_pb2_grpc.add_TrainingServiceServicer_to_server(

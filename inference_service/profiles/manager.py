@@ -322,5 +322,5 @@ def _sae_of(target: SteeringTarget) -> ProfileSae:
 
 def _not_found(name: str) -> ProfileNotFoundError:
     return ProfileNotFoundError(
-        f"No profile is named '{name}'; list them with GET /api/v1/profiles.", param="name"
+        f"No profile is named '{name}'; list them with ProfileService.ListProfiles.", param="name"
     )

@@ -105,7 +105,7 @@ class SaeCatalog:
         record = run(self._db, lambda repos: repos.sae_records.get(sae_id))
         if record is None:
             raise NotFoundError(
-                f"No SAE has the id '{sae_id}'; list them with ListSaes (GET /api/v1/saes).",
+                f"No SAE has the id '{sae_id}'; list them with SaeService.ListSaes.",
                 param="id",
             )
         return self._cached(record)

@@ -79,8 +79,7 @@ def resolve(release: str, sae_id: str) -> tuple[Release, str]:
     found = releases().get(release)
     if found is None:
         raise NotFoundError(
-            f"'{release}' is not a SAELens release; list them with ListSaeReleases "
-            "(GET /api/v1/sae-releases).",
+            f"'{release}' is not a SAELens release; list them with SaeService.ListSaeReleases.",
             param="release",
         )
     if sae_id not in found.sae_paths:

@@ -21,6 +21,7 @@ from inference_service.engine.types import (
     ToolSpec,
 )
 from inference_service.models.catalog import CachedModel
+from inference_service.models.manager import LoadEstimate, LoadSpec
 from inference_service.operations.types import OperationSnapshot
 from inference_service.servicers import steering_convert
 from millm.v1 import inference_service_pb2 as pb
@@ -244,4 +245,40 @@ def cached_model(model: CachedModel, *, loaded: bool) -> model_service_pb2.Cache
         size_bytes=model.size_bytes,
         state=_CACHED_STATES[model.state],
         loaded=loaded,
+    )
+
+
+_QUANTIZATIONS = {
+    model_service_pb2.QUANTIZATION_NONE: "none",
+    model_service_pb2.QUANTIZATION_INT8_DYNAMIC: "int8_dynamic",
+    model_service_pb2.QUANTIZATION_BNB_8BIT: "bnb_8bit",
+    model_service_pb2.QUANTIZATION_BNB_4BIT: "bnb_4bit",
+}
+
+
+def load_spec(
+    model_id: str, spec: model_service_pb2.LoadSpec, *, allow_overcommit: bool = False
+) -> LoadSpec:
+    """Empty and zero fields keep the service's settings (see LoadSpec in the proto)."""
+    return LoadSpec(
+        model_id=model_id,
+        dtype=spec.dtype or None,
+        quantization=_QUANTIZATIONS.get(spec.quantization, "none"),
+        device=spec.device or None,
+        context_tokens=spec.context_tokens or None,
+        allow_overcommit=allow_overcommit,
+    )
+
+
+def memory_estimate(estimate: LoadEstimate) -> model_service_pb2.EstimateModelMemoryResponse:
+    memory = estimate.memory
+    return model_service_pb2.EstimateModelMemoryResponse(
+        weights_bytes=memory.weights_bytes,
+        kv_cache_bytes=memory.kv_cache_bytes,
+        overhead_bytes=memory.overhead_bytes,
+        sae_bytes=memory.sae_bytes,
+        total_bytes=memory.total_bytes,
+        available_bytes=estimate.available_bytes,
+        fits=estimate.fits,
+        device=estimate.device,
     )

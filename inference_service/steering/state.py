@@ -55,7 +55,7 @@ class SteeringState:
         if target is None:
             raise NoSaeAttachedError(
                 "Steering needs an SAE attached to the model; attach one first "
-                "(POST /api/v1/saes/{id}/attach)."
+                "with SaeService.AttachSae."
             )
         return target
 

@@ -76,8 +76,7 @@ class CorpusStore:
         record = run(self._db, lambda repos: repos.corpora.get(corpus_id))
         if record is None:
             raise NotFoundError(
-                f"No corpus has the id '{corpus_id}'; list them with ListCorpora "
-                "(GET /api/v1/training/corpora).",
+                f"No corpus has the id '{corpus_id}'; list them with TrainingService.ListCorpora.",
                 param="corpus_id",
             )
         return record

@@ -43,7 +43,7 @@ def resolve_path(data_root: Path | None, relative: str) -> Path:
     if data_root is None:
         raise InvalidArgumentError(
             "Training from server paths is off; set MILLM_TRAINING_DATA_ROOT, or upload "
-            "the corpus (UploadCorpus, POST /api/v1/training/corpora).",
+            "the corpus with TrainingService.UploadCorpus.",
             param="corpus.path",
         )
     root = data_root.resolve()

@@ -128,8 +128,8 @@ class TrainingManager:
         record = run(self._db, lambda repos: repos.training_runs.get(run_id))
         if record is None:
             raise NotFoundError(
-                f"No training run has the id '{run_id}'; list them with ListTrainingRuns "
-                "(GET /api/v1/training/runs).",
+                f"No training run has the id '{run_id}'; list them with "
+                "TrainingService.ListTrainingRuns.",
                 param="id",
             )
         return record

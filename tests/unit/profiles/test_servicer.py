@@ -144,7 +144,7 @@ async def test_error_statuses(stub: pb_grpc.ProfileServiceStub, attachment: Atta
         stub.GetProfile(pb.GetProfileRequest(name="ghost"))
     )
     assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "PROFILE_NOT_FOUND")
-    assert message == "No profile is named 'ghost'; list them with GET /api/v1/profiles."
+    assert message == "No profile is named 'ghost'; list them with ProfileService.ListProfiles."
     assert metadata == {"param": "name"}
 
     code, reason, message, _ = await _error(
