@@ -622,7 +622,8 @@ async def test_list_pages_stop_resume_and_delete(bridge):
         (
             {"hook_name": HOOK, "architecture": "TopK"},
             "config.architecture",
-            "Input should be 'standard', 'jumprelu', 'topk' or 'batchtopk' (at `config.architecture`)",
+            "Input should be 'standard', 'jumprelu', 'topk' or 'batchtopk' "
+            "(at `config.architecture`)",
         ),
         (
             {"hook_name": HOOK, "corpus": {"corpus_id": "c", "path": "wiki/"}},
@@ -632,7 +633,8 @@ async def test_list_pages_stop_resume_and_delete(bridge):
         (
             {"hook_name": HOOK, "corpus": "wiki/"},
             "config.corpus",
-            "Input should be a valid dictionary or instance of CorpusSourceBody (at `config.corpus`)",
+            "Input should be a valid dictionary or object to extract fields from "
+            "(at `config.corpus`)",
         ),
     ],
 )
