@@ -80,13 +80,11 @@ def to_json(message: Message) -> Any:
 
 def _fields(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    descriptor = cast(Descriptor, message.DESCRIPTOR)
-    for field in descriptor.fields:
+    for field in _descriptor(message).fields:
         name = field.name
         value = getattr(message, name)
-        if _is_map(field):
-            entry = field.message_type.fields_by_name["value"]
-            out[name] = {str(k): _value(entry, value[k]) for k in sorted(value)}
+        if (map_value := _map_value(field)) is not None:
+            out[name] = {str(k): _value(map_value, value[k]) for k in sorted(value)}
         elif field.is_repeated:
             out[name] = [_value(field, v) for v in value]
         elif field.has_presence and not message.HasField(name):
@@ -101,9 +99,17 @@ def _fields(message: Message) -> dict[str, Any]:
     return out
 
 
-def _is_map(field: FieldDescriptor) -> bool:
+def _descriptor(message: Message) -> Descriptor:
+    # The stubs also name upb's Descriptor class, which has the same interface.
+    return cast(Descriptor, message.DESCRIPTOR)
+
+
+def _map_value(field: FieldDescriptor) -> FieldDescriptor | None:
+    """The value field of a map's entries; None when `field` is not a map."""
     entry = field.message_type
-    return entry is not None and entry.GetOptions().map_entry
+    if entry is None or not entry.GetOptions().map_entry:
+        return None
+    return entry.fields_by_name["value"]
 
 
 def _value(field: FieldDescriptor, value: Any) -> Any:
@@ -152,7 +158,7 @@ def message(cls: type[M], data: dict[str, Any]) -> M:
 
 def fill(target: Message, data: dict[str, Any]) -> None:
     """Sets the fields `data` names; a list replaces the repeated field's items."""
-    fields = target.DESCRIPTOR.fields_by_name
+    fields = _descriptor(target).fields_by_name
     for key, value in data.items():
         if value is None:
             continue
