@@ -85,6 +85,8 @@ def _fields(message: Message) -> dict[str, Any]:
         value = getattr(message, name)
         if (map_value := _map_value(field)) is not None:
             out[name] = {str(k): _value(map_value, value[k]) for k in sorted(value)}
+        elif field.is_repeated and field.type == FieldDescriptor.TYPE_STRING:
+            out[name] = list(value)  # "" in a list is an item, not "none"
         elif field.is_repeated:
             out[name] = [_value(field, v) for v in value]
         elif field.has_presence and not message.HasField(name):

@@ -221,6 +221,7 @@ def test_overrides_where_the_api_differs():
     assert (feature["mode"], feature["label"]) == ("add", None)  # UNSPECIFIED reads as ADD
     token = proto_json.to_json(stpb.TokenActivations(token=""))
     assert token["token"] == ""  # text, not "none"
+    assert proto_json.to_json(spb.SaeRelease(sae_ids=["", "a"]))["sae_ids"] == ["", "a"]
     candidate = proto_json.to_json(spb.SaeCandidate(d_in=0, size_bytes=0))
     assert (candidate["d_in"], candidate["size_bytes"]) == (None, 0)  # 0: unknown / 0 bytes
     issue = proto_json.to_json(spb.CompatibilityIssue(reason="D_IN_MISMATCH", message="m"))
