@@ -1,4 +1,4 @@
 """The /api/v1 management API: cached models, downloads and operations, SAEs, steering,
 profiles, monitoring and SAE training, over the inference service's management RPCs.
-Routes are thin; `translate`, `steering_translate` and `training_translate` hold the
-protobuf <-> JSON mapping."""
+One module per resource holds its routes and what is particular to its translation;
+`openai_bridge.proto_json` maps every message, and `schemas` types every request body."""

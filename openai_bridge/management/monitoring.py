@@ -15,10 +15,11 @@ from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
 from millm.v1 import monitoring_service_pb2 as monpb
+from openai_bridge import proto_json
 from openai_bridge.errors import InferenceError, invalid_request, validation_failure
-from openai_bridge.management import steering_translate as translate
-from openai_bridge.management.schemas import MonitorControl, MonitoringConfigBody
-from openai_bridge.management.translate import error_frame, export_content_disposition
+from openai_bridge.management.common import attachment, given
+from openai_bridge.management.schemas import UINT32_MAX, MonitorControl, MonitoringConfigBody
+from openai_bridge.management.watch import report
 from openai_bridge.management_client import MonitorStream
 from openai_bridge.request_checks import loads_bounded
 from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState, Management
@@ -27,29 +28,54 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/monitoring")
 
-UNEXPECTED = "Internal server error; the details are in the bridge log."
 # A viewer that says nothing this long after connecting gets the top 10 features.
 FIRST_MESSAGE_WAIT_S = 1.0
 DEFAULT_TOP_K = 10
 # RFC 6455: the server is going away (the service ended the stream, as on shutdown).
 CLOSE_GOING_AWAY = 1001
+EXPORT_TYPES = {"json": "application/json", "csv": "text/csv"}
+
+
+def _uint32(value: int | None, param: str) -> int:
+    """None -> 0 (the service's default)."""
+    if value is None:
+        return 0
+    if not 0 <= value <= UINT32_MAX:
+        raise invalid_request(f"`{param}` is out of range.", param)
+    return value
+
+
+def feature_list(raw: list[str], param: str = "features") -> list[int]:
+    """`?features=1,2,3` and `?features=1&features=2`, in the order given."""
+    indexes: list[int] = []
+    for part in (p.strip() for item in raw for p in item.split(",")):
+        if not part:
+            continue
+        if not part.isdigit() or int(part) > UINT32_MAX:
+            raise invalid_request(
+                f"`{param}` must be feature indexes separated by commas, such as 1,2,3; "
+                f"got `{part}`.",
+                param,
+            )
+        indexes.append(int(part))
+    return indexes
 
 
 @router.get("/config")
 async def get_monitoring_config(management: Management) -> JSONResponse:
     response = await management.get_monitoring_config(monpb.GetMonitoringConfigRequest())
-    return JSONResponse(
-        {**translate.monitoring_config(response.config), "subscribers": response.subscribers}
-    )
+    config = proto_json.to_json(response.config)
+    return JSONResponse({**config, "subscribers": response.subscribers})
 
 
 @router.put("/config")
 async def set_monitoring_config(body: MonitoringConfigBody, management: Management) -> JSONResponse:
     # Unset fields keep their values, so the change is made on the current configuration.
     current = await management.get_monitoring_config(monpb.GetMonitoringConfigRequest())
-    request = translate.set_monitoring_config_request(current.config, body)
+    proto_json.fill(current.config, given(body))
+    request = monpb.SetMonitoringConfigRequest(config=current.config)
     response = await management.set_monitoring_config(request)
-    return JSONResponse(translate.monitoring_config(response.config))
+    return JSONResponse(proto_json.to_json(response.config))
 
 
 @router.get("/history")
@@ -58,8 +84,11 @@ async def get_monitoring_history(
     limit: Annotated[int | None, Query()] = None,
     request_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> JSONResponse:
-    response = await management.get_monitoring_history(translate.history_request(limit, request_id))
-    return JSONResponse({"data": [translate.frame(f) for f in response.frames]})
+    request = monpb.GetMonitoringHistoryRequest(
+        limit=_uint32(limit, "limit"), request_id=request_id or ""
+    )
+    response = await management.get_monitoring_history(request)
+    return JSONResponse(proto_json.page(response.frames))
 
 
 @router.delete("/history")
@@ -74,9 +103,11 @@ async def get_feature_statistics(
     features: Annotated[list[str] | None, Query()] = None,
     limit: Annotated[int | None, Query()] = None,
 ) -> JSONResponse:
-    request = translate.statistics_request(features or [], limit)
+    request = monpb.GetFeatureStatisticsRequest(
+        features=feature_list(features or []), limit=_uint32(limit, "limit")
+    )
     response = await management.get_feature_statistics(request)
-    return JSONResponse(translate.statistics(response))
+    return JSONResponse({"tokens": response.tokens, **proto_json.page(response.features)})
 
 
 @router.get("/export", response_model=None)
@@ -86,15 +117,35 @@ async def export_monitoring_history(
     response = await management.export_monitoring_history(
         monpb.ExportMonitoringHistoryRequest(format=format)
     )
-    filename = translate.export_filename(format)
+    filename = f"monitoring-history.{format}"
     return Response(
         response.data,
-        media_type=response.content_type or translate.EXPORT_TYPES[format],
-        headers={"Content-Disposition": export_content_disposition(filename, filename)},
+        media_type=response.content_type or EXPORT_TYPES[format],
+        headers=attachment(filename, filename),
     )
 
 
 # ---------------------------------------------------------------- the live stream
+
+
+class Selection:
+    """What one WebSocket viewer asked for so far; each message changes only what it names."""
+
+    def __init__(self, top_k: int) -> None:
+        self.features: list[int] = []
+        self.top_k = top_k
+        self.paused = False
+
+    def apply(self, control: MonitorControl) -> None:
+        if control.features is not None:
+            self.features = list(control.features)
+        if control.top_k is not None:
+            self.top_k = control.top_k
+        if control.paused is not None:
+            self.paused = control.paused
+
+    def request(self) -> monpb.MonitorRequest:
+        return monpb.MonitorRequest(features=self.features, top_k=self.top_k, paused=self.paused)
 
 
 # Frames waiting for a slow WebSocket client before newer ones are dropped.
@@ -121,7 +172,7 @@ async def monitor_stream(websocket: WebSocket) -> None:
     try:
         if state.management is None:
             raise InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, MANAGEMENT_NOT_CONFIGURED)
-        selection = translate.Selection(top_k=DEFAULT_TOP_K)
+        selection = Selection(top_k=DEFAULT_TOP_K)
         pending = asyncio.ensure_future(websocket.receive())
         done, _ = await asyncio.wait({pending}, timeout=FIRST_MESSAGE_WAIT_S)
         if done:
@@ -133,7 +184,7 @@ async def monitor_stream(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         return
     except Exception as exc:
-        await _report(websocket, exc)
+        await report(websocket, exc, "the monitoring stream")
     finally:
         if pending is not None:
             pending.cancel()
@@ -144,7 +195,7 @@ async def monitor_stream(websocket: WebSocket) -> None:
 async def _relay(
     websocket: WebSocket,
     stream: MonitorStream,
-    selection: translate.Selection,
+    selection: Selection,
     pending: asyncio.Future[Message] | None,
 ) -> None:
     """Frames out and control messages in, until either side ends or fails."""
@@ -189,7 +240,8 @@ async def _send_frames(websocket: WebSocket, stream: MonitorStream) -> None:
     try:
         while (response := await outbox.get()) is not _END:
             response.dropped_frames += dropped_here
-            await websocket.send_text(translate.monitor_frame(response))
+            frame = {"type": "frame", **proto_json.to_json(response)}
+            await websocket.send_text(proto_json.compact(frame))
     finally:
         reader.cancel()
     if failure is not None:
@@ -199,7 +251,7 @@ async def _send_frames(websocket: WebSocket, stream: MonitorStream) -> None:
 async def _read_controls(
     websocket: WebSocket,
     stream: MonitorStream,
-    selection: translate.Selection,
+    selection: Selection,
     pending: asyncio.Future[Message] | None,
 ) -> None:
     """Returns when the client leaves; raises `InferenceError` on a bad message."""
@@ -211,7 +263,7 @@ async def _read_controls(
         await stream.send(selection.request())
 
 
-def _apply(message: Message, selection: translate.Selection) -> bool:
+def _apply(message: Message, selection: Selection) -> bool:
     """Applies one ASGI message to `selection`; False when the client has left."""
     if message["type"] == "websocket.disconnect":
         return False
@@ -226,15 +278,3 @@ def _apply(message: Message, selection: translate.Selection) -> bool:
     except ValidationError as exc:
         raise validation_failure(exc.errors()) from None
     return True
-
-
-async def _report(websocket: WebSocket, exc: Exception) -> None:
-    if not isinstance(exc, InferenceError):
-        log.error("monitoring stream failed", exc_info=exc)
-        exc = InferenceError(grpc.StatusCode.INTERNAL, None, UNEXPECTED)
-    frame, close_code = error_frame(exc)
-    try:
-        await websocket.send_text(frame)
-        await websocket.close(close_code)
-    except (WebSocketDisconnect, RuntimeError):
-        pass  # the client left meanwhile

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
 
-from fastapi import APIRouter, Query, WebSocket
+from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 
 from millm.v1 import operations_service_pb2 as ospb
-from openai_bridge.management import translate, watch
+from openai_bridge import proto_json
+from openai_bridge.management import watch
+from openai_bridge.management.common import PageSize, PageToken, paging
 from openai_bridge.management_client import ManagementClient
 from openai_bridge.state import Management
 
@@ -19,42 +20,41 @@ router = APIRouter(prefix="/api/v1/operations")
 @router.get("")
 async def list_operations(
     management: Management,
-    page_size: Annotated[int | None, Query()] = None,
-    page_token: Annotated[str | None, Query(max_length=1024)] = None,
+    page_size: PageSize = None,
+    page_token: PageToken = None,
     unfinished_only: bool = False,
 ) -> JSONResponse:
-    request = translate.list_operations_request(page_size, page_token, unfinished_only)
+    request = ospb.ListOperationsRequest(
+        **paging(page_size, page_token), unfinished_only=unfinished_only
+    )
     response = await management.list_operations(request)
-    operations = [translate.operation(op) for op in response.operations]
-    return JSONResponse(translate.page(operations, response.next_page_token))
+    return JSONResponse(proto_json.page(response.operations, response.next_page_token))
 
 
 @router.get("/{operation_id}")
 async def get_operation(operation_id: str, management: Management) -> JSONResponse:
     response = await management.get_operation(ospb.GetOperationRequest(id=operation_id))
-    return JSONResponse(translate.operation(response.operation))
+    return JSONResponse(proto_json.to_json(response.operation))
 
 
 @router.post("/{operation_id}/cancel")
 async def cancel_operation(operation_id: str, management: Management) -> JSONResponse:
     response = await management.cancel_operation(ospb.CancelOperationRequest(id=operation_id))
-    return JSONResponse(translate.operation(response.operation))
+    return JSONResponse(proto_json.to_json(response.operation))
 
 
 @router.websocket("/{operation_id}/watch")
 async def watch_operation(websocket: WebSocket, operation_id: str) -> None:
-    """One text frame per snapshot; close 1000 after the final one.
-
-    On an error: one `{"type": "error", "error": {...}}` frame, then close 1008
-    (a 4xx in the error table, such as not found) or 1011 (a 5xx). A client
-    that leaves cancels the gRPC watch at once, even between snapshots.
-    """
+    """One `{"type": "operation", "operation": {...}}` frame per snapshot; close 1000
+    after the final one. Errors and leaving as `watch.relay` says."""
 
     async def frames(management: ManagementClient) -> AsyncIterator[str]:
         snapshots = management.watch_operation(operation_id)
         try:
             async for snapshot in snapshots:
-                yield translate.operation_frame(snapshot)
+                yield proto_json.compact(
+                    {"type": "operation", "operation": proto_json.to_json(snapshot)}
+                )
         finally:
             await snapshots.aclose()  # type: ignore[attr-defined]
 

@@ -6,21 +6,21 @@ the fixed paths (`deactivate`, `import`) cannot collide with a `{name}/<verb>`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from millm.v1 import profile_service_pb2 as ppb
+from openai_bridge import proto_json
 from openai_bridge.errors import invalid_request, validation_failure
-from openai_bridge.management import steering_translate as translate
+from openai_bridge.management.common import PageSize, PageToken, attachment, created, given, paging
 from openai_bridge.management.schemas import (
     ProfileCreateBody,
     ProfileImportBody,
     ProfileUpdateBody,
 )
-from openai_bridge.management.translate import export_content_disposition
 from openai_bridge.request_checks import loads_bounded
 from openai_bridge.state import Management
 
@@ -28,33 +28,43 @@ router = APIRouter(prefix="/api/v1/profiles")
 
 
 def _created(name: str, payload: dict[str, Any]) -> JSONResponse:
-    location = f"/api/v1/profiles/{name}"
-    return JSONResponse(payload, status_code=201, headers={"Location": location})
+    return created(f"/api/v1/profiles/{name}", payload)
+
+
+def update_profile_request(name: str, body: ProfileUpdateBody) -> ppb.UpdateProfileRequest:
+    request = proto_json.message(ppb.UpdateProfileRequest, {"name": name, **given(body)})
+    # A list, even an empty one, replaces the features; none keeps them.
+    request.replace_features = body.features is not None
+    return request
+
+
+def is_profile_document(value: Any) -> bool:
+    """The exported document itself (it has a `schema` key), not the `{"json": ...}` wrapper."""
+    return isinstance(value, dict) and "schema" in value
 
 
 @router.get("")
 async def list_profiles(
     management: Management,
-    page_size: Annotated[int | None, Query()] = None,
-    page_token: Annotated[str | None, Query(max_length=1024)] = None,
+    page_size: PageSize = None,
+    page_token: PageToken = None,
 ) -> JSONResponse:
-    response = await management.list_profiles(
-        translate.list_profiles_request(page_size, page_token)
-    )
-    profiles = [translate.profile(p) for p in response.profiles]
-    return JSONResponse({"data": profiles, "next_page_token": response.next_page_token or None})
+    request = ppb.ListProfilesRequest(**paging(page_size, page_token))
+    response = await management.list_profiles(request)
+    return JSONResponse(proto_json.page(response.profiles, response.next_page_token))
 
 
 @router.post("", status_code=201)
 async def create_profile(body: ProfileCreateBody, management: Management) -> JSONResponse:
-    response = await management.create_profile(translate.create_profile_request(body))
-    return _created(response.profile.name, translate.profile(response.profile))
+    request = proto_json.message(ppb.CreateProfileRequest, given(body))
+    response = await management.create_profile(request)
+    return _created(response.profile.name, proto_json.to_json(response.profile))
 
 
 @router.post("/deactivate")
 async def deactivate_profile(management: Management) -> JSONResponse:
     response = await management.deactivate_profile(ppb.DeactivateProfileRequest())
-    return JSONResponse({"previous": response.previous or None})
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.post("/import", status_code=201)
@@ -68,7 +78,7 @@ async def import_profile(
     except ValueError:
         raise invalid_request("The request body is not valid JSON.") from None
     value = loads_bounded(text, "The request body", "json")
-    if translate.is_profile_document(value):
+    if is_profile_document(value):
         document = text
     else:
         try:
@@ -81,39 +91,35 @@ async def import_profile(
     response = await management.import_profile(
         ppb.ImportProfileRequest(json=document, overwrite=overwrite, force=force)
     )
-    return _created(response.profile.name, translate.import_result(response))
+    return _created(response.profile.name, proto_json.to_json(response))
 
 
 @router.post("/{name}/activate")
 async def activate_profile(name: str, management: Management) -> JSONResponse:
     response = await management.activate_profile(ppb.ActivateProfileRequest(name=name))
-    return JSONResponse(translate.profile(response.profile))
+    return JSONResponse(proto_json.to_json(response.profile))
 
 
 @router.get("/{name}/export", response_model=None)
 async def export_profile(name: str, management: Management) -> Response:
     """The service's JSON, byte for byte, as a download."""
     response = await management.export_profile(ppb.ExportProfileRequest(name=name))
-    disposition = export_content_disposition(translate.profile_filename(name), name)
-    return Response(
-        response.json,
-        media_type="application/json",
-        headers={"Content-Disposition": disposition},
-    )
+    headers = attachment(f"{name}.millm-profile.json", name)
+    return Response(response.json, media_type="application/json", headers=headers)
 
 
 @router.get("/{name}")
 async def get_profile(name: str, management: Management) -> JSONResponse:
     response = await management.get_profile(ppb.GetProfileRequest(name=name))
-    return JSONResponse(translate.profile(response.profile))
+    return JSONResponse(proto_json.to_json(response.profile))
 
 
 @router.patch("/{name}")
 async def update_profile(
     name: str, body: ProfileUpdateBody, management: Management
 ) -> JSONResponse:
-    response = await management.update_profile(translate.update_profile_request(name, body))
-    return JSONResponse(translate.profile(response.profile))
+    response = await management.update_profile(update_profile_request(name, body))
+    return JSONResponse(proto_json.to_json(response.profile))
 
 
 @router.delete("/{name}")

@@ -16,10 +16,19 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from millm.v1 import operation_pb2 as opb
+from millm.v1 import sae_pb2 as spb
 from millm.v1 import sae_service_pb2 as sspb
-from openai_bridge.errors import InferenceError
-from openai_bridge.management import translate
+from openai_bridge import proto_json
+from openai_bridge.errors import InferenceError, invalid_request
+from openai_bridge.management.common import (
+    PageSize,
+    PageToken,
+    attachment,
+    created,
+    given,
+    operation_accepted,
+    paging,
+)
 from openai_bridge.management.schemas import (
     SaeDownloadBody,
     SaeHookBody,
@@ -34,15 +43,30 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1")
 
-PageSize = Annotated[int | None, Query()]
-PageToken = Annotated[str | None, Query(max_length=1024)]
+SAE_SOURCE_REQUIRED = (
+    "Name the SAE to download in one way: either `repo_id` (with optional `path` and "
+    "`revision`) or `release` and `sae_id`."
+)
 
 
-def _operation_accepted(operation: opb.Operation) -> JSONResponse:
-    location = f"/api/v1/operations/{operation.id}"
-    return JSONResponse(
-        translate.operation(operation), status_code=202, headers={"Location": location}
-    )
+def download_sae_request(body: SaeDownloadBody) -> sspb.DownloadSaeRequest:
+    """The body names a Hub folder or a registry entry, never both (the `source` oneof)."""
+    names_hub = body.repo_id is not None or body.path is not None or body.revision is not None
+    names_release = body.release is not None or body.sae_id is not None
+    if names_hub == names_release:
+        raise invalid_request(SAE_SOURCE_REQUIRED)
+    token = body.token or ""
+    if names_release:
+        if body.release is None:
+            raise invalid_request("`sae_id` needs the `release` it belongs to.", "release")
+        if body.sae_id is None:
+            raise invalid_request("`release` needs the `sae_id` of one SAE in it.", "sae_id")
+        release = spb.ReleaseSaeSource(release=body.release, sae_id=body.sae_id)
+        return sspb.DownloadSaeRequest(release=release, token=token)
+    if body.repo_id is None:
+        raise invalid_request("`path` and `revision` need the `repo_id` they are in.", "repo_id")
+    hub = spb.HubSaeSource(repo_id=body.repo_id, path=body.path or "", revision=body.revision or "")
+    return sspb.DownloadSaeRequest(hub=hub, token=token)
 
 
 # ---------------------------------------------------------------- fixed paths
@@ -55,58 +79,57 @@ async def list_sae_releases(
     page_size: PageSize = None,
     page_token: PageToken = None,
 ) -> JSONResponse:
-    request = translate.list_sae_releases_request(model, page_size, page_token)
+    request = sspb.ListSaeReleasesRequest(model_filter=model or "", **paging(page_size, page_token))
     response = await management.list_sae_releases(request)
-    releases = [translate.sae_release(r) for r in response.releases]
-    return JSONResponse(translate.page(releases, response.next_page_token))
+    return JSONResponse(proto_json.page(response.releases, response.next_page_token))
 
 
 @router.get("/saes")
 async def list_saes(
     management: Management, page_size: PageSize = None, page_token: PageToken = None
 ) -> JSONResponse:
-    response = await management.list_saes(translate.list_saes_request(page_size, page_token))
-    saes = [translate.sae(s) for s in response.saes]
-    return JSONResponse(translate.page(saes, response.next_page_token))
+    request = sspb.ListSaesRequest(**paging(page_size, page_token))
+    response = await management.list_saes(request)
+    return JSONResponse(proto_json.page(response.saes, response.next_page_token))
 
 
 @router.get("/saes/cache")
 async def get_sae_cache_usage(management: Management) -> JSONResponse:
     response = await management.get_sae_cache_usage(sspb.GetSaeCacheUsageRequest())
-    return JSONResponse(translate.sae_cache_usage(response))
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.get("/saes/attachments")
 async def list_sae_attachments(management: Management) -> JSONResponse:
     response = await management.list_sae_attachments(sspb.ListSaeAttachmentsRequest())
-    return JSONResponse({"data": [translate.sae_attachment(a) for a in response.attachments]})
+    return JSONResponse(proto_json.page(response.attachments))
 
 
 @router.post("/saes/preview")
 async def preview_sae_repo(body: SaePreviewBody, management: Management) -> JSONResponse:
-    response = await management.preview_sae_repo(translate.preview_sae_request(body))
-    return JSONResponse(translate.sae_preview(response))
+    request = proto_json.message(sspb.PreviewSaeRepoRequest, given(body))
+    response = await management.preview_sae_repo(request)
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.post("/saes/download", status_code=202)
 async def download_sae(body: SaeDownloadBody, management: Management) -> JSONResponse:
-    response = await management.download_sae(translate.download_sae_request(body))
-    return _operation_accepted(response.operation)
+    response = await management.download_sae(download_sae_request(body))
+    return operation_accepted(response.operation)
 
 
 @router.post("/saes/import", status_code=201)
 async def import_sae(body: SaeImportBody, management: Management) -> JSONResponse:
-    response = await management.import_sae(translate.import_sae_request(body))
-    location = f"/api/v1/saes/{response.sae.id}"
-    return JSONResponse(
-        translate.sae(response.sae), status_code=201, headers={"Location": location}
-    )
+    request = proto_json.message(sspb.ImportSaeRequest, given(body))
+    response = await management.import_sae(request)
+    return created(f"/api/v1/saes/{response.sae.id}", proto_json.to_json(response.sae))
 
 
 @router.post("/saes/detach")
 async def detach_sae(management: Management, body: SaeHookBody | None = None) -> JSONResponse:
-    response = await management.detach_sae(translate.detach_request(body or SaeHookBody()))
-    return JSONResponse(translate.detach_result(response))
+    request = proto_json.message(sspb.DetachSaeRequest, given(body))
+    response = await management.detach_sae(request)
+    return JSONResponse(proto_json.to_json(response))
 
 
 # ---------------------------------------------------------------- /saes/{id}/<verb>
@@ -116,23 +139,25 @@ async def detach_sae(management: Management, body: SaeHookBody | None = None) ->
 async def check_sae_compatibility(
     id: str, management: Management, body: SaeHookBody | None = None
 ) -> JSONResponse:
-    request = translate.compatibility_request(id, body or SaeHookBody())
+    request = proto_json.message(sspb.CheckSaeCompatibilityRequest, {"id": id, **given(body)})
     response = await management.check_sae_compatibility(request)
-    return JSONResponse(translate.sae_compatibility(response.compatibility))
+    return JSONResponse(proto_json.to_json(response.compatibility))
 
 
 @router.post("/saes/{id}/attach")
 async def attach_sae(
     id: str, management: Management, body: SaeHookBody | None = None
 ) -> JSONResponse:
-    response = await management.attach_sae(translate.attach_request(id, body or SaeHookBody()))
-    return JSONResponse(translate.attach_result(response))
+    request = proto_json.message(sspb.AttachSaeRequest, {"id": id, **given(body)})
+    response = await management.attach_sae(request)
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.post("/saes/{id}/upload", status_code=202)
 async def upload_sae(id: str, body: SaeUploadBody, management: Management) -> JSONResponse:
-    response = await management.upload_sae(translate.upload_sae_request(id, body))
-    return _operation_accepted(response.operation)
+    request = proto_json.message(sspb.UploadSaeRequest, {"id": id, **given(body)})
+    response = await management.upload_sae(request)
+    return operation_accepted(response.operation)
 
 
 @router.get("/saes/{id}/export", response_model=None)
@@ -142,15 +167,16 @@ async def export_sae(
     """Streams the zip through as it comes. The first chunk is read here, before any
     status is sent, so that a failure to start (unknown id, unreadable files) is an
     ordinary JSON error; a failure after that can only cut the download short."""
-    chunks = management.export_sae(translate.export_request(id, layout))
+    request = proto_json.message(sspb.ExportSaeRequest, {"id": id, "layout": layout})
+    chunks = management.export_sae(request)
     try:
         first = await anext(chunks)
     except StopAsyncIteration:
         raise InferenceError(
             grpc.StatusCode.INTERNAL, "INTERNAL", "The inference service sent an empty archive."
         ) from None
-    disposition = translate.export_content_disposition(first.filename, id)
-    return _ArchiveResponse(_archive_body(id, first.data, chunks), disposition)
+    headers = attachment(first.filename, f"{id}.zip")
+    return _ArchiveResponse(_archive_body(id, first.data, chunks), headers)
 
 
 # ---------------------------------------------------------------- bare /saes/{id}
@@ -159,13 +185,13 @@ async def export_sae(
 @router.get("/saes/{id}")
 async def get_sae(id: str, management: Management) -> JSONResponse:
     response = await management.get_sae(sspb.GetSaeRequest(id=id))
-    return JSONResponse(translate.sae(response.sae))
+    return JSONResponse(proto_json.to_json(response.sae))
 
 
 @router.delete("/saes/{id}")
 async def delete_sae(id: str, management: Management) -> JSONResponse:
     response = await management.delete_sae(sspb.DeleteSaeRequest(id=id))
-    return JSONResponse(translate.sae_delete_result(id, response))
+    return JSONResponse({"id": id, "deleted": True, **proto_json.to_json(response)})
 
 
 # ---------------------------------------------------------------- export streaming
@@ -195,12 +221,8 @@ class _ArchiveResponse(StreamingResponse):
     complete-looking truncated zip.
     """
 
-    def __init__(self, body: AsyncGenerator[bytes, None], content_disposition: str) -> None:
-        super().__init__(
-            body,
-            media_type="application/zip",
-            headers={"Content-Disposition": content_disposition},
-        )
+    def __init__(self, body: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(body, media_type="application/zip", headers=headers)
         self._body = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,15 +1,26 @@
-"""Request bodies of the /api/v1 management API.
+"""Request bodies of the /api/v1 management API, so that the OpenAPI document describes each.
 
 Unknown fields are refused (a misspelt `quantisation` should not silently load
 an unquantized model); enum-like fields are checked here, other values by the
-inference service.
+inference service. Field names are the proto's, so `proto_json.message` maps a
+body to its request message by name.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from openai_bridge.steering_json import FeatureBody, FeatureIndex
 
@@ -169,12 +180,76 @@ class MonitorControl(ManagementBody):
 
 
 # ---------------------------------------------------------------- training
-#
-# A training config stays a plain JSON object here: it is checked field by field
-# against millm.v1.TrainingConfig (`training_translate.config_message`), so a field
-# added to the proto needs no change in the bridge.
 
-TrainingConfigJson = dict[str, Any]
+# A float32's largest finite value: the service stores the config's floats as float32.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _no_nul(text: str) -> str:
+    # Paths and ids: the OS refuses a NUL byte in a path with a ValueError.
+    if "\x00" in text:
+        raise PydanticCustomError("nul_byte", "The text holds a NUL byte (\\u0000)")
+    return text
+
+
+# JSON's own types only: "32" for 32, or true for 1, in a hand-written config is
+# more likely a mistake than meant.
+Text = Annotated[StrictStr, AfterValidator(_no_nul)]
+UInt32 = Annotated[StrictInt, Field(ge=0, le=UINT32_MAX)]
+UInt64 = Annotated[StrictInt, Field(ge=0, le=UINT64_MAX)]
+Float32 = Annotated[float, Field(strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+TrainingArchitectureName = Literal["standard", "jumprelu", "topk", "batchtopk"]
+
+
+class CorpusSourceBody(ManagementBody):
+    """`millm.v1.CorpusSource`: an uploaded corpus or a path under the data root, not both."""
+
+    corpus_id: Text | None = None
+    path: Text | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CorpusSourceBody:
+        if self.corpus_id is not None and self.path is not None:
+            raise PydanticCustomError("one_source", "Takes `corpus_id` or `path`, not both")
+        return self
+
+
+class TrainingConfigBody(ManagementBody):
+    """`millm.v1.TrainingConfig` (docs/training.md): what decides a run. Absent or null
+    fields take the service's defaults, so a config names only what it changes."""
+
+    corpus: CorpusSourceBody | None = None
+    hook_name: Text | None = None
+    hook_name_out: Text | None = None
+    skip: StrictBool | None = None
+    architecture: TrainingArchitectureName | None = None
+    d_sae: UInt32 | None = None
+    expansion_factor: UInt32 | None = None
+    k: UInt32 | None = None
+    l1_coefficient: Float32 | None = None
+    l0_coefficient: Float32 | None = None
+    learning_rate: Float32 | None = None
+    warmup_steps: UInt32 | None = None
+    decay_steps: UInt32 | None = None
+    batch_size_tokens: UInt32 | None = None
+    total_tokens: UInt64 | None = None
+    normalize_activations: Text | None = None
+    decoder_norm: Text | None = None
+    dead_feature_window: UInt32 | None = None
+    resample_dead: StrictBool | None = None
+    checkpoint_every_steps: UInt32 | None = None
+    seed: UInt64 | None = None
+    context_size: UInt32 | None = None
+    prepend_bos: StrictBool | None = None
+    keep_first_position: StrictBool | None = None
+    text_field: Text | None = None
+    eval_fraction: Float32 | None = None
+    cache_activations: StrictBool | None = None
+    aux_k_coefficient: Float32 | None = None
+    sparsity_warmup_steps: UInt32 | None = None
+    jumprelu_init_threshold: Float32 | None = None
+    jumprelu_bandwidth: Float32 | None = None
+    harvest_batch_windows: UInt32 | None = None
 
 
 class TrainingRunBody(ManagementBody):
@@ -183,7 +258,7 @@ class TrainingRunBody(ManagementBody):
     name: str | None = Field(default=None, max_length=TRAINING_ID_MAX)
     template_id: str | None = Field(default=None, max_length=TRAINING_ID_MAX)
     # With `template_id`: only what it changes in the template's config.
-    config: TrainingConfigJson | None = None
+    config: TrainingConfigBody | None = None
 
 
 class TrainingResumeBody(ManagementBody):
@@ -197,7 +272,7 @@ class TrainingTemplateBody(ManagementBody):
 
     name: str = Field(min_length=1, max_length=TEMPLATE_NAME_MAX)
     description: str | None = None
-    config: TrainingConfigJson | None = None
+    config: TrainingConfigBody | None = None
     favourite: bool = False
 
 
@@ -208,7 +283,7 @@ class TrainingTemplateUpdateBody(ManagementBody):
     description: str | None = None
     favourite: bool | None = None
     # Replaces the whole config; fields it leaves out take their defaults.
-    config: TrainingConfigJson | None = None
+    config: TrainingConfigBody | None = None
 
 
 class TrainingTemplateDuplicateBody(ManagementBody):

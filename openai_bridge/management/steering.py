@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from millm.v1 import steering_service_pb2 as stpb
-from openai_bridge.management import steering_translate as translate
+from openai_bridge import proto_json
+from openai_bridge.management.common import given
 from openai_bridge.management.schemas import SteeringBody
 from openai_bridge.state import Management
 
@@ -16,30 +17,31 @@ router = APIRouter(prefix="/api/v1/steering")
 @router.get("")
 async def get_steering(management: Management) -> JSONResponse:
     response = await management.get_steering(stpb.GetSteeringRequest())
-    return JSONResponse(translate.steering_state(response.state))
+    return JSONResponse(proto_json.to_json(response.state))
 
 
 @router.put("")
 async def set_steering(body: SteeringBody, management: Management) -> JSONResponse:
-    response = await management.set_steering(translate.set_steering_request(body))
-    return JSONResponse(translate.steering_state(response.state))
+    request = proto_json.message(stpb.SetSteeringRequest, given(body))
+    response = await management.set_steering(request)
+    return JSONResponse(proto_json.to_json(response.state))
 
 
 @router.delete("")
 async def clear_steering(management: Management) -> JSONResponse:
     response = await management.clear_steering(stpb.ClearSteeringRequest())
-    return JSONResponse(translate.steering_state(response.state))
+    return JSONResponse(proto_json.to_json(response.state))
 
 
 @router.post("/enable")
 async def enable_steering(management: Management) -> JSONResponse:
     request = stpb.SetSteeringEnabledRequest(enabled=True)
     response = await management.set_steering_enabled(request)
-    return JSONResponse(translate.steering_state(response.state))
+    return JSONResponse(proto_json.to_json(response.state))
 
 
 @router.post("/disable")
 async def disable_steering(management: Management) -> JSONResponse:
     request = stpb.SetSteeringEnabledRequest(enabled=False)
     response = await management.set_steering_enabled(request)
-    return JSONResponse(translate.steering_state(response.state))
+    return JSONResponse(proto_json.to_json(response.state))

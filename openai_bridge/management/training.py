@@ -1,12 +1,14 @@
 """/api/v1/training: SAE training runs, their metrics and live progress, corpora, templates.
 
 Every route answers its RPC's response message as JSON (`{"run": {...}}`,
-`{"corpora": [...]}`, ...) in the conventions of `training_translate`. Fixed
-paths (`templates/import`) are registered before the `{id}` routes.
+`{"template": {...}}`, ...); lists answer `{"data": [...], "next_page_token"}`
+as everywhere in /api/v1. Fixed paths (`templates/import`) are registered
+before the `{id}` routes.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -16,18 +18,27 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from millm.v1 import training_service_pb2 as tspb
+from openai_bridge import proto_json
 from openai_bridge.errors import InferenceError, invalid_request
-from openai_bridge.management import training_translate as translate
 from openai_bridge.management import watch
+from openai_bridge.management.common import (
+    PageSize,
+    PageToken,
+    attachment,
+    created,
+    given,
+    paging,
+    safe_filename,
+)
 from openai_bridge.management.schemas import (
     TEMPLATE_NAME_MAX,
+    UINT64_MAX,
     TrainingResumeBody,
     TrainingRunBody,
     TrainingTemplateBody,
     TrainingTemplateDuplicateBody,
     TrainingTemplateUpdateBody,
 )
-from openai_bridge.management.translate import export_content_disposition
 from openai_bridge.management_client import ManagementClient
 from openai_bridge.request_checks import loads_bounded
 from openai_bridge.state import Management
@@ -35,10 +46,52 @@ from openai_bridge.state import Management
 router = APIRouter(prefix="/api/v1/training")
 
 CORPUS_NAME_MAX = 255
+# Limits of the service (ListTrainingMetricsRequest.limit).
+MAX_METRICS_LIMIT = 10_000
+# The service stores the upload as it comes; 1 MiB messages keep each one well
+# under gRPC's 4 MiB default limit while costing few round trips.
+UPLOAD_CHUNK_BYTES = 1 << 20
 
 
-def _created(location: str, payload: dict[str, Any]) -> JSONResponse:
-    return JSONResponse(payload, status_code=201, headers={"Location": location})
+def list_metrics_request(
+    id_: str, after_step: int | None, limit: int | None
+) -> tspb.ListTrainingMetricsRequest:
+    """0 for `limit` lets the service choose (1000)."""
+    if after_step is not None and not 0 <= after_step <= UINT64_MAX:
+        raise invalid_request(f"`after_step` must be 0 to {UINT64_MAX}.", "after_step")
+    if limit is not None and not 1 <= limit <= MAX_METRICS_LIMIT:
+        raise invalid_request(f"`limit` must be 1 to {MAX_METRICS_LIMIT}.", "limit")
+    return tspb.ListTrainingMetricsRequest(id=id_, after_step=after_step or 0, limit=limit or 0)
+
+
+def template_filename(document: str, id_: str) -> str:
+    """`<template name>.json` from the exported document, header-safe (the id if no name)."""
+    try:
+        value = json.loads(document)
+    except ValueError:
+        value = None
+    name = value.get("name") if isinstance(value, dict) else None
+    stem = safe_filename(name) if isinstance(name, str) else ""
+    return f"{stem or id_}.json"
+
+
+async def upload_requests(
+    name: str, body: AsyncIterator[bytes]
+) -> AsyncIterator[tspb.UploadCorpusRequest]:
+    """The UploadCorpus messages for a raw body: the name, then ~1 MiB pieces of data."""
+    yield tspb.UploadCorpusRequest(name=name)
+    pending = bytearray()
+    async for piece in body:
+        pending += piece
+        while len(pending) >= UPLOAD_CHUNK_BYTES:
+            yield tspb.UploadCorpusRequest(data=bytes(pending[:UPLOAD_CHUNK_BYTES]))
+            del pending[:UPLOAD_CHUNK_BYTES]
+    if pending:
+        yield tspb.UploadCorpusRequest(data=bytes(pending))
+
+
+def _created(location: str, response: Any) -> JSONResponse:
+    return created(location, proto_json.to_json(response))
 
 
 # ---------------------------------------------------------------- runs
@@ -46,20 +99,20 @@ def _created(location: str, payload: dict[str, Any]) -> JSONResponse:
 
 @router.post("/runs", status_code=201)
 async def start_training(body: TrainingRunBody, management: Management) -> JSONResponse:
-    response = await management.start_training(translate.start_request(body))
-    return _created(f"/api/v1/training/runs/{response.run.id}", translate.message_json(response))
+    request = proto_json.message(tspb.StartTrainingRequest, given(body))
+    response = await management.start_training(request)
+    return _created(f"/api/v1/training/runs/{response.run.id}", response)
 
 
 @router.get("/runs")
 async def list_training_runs(
     management: Management,
-    page_size: Annotated[int | None, Query()] = None,
-    page_token: Annotated[str | None, Query(max_length=1024)] = None,
+    page_size: PageSize = None,
+    page_token: PageToken = None,
 ) -> JSONResponse:
-    response = await management.list_training_runs(
-        translate.list_runs_request(page_size, page_token)
-    )
-    return JSONResponse(translate.message_json(response))
+    request = tspb.ListTrainingRunsRequest(**paging(page_size, page_token))
+    response = await management.list_training_runs(request)
+    return JSONResponse(proto_json.page(response.runs, response.next_page_token))
 
 
 @router.get("/runs/{id}/metrics")
@@ -69,25 +122,24 @@ async def list_training_metrics(
     after_step: Annotated[int | None, Query()] = None,
     limit: Annotated[int | None, Query()] = None,
 ) -> JSONResponse:
-    request = translate.list_metrics_request(id, after_step, limit)
+    request = list_metrics_request(id, after_step, limit)
     response = await management.list_training_metrics(request)
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.page(response.metrics))
 
 
 @router.post("/runs/{id}/stop")
 async def stop_training(id: str, management: Management) -> JSONResponse:
     response = await management.stop_training(tspb.StopTrainingRequest(id=id))
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.post("/runs/{id}/resume")
 async def resume_training(
     id: str, management: Management, body: TrainingResumeBody | None = None
 ) -> JSONResponse:
-    from_scratch = body.from_scratch if body is not None else False
-    request = tspb.ResumeTrainingRequest(id=id, from_scratch=from_scratch)
+    request = proto_json.message(tspb.ResumeTrainingRequest, {"id": id, **given(body)})
     response = await management.resume_training(request)
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.websocket("/runs/{id}/watch")
@@ -99,7 +151,7 @@ async def watch_training_run(websocket: WebSocket, id: str) -> None:
         updates = management.watch_training_run(id)
         try:
             async for update in updates:
-                yield translate.watch_frame(update)
+                yield proto_json.compact({"type": "run", **proto_json.to_json(update)})
         finally:
             await updates.aclose()  # type: ignore[attr-defined]
 
@@ -109,13 +161,13 @@ async def watch_training_run(websocket: WebSocket, id: str) -> None:
 @router.get("/runs/{id}")
 async def get_training_run(id: str, management: Management) -> JSONResponse:
     response = await management.get_training_run(tspb.GetTrainingRunRequest(id=id))
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.delete("/runs/{id}")
 async def delete_training_run(id: str, management: Management) -> JSONResponse:
     response = await management.delete_training_run(tspb.DeleteTrainingRunRequest(id=id))
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.to_json(response))
 
 
 # ---------------------------------------------------------------- corpora
@@ -134,7 +186,7 @@ async def upload_corpus(
         raise invalid_request(
             "Send the file itself as the body (curl --data-binary @corpus.jsonl), not a form."
         )
-    messages = translate.upload_requests(name, request.stream())
+    messages = upload_requests(name, request.stream())
     try:
         response = await management.upload_corpus(messages)
     except ClientDisconnect:
@@ -143,42 +195,41 @@ async def upload_corpus(
         ) from None
     finally:
         await messages.aclose()  # type: ignore[attr-defined]
-    location = f"/api/v1/training/corpora/{response.corpus.id}"
-    return _created(location, translate.message_json(response))
+    return _created(f"/api/v1/training/corpora/{response.corpus.id}", response)
 
 
 @router.get("/corpora")
 async def list_corpora(management: Management) -> JSONResponse:
     response = await management.list_corpora(tspb.ListCorporaRequest())
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.page(response.corpora))
 
 
 @router.delete("/corpora/{id}")
 async def delete_corpus(id: str, management: Management) -> JSONResponse:
     response = await management.delete_corpus(tspb.DeleteCorpusRequest(id=id))
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.to_json(response))
 
 
 # ---------------------------------------------------------------- templates
 
 
 def _template_created(response: Any) -> JSONResponse:
-    location = f"/api/v1/training/templates/{response.template.id}"
-    return _created(location, translate.message_json(response))
+    return _created(f"/api/v1/training/templates/{response.template.id}", response)
 
 
 @router.post("/templates", status_code=201)
 async def create_training_template(
     body: TrainingTemplateBody, management: Management
 ) -> JSONResponse:
-    response = await management.create_training_template(translate.create_template_request(body))
+    request = proto_json.message(tspb.CreateTrainingTemplateRequest, given(body))
+    response = await management.create_training_template(request)
     return _template_created(response)
 
 
 @router.get("/templates")
 async def list_training_templates(management: Management) -> JSONResponse:
     response = await management.list_training_templates(tspb.ListTrainingTemplatesRequest())
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.page(response.templates))
 
 
 @router.post("/templates/import", status_code=201)
@@ -205,10 +256,8 @@ async def import_training_template(
 async def duplicate_training_template(
     id: str, management: Management, body: TrainingTemplateDuplicateBody | None = None
 ) -> JSONResponse:
-    name = body.name if body is not None and body.name else ""
-    response = await management.duplicate_training_template(
-        tspb.DuplicateTrainingTemplateRequest(id=id, name=name)
-    )
+    request = proto_json.message(tspb.DuplicateTrainingTemplateRequest, {"id": id, **given(body)})
+    response = await management.duplicate_training_template(request)
     return _template_created(response)
 
 
@@ -216,31 +265,26 @@ async def duplicate_training_template(
 async def export_training_template(id: str, management: Management) -> Response:
     """The service's JSON, byte for byte, as a download named after the template."""
     response = await management.export_training_template(tspb.ExportTrainingTemplateRequest(id=id))
-    disposition = export_content_disposition(translate.template_filename(response.json, id), id)
-    return Response(
-        response.json,
-        media_type="application/json",
-        headers={"Content-Disposition": disposition},
-    )
+    headers = attachment(template_filename(response.json, id), id)
+    return Response(response.json, media_type="application/json", headers=headers)
 
 
 @router.get("/templates/{id}")
 async def get_training_template(id: str, management: Management) -> JSONResponse:
     response = await management.get_training_template(tspb.GetTrainingTemplateRequest(id=id))
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.patch("/templates/{id}")
 async def update_training_template(
     id: str, body: TrainingTemplateUpdateBody, management: Management
 ) -> JSONResponse:
-    response = await management.update_training_template(
-        translate.update_template_request(id, body)
-    )
-    return JSONResponse(translate.message_json(response))
+    request = proto_json.message(tspb.UpdateTrainingTemplateRequest, {"id": id, **given(body)})
+    response = await management.update_training_template(request)
+    return JSONResponse(proto_json.to_json(response))
 
 
 @router.delete("/templates/{id}")
 async def delete_training_template(id: str, management: Management) -> JSONResponse:
     response = await management.delete_training_template(tspb.DeleteTrainingTemplateRequest(id=id))
-    return JSONResponse(translate.message_json(response))
+    return JSONResponse(proto_json.to_json(response))

@@ -1,4 +1,5 @@
-"""The watch WebSockets of /api/v1 (operations, training runs): relay frames until done.
+"""The WebSockets of /api/v1: the watches (operations, training runs) relay frames until
+done, and every socket reports an error the same way.
 
 One text frame per update; close 1000 after the last. On an error: one
 `{"type": "error", "error": {...}}` frame, then close 1008 (a 4xx in the error
@@ -16,14 +17,19 @@ import grpc
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from openai_bridge.errors import InferenceError
-from openai_bridge.management import translate
+from openai_bridge import proto_json
+from openai_bridge.errors import InferenceError, describe
 from openai_bridge.management_client import ManagementClient
 from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState
 
 log = logging.getLogger(__name__)
 
 UNEXPECTED = "Internal server error; the details are in the bridge log."
+
+# WebSocket close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
 
 # Opens the watch on a management client and yields its frames as text. Closing it
 # (`aclose`) must cancel the gRPC call.
@@ -37,7 +43,9 @@ async def relay(websocket: WebSocket, frames: FrameSource, what: str) -> None:
     """
     await websocket.accept()
     state: BridgeState = websocket.app.state.bridge
-    pump = asyncio.create_task(_send_frames(websocket, state.management, frames, what))
+    pump = asyncio.create_task(
+        _send_frames(websocket, state.management, frames, f"watching {what}")
+    )
     listen = asyncio.create_task(_until_disconnected(websocket))
     try:
         await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
@@ -59,19 +67,36 @@ async def _send_frames(
                 await websocket.send_text(text)
         finally:
             await texts.aclose()  # type: ignore[attr-defined]
-        await websocket.close(translate.CLOSE_NORMAL)
+        await websocket.close(CLOSE_NORMAL)
     except WebSocketDisconnect:
         return
     except Exception as exc:
-        if not isinstance(exc, InferenceError):
-            log.error("watching %s failed", what, exc_info=exc)
-            exc = InferenceError(grpc.StatusCode.INTERNAL, None, UNEXPECTED)
-        frame, close_code = translate.error_frame(exc)
-        try:
-            await websocket.send_text(frame)
-            await websocket.close(close_code)
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the client left meanwhile
+        await report(websocket, exc, what)
+
+
+async def report(websocket: WebSocket, exc: Exception, what: str) -> None:
+    """Sends the error frame for `exc` and closes; anything not an `InferenceError` is
+    logged and reported as an internal error."""
+    if not isinstance(exc, InferenceError):
+        log.error("%s failed", what, exc_info=exc)
+        exc = InferenceError(grpc.StatusCode.INTERNAL, None, UNEXPECTED)
+    frame, close_code = error_frame(exc)
+    try:
+        await websocket.send_text(frame)
+        await websocket.close(close_code)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client left meanwhile
+
+
+def error_frame(error: InferenceError) -> tuple[str, int]:
+    """The error frame (the OpenAI error object) and the close code that follows it.
+
+    A client error (HTTP 4xx in the error table: not found, bad id, no API key)
+    closes with 1008; a server error with 1011.
+    """
+    row, body = describe(error)
+    close_code = CLOSE_POLICY_VIOLATION if row.status < 500 else CLOSE_INTERNAL_ERROR
+    return proto_json.compact({"type": "error", **body}), close_code
 
 
 async def _until_disconnected(websocket: WebSocket) -> None:

@@ -432,7 +432,8 @@ async def test_cache_and_attachments_routes_are_not_shadowed_by_id(bridge):
                 "device": "cpu",
                 "attached_at_unix_ms": 1_700_000_002_000,
             }
-        ]
+        ],
+        "next_page_token": None,
     }
     assert [type(r) for r in servicer.requests] == [
         sspb.GetSaeCacheUsageRequest,

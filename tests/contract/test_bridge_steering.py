@@ -678,12 +678,13 @@ async def test_monitoring_config_history_statistics_export_and_clear(bridge):
                 ],
                 "captured_at_unix_ms": 1_700_000_002_000,
             }
-        ]
+        ],
+        "next_page_token": None,
     }
 
     stats = await http.get("/api/v1/monitoring/statistics?features=3,1&features=2&limit=5")
     assert servicer.requests[-1] == monpb.GetFeatureStatisticsRequest(features=[3, 1, 2], limit=5)
-    assert stats.json()["tokens"] == 12
+    assert (stats.json()["tokens"], stats.json()["next_page_token"]) == (12, None)
     assert stats.json()["data"][0] == {
         "index": 3,
         "count": 3,

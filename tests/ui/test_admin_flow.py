@@ -34,7 +34,7 @@ def test_train_attach_steer_profile_chat_and_monitor(ui_stack, page, artifacts_d
     panel.get_by_role("button", name="Upload", exact=True).click()
     expect(page.locator(".toast.success").last).to_contain_text("Uploaded ui-corpus.jsonl")
     expect(panel.get_by_label("Uploaded corpus")).to_have_value(
-        api.get("/training/corpora")["corpora"][0]["id"]
+        api.get("/training/corpora")["data"][0]["id"]
     )
     panel.get_by_label("Run name", exact=True).fill("ui-run")
     panel.get_by_label("Layer", exact=True).fill(str(LAYER))
@@ -47,7 +47,7 @@ def test_train_attach_steer_profile_chat_and_monitor(ui_stack, page, artifacts_d
     panel.get_by_role("button", name="Start training").click()
     expect(page.locator(".toast.success").last).to_contain_text("Started ui-run")
 
-    runs = api.get("/training/runs")["runs"]
+    runs = api.get("/training/runs")["data"]
     run = next(r for r in runs if r["name"] == "ui-run")
     assert run["config"]["hook_name"] == f"blocks.{LAYER}.hook_resid_post"
     assert run["config"]["d_sae"] == 2 * 576 and run["config"]["k"] == 16

@@ -72,9 +72,7 @@ def test_training_template_save_favourite_export_import(ui_stack, page, tmp_path
     panel.get_by_label("Learning rate", exact=True).fill("0.0002")
     panel.get_by_role("button", name="Save form as template").click()
     expect(page.locator(".toast.success").last).to_contain_text("Saved template tpl-from-ui")
-    template = next(
-        t for t in api.get("/training/templates")["templates"] if t["name"] == "tpl-from-ui"
-    )
+    template = next(t for t in api.get("/training/templates")["data"] if t["name"] == "tpl-from-ui")
     assert template["config"]["hook_name"] == "blocks.9.hook_resid_post"
     assert template["config"]["architecture"] == "jumprelu"
     assert template["config"]["learning_rate"] == pytest.approx(0.0002)
@@ -92,7 +90,7 @@ def test_training_template_save_favourite_export_import(ui_stack, page, tmp_path
 
     panel.get_by_role("button", name="Delete template").click()
     page.get_by_role("dialog").get_by_role("button", name="Delete").click()
-    wait_until(lambda: not api.get("/training/templates")["templates"], "the template to go")
+    wait_until(lambda: not api.get("/training/templates")["data"], "the template to go")
 
     panel.get_by_label("Template JSON file to import").set_input_files(exported)
     panel.get_by_role("button", name="Import template").click()
@@ -104,7 +102,7 @@ def test_training_template_save_favourite_export_import(ui_stack, page, tmp_path
     expect(panel.get_by_label("Layer", exact=True)).to_have_value("9")
     expect(panel.get_by_label("Architecture", exact=True)).to_have_value("jumprelu")
     expect(panel.get_by_label("Learning rate", exact=True)).to_have_value("0.0002")
-    for t in api.get("/training/templates")["templates"]:
+    for t in api.get("/training/templates")["data"]:
         api.delete(f"/training/templates/{t['id']}")
     assert unexpected_errors(page) == []
 

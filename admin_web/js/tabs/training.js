@@ -127,7 +127,7 @@ async function uploadCorpus(button, input) {
 }
 
 async function refreshCorpora() {
-  const { corpora } = await api.get("/training/corpora");
+  const { data: corpora } = await api.get("/training/corpora");
   const keep = corpusSelect.value;
   fill(corpusSelect, h("option", { value: "" }, corpora.length ? "choose…" : "none uploaded yet"),
     corpora.map((c) => h("option", { value: c.id }, `${c.name} (${formatNumber(c.documents)} docs, ${formatBytes(c.size_bytes)})`)));
@@ -135,7 +135,7 @@ async function refreshCorpora() {
 }
 
 async function refreshTemplates() {
-  ({ templates } = await api.get("/training/templates"));
+  ({ data: templates } = await api.get("/training/templates"));
   const keep = templateSelect.value;
   fill(templateSelect, h("option", { value: "" }, templates.length ? "choose…" : "no templates yet"),
     templates.map((t) => h("option", { value: t.id }, `${t.favourite ? "★ " : ""}${t.name}`)));
@@ -215,7 +215,7 @@ const FINISHED = new Set(["stopped", "completed", "failed", "interrupted"]);
 async function refreshRuns() {
   let runs;
   try {
-    ({ runs } = await api.get("/training/runs?page_size=50"));
+    ({ data: runs } = await api.get("/training/runs?page_size=50"));
   } catch (err) {
     fill(runsEl, h("p", { class: "error-text" }, `Could not list runs: ${err.message}`));
     shownRuns = null;
@@ -275,7 +275,7 @@ async function watch(id) {
   unwatch();
   const current = { id, socket: null, metrics: [], run: null };
   watched = current;
-  const { metrics } = await api.get(`/training/runs/${id}/metrics?limit=10000`);
+  const { data: metrics } = await api.get(`/training/runs/${id}/metrics?limit=10000`);
   current.metrics = metrics;
   current.socket = openSocket(`/training/runs/${id}/watch`, {
     onFrame: (frame) => {

@@ -31,3 +31,40 @@ def test_every_operation_documents_400_with_the_openai_error_and_no_422():
     assert components[ERROR_SCHEMA_NAME]["properties"]["error"]["required"] == [
         "message", "type", "param", "code"
     ]  # fmt: skip
+
+
+def _resolve(schema: dict, components: dict) -> dict:
+    """A body schema with `$ref`s followed, and the optional body's `anyOf: [X, null]` unwrapped."""
+    for option in schema.get("anyOf", []):
+        if option.get("type") != "null":
+            return _resolve(option, components)
+    ref = schema.get("$ref")
+    return _resolve(components[ref.rsplit("/", 1)[1]], components) if ref else schema
+
+
+def test_every_management_body_is_described_down_to_the_training_config():
+    app = create_app(
+        BridgeSettings(api_key=""), FakeInferenceClient(), management=FakeManagementClient()
+    )
+    schema = TestClient(app).get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+
+    bodies = {
+        (method, path): _resolve(
+            op["requestBody"]["content"]["application/json"]["schema"], components
+        )
+        for path, item in schema["paths"].items()
+        if path.startswith("/api/v1/")
+        for method, op in item.items()
+        if "requestBody" in op
+    }
+    assert len(bodies) >= 15
+    for where, body in bodies.items():
+        assert body.get("properties"), where
+    run = bodies[("post", "/api/v1/training/runs")]
+    config = _resolve(run["properties"]["config"], components)
+    assert {"hook_name", "architecture", "k", "learning_rate", "corpus"} <= set(
+        config["properties"]
+    )
+    architecture = _resolve(config["properties"]["architecture"], components)
+    assert architecture["enum"] == ["standard", "jumprelu", "topk", "batchtopk"]
