@@ -42,13 +42,15 @@ class GenerationPlan:
     """An OpenAI request's generations: one complete `GenerateStart` per choice, in
     OpenAI's order (the `samples` of the first prompt, then of the next); for
     `millm.compare` the unsteered twin of the first; the model as the client named
-    it; and the `millm` extension, to name service errors after the client's fields."""
+    it; the `millm` extension, to name service errors after the client's fields; and
+    whether the answer streams."""
 
     starts: list[pb.GenerateStart]
     unsteered: pb.GenerateStart | None
     model: millm.ModelChoice
     extension: millm.Extension
     samples: int
+    stream: bool
 
     @property
     def activations(self) -> bool:
@@ -293,7 +295,8 @@ def _plan(
 ) -> GenerationPlan:
     """`n` samples of each of `inputs` (the `GenerateStart` fields of one prompt), with
     the model, sampling, steering and activations every choice shares."""
-    extension = millm.for_generation(body.millm, model, stream=bool(body.stream))
+    stream = bool(body.stream)
+    extension = millm.for_generation(body.millm, model, stream=stream)
     if extension.compare and len(inputs) * n > 1:
         raise unsupported(
             "`millm.compare` compares one completion; ask for `n` = 1 and one prompt.",
@@ -321,7 +324,7 @@ def _plan(
         unsteered = pb.GenerateStart(
             **inputs[0], model=model.model, sampling=samples[0], steering=off
         )
-    return GenerationPlan(starts, unsteered, model, extension, n)
+    return GenerationPlan(starts, unsteered, model, extension, n, stream)
 
 
 def chat(body: ChatCompletionRequest, model: millm.ModelChoice) -> tuple[GenerationPlan, ToolMode]:

@@ -163,15 +163,7 @@ async def run_chat(
         usage = translate.usage_total([r.finished for r in results], len(results))
         return translate.chat_completion(opened.ids, choices, usage)
 
-    return await generation.run(
-        request,
-        state,
-        plan,
-        id_prefix="chatcmpl",
-        stream=bool(body.stream),
-        chunks=chunks,
-        respond=respond,
-    )
+    return await generation.run(request, state, plan, "chatcmpl", chunks, respond)
 
 
 @router.post("/v1/chat/completions", response_model=None)

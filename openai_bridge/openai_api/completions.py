@@ -124,13 +124,5 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
         usage = translate.usage_total([r.finished for r in results], plan.samples)
         return translate.text_completion(opened.ids, choices, usage)
 
-    result = await generation.run(
-        request,
-        state,
-        plan,
-        id_prefix="cmpl",
-        stream=bool(body.stream),
-        chunks=chunks,
-        respond=respond,
-    )
+    result = await generation.run(request, state, plan, "cmpl", chunks, respond)
     return generation.answer(result, state)

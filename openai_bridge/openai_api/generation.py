@@ -215,16 +215,14 @@ async def run(
     request: Request,
     state: BridgeState,
     plan: GenerationPlan,
-    *,
     id_prefix: str,
-    stream: bool,
     chunks: Callable[[Opened], Chunks],
     respond: Callable[[Opened, list[Collected]], dict[str, Any]],
 ) -> dict[str, Any] | Chunks:
     """A generation request: the response object (`respond` shapes the collected
     choices), or when streaming its chunks (`chunks`)."""
     opened = await open_generations(state.client, plan, id_prefix, int(state.clock()))
-    if stream:
+    if plan.stream:
         return chunks(opened)
     try:
         return await complete(
