@@ -11,7 +11,7 @@ client sees comes out of `ERROR_TABLE`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,12 +195,34 @@ def _http_type(status: int) -> str:
     return "invalid_request_error"
 
 
-def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
-    """('body', 'messages', 0, 'content', 'list[...]', 1) -> 'messages.0.content.1';
+# The OpenAI routes name a list item as OpenAI does, `messages[0].content`; the
+# management API keeps pydantic's `features.0.index`, as docs/management-api.md shows.
+OPENAI_PREFIX = "/v1/"
+
+
+def brackets_for(scope: Scope) -> bool:
+    """Whether `param`s on this request name list items in brackets."""
+    return str(scope.get("path", "")).startswith(OPENAI_PREFIX)
+
+
+def field_path(parts: Iterable[str | int], *, brackets: bool) -> str:
+    """('messages', 0, 'content') -> 'messages[0].content', or with `brackets` False
+    'messages.0.content'."""
+    path = ""
+    for part in parts:
+        if brackets and isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _param_from_loc(loc: tuple[Any, ...], brackets: bool) -> str | None:
+    """('body', 'messages', 0, 'content', 'list[...]', 1) -> 'messages[0].content[1]';
     ('path', 'id') -> 'id' (a path parameter has no other name to clash with)."""
     if loc[:1] in (("body",), ("path",)):
         loc = loc[1:]
-    return ".".join(str(p) for p in loc if not _is_type_tag(p)) or None
+    return field_path((p for p in loc if not _is_type_tag(p)), brackets=brackets) or None
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
@@ -222,13 +244,13 @@ async def _on_inference_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, request.scope)
 
 
-def validation_failure(errors: Sequence[Any]) -> InferenceError:
-    """The 400 for pydantic's `errors()`: the first one, with its dotted `loc` as `param`."""
+def validation_failure(errors: Sequence[Any], *, brackets: bool = False) -> InferenceError:
+    """The 400 for pydantic's `errors()`: the first one, with its `loc` as `param`."""
     first = errors[0] if errors else {"loc": (), "msg": "Invalid request body."}
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return invalid_request("The request body is not valid JSON.")
-    param = _param_from_loc(loc)
+    param = _param_from_loc(loc, brackets)
     message = str(first.get("msg", "Invalid request body."))
     message = f"{message} (at `{param}`)" if param else f"{message} (the request body)"
     return invalid_request(message, param)
@@ -237,7 +259,8 @@ def validation_failure(errors: Sequence[Any]) -> InferenceError:
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     # FastAPI answers 422 by default; OpenAI clients expect 400 with `param`.
     assert isinstance(exc, RequestValidationError)
-    return error_response(validation_failure(list(exc.errors())), request.scope)
+    failure = validation_failure(list(exc.errors()), brackets=brackets_for(request.scope))
+    return error_response(failure, request.scope)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -22,7 +22,7 @@ ERROR_SCHEMA: dict[str, Any] = {
             "properties": {
                 "message": {"type": "string"},
                 "type": {"type": "string", "examples": ["invalid_request_error"]},
-                "param": {"type": ["string", "null"], "examples": ["messages.0.content"]},
+                "param": {"type": ["string", "null"], "examples": ["messages[0].content"]},
                 "code": {"type": ["string", "null"], "examples": ["invalid_value"]},
             },
         }

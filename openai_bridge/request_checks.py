@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection, Request
 
-from openai_bridge.errors import InferenceError, invalid_request
+from openai_bridge.errors import InferenceError, brackets_for, field_path, invalid_request
 
 # Deeper than any document miLLM reads or writes (a profile is 4 levels deep).
 MAX_JSON_DEPTH = 64
@@ -28,22 +28,22 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def lone_surrogate_path(value: Any) -> str | None:
-    """The dotted path of the first string (or key) holding a lone surrogate, "" for
-    the top level, None when there is none. Iterative: the value may be deep."""
-    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+def lone_surrogate_path(value: Any) -> tuple[str | int, ...] | None:
+    """The path of the first string (or key) holding a lone surrogate, () for the top
+    level, None when there is none. Iterative: the value may be deep."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
         item, path = stack.pop()
         if isinstance(item, str):
             if _SURROGATE.search(item):
-                return ".".join(path)
+                return path
         elif isinstance(item, dict):
             for key, child in item.items():
                 if isinstance(key, str) and _SURROGATE.search(key):
-                    return ".".join(path)
+                    return path
                 stack.append((child, (*path, str(key))))
         elif isinstance(item, list):
-            stack.extend((child, (*path, str(i))) for i, child in enumerate(item))
+            stack.extend((child, (*path, i)) for i, child in enumerate(item))
     return None
 
 
@@ -56,12 +56,12 @@ def lone_surrogate_error(param: str | None) -> InferenceError:
     )
 
 
-def check_text(value: Any, param: str | None = None) -> None:
+def check_text(value: Any, param: str | None = None, *, brackets: bool = False) -> None:
     """Raises the 400 when `value` (parsed JSON or a plain string) has a lone surrogate."""
     path = lone_surrogate_path(value)
     if path is not None:
-        full = ".".join(p for p in (param, path) if p)
-        raise lone_surrogate_error(full)
+        parts = (param, *path) if param else path
+        raise lone_surrogate_error(field_path(parts, brackets=brackets))
 
 
 def json_depth(value: Any) -> int:
@@ -130,4 +130,4 @@ async def check_request(connection: HTTPConnection) -> None:
         value = json.loads(body)
     except (ValueError, RecursionError):
         return  # not JSON: FastAPI's own parse answers that
-    check_text(value)
+    check_text(value, brackets=brackets_for(connection.scope))

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from millm.v1 import inference_service_pb2 as pb
-from openai_bridge.draining import until_drained
 from openai_bridge.inference_client import GenerationStream
-from openai_bridge.openai_api import millm, translate
-from openai_bridge.openai_api.generation import (
-    Collected,
-    Opened,
-    all_choices,
-    complete,
-    open_generations,
-    sse_body,
-)
+from openai_bridge.openai_api import build, generation, millm, translate
+from openai_bridge.openai_api.generation import Chunks, Collected, Opened, all_choices
 from openai_bridge.openai_api.protocol import ChatCompletionRequest
 from openai_bridge.openai_api.tool_calls import (
     CallArguments,
@@ -27,8 +19,8 @@ from openai_bridge.openai_api.tool_calls import (
     Content,
     Event,
     ToolCallParser,
+    ToolMode,
 )
-from openai_bridge.sse import sse_response
 from openai_bridge.state import BridgeState, State
 
 router = APIRouter()
@@ -36,7 +28,7 @@ router = APIRouter()
 OBJECT_CHUNK = "chat.completion.chunk"
 
 
-def _tool_delta(event: Event, tool_mode: translate.ToolMode) -> dict[str, Any] | None:
+def _tool_delta(event: Event, tool_mode: ToolMode) -> dict[str, Any] | None:
     """One parser event as a chunk's delta, in OpenAI's order: a call's index, id, type
     and name first, then its arguments in pieces. The legacy `functions` shape has one
     call only; later calls are dropped."""
@@ -67,7 +59,7 @@ async def choice_chunks(
     include_usage: bool,
     logprobs: bool,
     activations: bool,
-    tool_mode: translate.ToolMode,
+    tool_mode: ToolMode,
     finished: dict[int, pb.GenerateFinished],
 ) -> AsyncIterator[dict[str, Any]]:
     """The chunks of one choice; its `finished` message is appended to `finished`."""
@@ -115,8 +107,8 @@ def chat_chunks(
     include_usage: bool,
     logprobs: bool,
     activations: bool,
-    tool_mode: translate.ToolMode,
-) -> AsyncGenerator[dict[str, Any], None]:
+    tool_mode: ToolMode,
+) -> Chunks:
     """Every choice's chunks, interleaved as produced, then the usage chunk. Closing
     this generator cancels the generations."""
     finished: dict[int, pb.GenerateFinished] = {}
@@ -145,51 +137,37 @@ def chat_chunks(
 
 async def run_chat(
     body: ChatCompletionRequest, request: Request, state: BridgeState
-) -> dict[str, Any] | AsyncGenerator[dict[str, Any], None]:
+) -> dict[str, Any] | Chunks:
     """A chat completion: the response object, or when streaming its chunks. Shared
     with the Responses API, which reshapes either."""
-    plan = translate.chat_start(body)
-    extension = millm.for_generation(body.millm, stream=bool(body.stream))
-    choice = await millm.choose_model(state.client, plan.start.model)
-    prepared = millm.prepare(plan.start, extension, choice)
-    starts = translate.sample_starts(plan.start, plan.n)
-    opened = await open_generations(
-        state.client, starts, "chatcmpl", int(state.clock()), choice, prepared
-    )
+    model = await millm.choose_model(state.client, body.model or "")
+    plan, tool_mode = build.chat(body, model)
     logprobs = bool(body.logprobs)
-    if body.stream:
+
+    def chunks(opened: Opened) -> Chunks:
         return chat_chunks(
             opened,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            include_usage=body.include_usage,
             logprobs=logprobs,
-            activations=prepared.activations,
-            tool_mode=plan.tool_mode,
+            activations=plan.activations,
+            tool_mode=tool_mode,
         )
 
-    def respond(results: list[Collected]) -> dict[str, Any]:
+    def respond(opened: Opened, results: list[Collected]) -> dict[str, Any]:
         choices = [
             translate.chat_choice(
-                i, r.text, r.logprobs if logprobs else None, r.finished, plan.tool_mode
+                i, r.text, r.logprobs if logprobs else None, r.finished, tool_mode
             )
             for i, r in enumerate(results)
         ]
-        return translate.chat_completion(
-            opened.ids, choices, translate.usage_total([r.finished for r in results], len(results))
-        )
+        usage = translate.usage_total([r.finished for r in results], len(results))
+        return translate.chat_completion(opened.ids, choices, usage)
 
-    try:
-        return await complete(request, opened, prepared.activations, respond)
-    finally:
-        opened.cancel()
+    return await generation.run(request, state, plan, "chatcmpl", chunks, respond)
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest,
-    request: Request,
-    state: State,
+    body: ChatCompletionRequest, request: Request, state: State
 ) -> Response:
-    result = await run_chat(body, request, state)
-    if isinstance(result, dict):
-        return JSONResponse(result)
-    return sse_response(sse_body(until_drained(result, state.draining)))
+    return generation.answer(await run_chat(body, request, state), state)

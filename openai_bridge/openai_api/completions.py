@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from millm.v1 import inference_service_pb2 as pb
-from openai_bridge.draining import until_drained
 from openai_bridge.inference_client import GenerationStream
-from openai_bridge.openai_api import millm, translate
-from openai_bridge.openai_api.generation import (
-    Collected,
-    Opened,
-    all_choices,
-    complete,
-    open_generations,
-    sse_body,
-)
+from openai_bridge.openai_api import build, generation, millm, translate
+from openai_bridge.openai_api.build import GenerationPlan
+from openai_bridge.openai_api.generation import Chunks, Collected, Opened, all_choices
 from openai_bridge.openai_api.protocol import CompletionRequest
-from openai_bridge.sse import sse_response
 from openai_bridge.state import State
 
 router = APIRouter()
@@ -78,73 +70,59 @@ async def choice_chunks(
 
 def completion_chunks(
     opened: Opened,
-    starts: list[pb.GenerateStart],
-    plan: translate.CompletionPlan,
+    plan: GenerationPlan,
     *,
+    echo: bool,
     include_usage: bool,
     logprobs: bool,
-    activations: bool,
-) -> AsyncGenerator[dict[str, Any], None]:
+) -> Chunks:
     finished: dict[int, pb.GenerateFinished] = {}
     choices = [
         choice_chunks(
             stream,
             opened.ids,
             index=i,
-            echo=_echo_text(start, stream) if plan.echo else "",
+            echo=_echo_text(start, stream) if echo else "",
             include_usage=include_usage,
             logprobs=logprobs,
-            activations=activations,
+            activations=plan.activations,
             finished=finished,
         )
-        for i, (start, stream) in enumerate(zip(starts, opened.streams, strict=True))
+        for i, (start, stream) in enumerate(zip(plan.starts, opened.streams, strict=True))
     ]
     return all_choices(
-        opened, choices, finished, obj=OBJECT, include_usage=include_usage, samples=plan.n
+        opened, choices, finished, obj=OBJECT, include_usage=include_usage, samples=plan.samples
     )
 
 
 @router.post("/v1/completions", response_model=None)
-async def create_completion(
-    body: CompletionRequest,
-    request: Request,
-    state: State,
-) -> Response:
-    plan = translate.completion_start(body)
-    extension = millm.for_generation(body.millm, stream=bool(body.stream))
-    choice = await millm.choose_model(state.client, plan.start.model)
-    prepared = millm.prepare(plan.start, extension, choice)
-    starts = plan.choice_starts()
-    opened = await open_generations(
-        state.client, starts, "cmpl", int(state.clock()), choice, prepared
-    )
+async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
+    model = await millm.choose_model(state.client, body.model or "")
+    plan = build.completion(body, model)
     logprobs = body.logprobs is not None
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = completion_chunks(
-            opened,
-            starts,
-            plan,
-            include_usage=include_usage,
-            logprobs=logprobs,
-            activations=prepared.activations,
-        )
-        return sse_response(sse_body(until_drained(chunks, state.draining)))
+    echo = bool(body.echo)
 
-    def respond(results: list[Collected]) -> dict[str, Any]:
+    def chunks(opened: Opened) -> Chunks:
+        return completion_chunks(
+            opened, plan, echo=echo, include_usage=body.include_usage, logprobs=logprobs
+        )
+
+    def respond(opened: Opened, results: list[Collected]) -> dict[str, Any]:
+        # Not strict: a comparison's unsteered choice is shaped alone, as the first's.
         choices = [
             translate.completion_choice(
                 i,
                 r.text,
                 r.logprobs if logprobs else None,
                 r.finished,
-                _echo_text(start, stream) if plan.echo else "",
+                _echo_text(start, stream) if echo else "",
             )
             for i, (r, start, stream) in enumerate(
-                zip(results, starts, opened.streams, strict=False)
+                zip(results, plan.starts, opened.streams, strict=False)
             )
         ]
-        usage = translate.usage_total([r.finished for r in results], plan.n)
+        usage = translate.usage_total([r.finished for r in results], plan.samples)
         return translate.text_completion(opened.ids, choices, usage)
 
-    return JSONResponse(await complete(request, opened, prepared.activations, respond))
+    result = await generation.run(request, state, plan, "cmpl", chunks, respond)
+    return generation.answer(result, state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from openai_bridge.openai_api import millm, translate
+from openai_bridge.openai_api import build, millm, translate
 from openai_bridge.openai_api.generation import until_disconnected
 from openai_bridge.openai_api.protocol import EmbeddingRequest
 from openai_bridge.state import State
@@ -19,12 +19,10 @@ async def create_embeddings(
     request: Request,
     state: State,
 ) -> JSONResponse:
-    embed = translate.embed_request(body)
-    extension = millm.for_embeddings(body.millm)
-    choice = await millm.choose_model(state.client, embed.model)
-    prepared = millm.prepare_embed(embed, extension, choice)
-    with millm.client_names(prepared):
+    model = await millm.choose_model(state.client, body.model or "")
+    embed, extension = build.embed_request(body, model)
+    with millm.client_names(extension):
         response = await until_disconnected(request, state.client.embed(embed))
     payload = translate.embeddings(response, body.encoding_format)
-    payload["model"] = choice.response_model(payload["model"])
+    payload["model"] = model.response_model(payload["model"])
     return JSONResponse(payload)

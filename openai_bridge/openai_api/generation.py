@@ -1,5 +1,6 @@
-"""What chat and legacy completions share: opening and collecting a generation (and its
-unsteered twin for `millm.compare`), and client departure.
+"""The one path of chat and legacy completions (and, through chat, the Responses API):
+opening a plan's generations (and the unsteered twin for `millm.compare`), streaming
+or collecting them, and client departure.
 
 A client that goes away must not leave the model generating for nobody: a
 streaming body cancels its gRPC call in `finally` (Starlette cancels the body
@@ -16,16 +17,21 @@ from typing import Any, TypeVar
 
 import grpc
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import steering_pb2 as stpb
-from openai_bridge.errors import InferenceError, unsupported
+from openai_bridge.draining import until_drained
+from openai_bridge.errors import InferenceError
 from openai_bridge.inference_client import GenerationStream, InferenceClient
 from openai_bridge.openai_api import millm
+from openai_bridge.openai_api.build import GenerationPlan
 from openai_bridge.openai_api.translate import ResponseIds, usage_chunk, usage_total
-from openai_bridge.sse import event_stream
+from openai_bridge.sse import event_stream, sse_response
+from openai_bridge.state import BridgeState
 
 T = TypeVar("T")
+Chunks = AsyncGenerator[dict[str, Any], None]
 
 
 @dataclass
@@ -77,35 +83,6 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def open_generation(
-    client: InferenceClient,
-    start: pb.GenerateStart,
-    id_prefix: str,
-    created: int,
-    choice: millm.ModelChoice,
-) -> tuple[GenerationStream, ResponseIds]:
-    """Starts a generation and names its response; admission and validation errors
-    raise here, before any HTTP status is sent."""
-    stream = await client.generate(start)
-    ids = ResponseIds(
-        id=f"{id_prefix}-{stream.accepted.request_id}",
-        created=created,
-        model=choice.response_model(stream.accepted.model or choice.model),
-    )
-    return stream, ids
-
-
-async def open_unsteered(
-    client: InferenceClient, start: pb.GenerateStart, steered: GenerationStream
-) -> GenerationStream:
-    """Starts the comparison run of `start`; if it cannot start, `steered` is cancelled."""
-    try:
-        return await client.generate(millm.unsteered(start))
-    except BaseException:
-        steered.cancel()
-        raise
-
-
 async def collect_all(streams: Sequence[GenerationStream]) -> list[Collected]:
     """Every generation at once; the first failure cancels the others."""
     tasks = [asyncio.ensure_future(collect(s)) for s in streams]
@@ -135,33 +112,25 @@ class Opened:
 
 
 async def open_generations(
-    client: InferenceClient,
-    starts: Sequence[pb.GenerateStart],
-    id_prefix: str,
-    created: int,
-    choice: millm.ModelChoice,
-    prepared: millm.Prepared,
+    client: InferenceClient, plan: GenerationPlan, id_prefix: str, created: int
 ) -> Opened:
-    """Starts one generation per entry of `starts` (all or none: a refusal cancels those
-    already admitted), plus the comparison run when `millm.compare` asks for it; errors
-    about the request's steering name the fields the client sent."""
-    if prepared.compare and len(starts) > 1:
-        raise unsupported(
-            "`millm.compare` compares one completion; ask for `n` = 1 and one prompt.",
-            "millm.compare",
-        )
+    """Starts the plan's generations (all or none: a refusal cancels those already
+    admitted) and names the response after the first; admission and validation errors
+    raise here, before any HTTP status is sent, naming the fields the client sent."""
     streams: list[GenerationStream] = []
     try:
-        with millm.client_names(prepared):
-            first, ids = await open_generation(client, starts[0], id_prefix, created, choice)
-            streams.append(first)
-            for start in starts[1:]:
+        with millm.client_names(plan.extension):
+            for start in plan.starts:
                 streams.append(await client.generate(start))
-            unsteered = await open_unsteered(client, starts[0], first) if prepared.compare else None
+            twin = plan.unsteered
+            unsteered = await client.generate(twin) if twin is not None else None
     except BaseException:
         for stream in streams:
             stream.cancel()
         raise
+    accepted = streams[0].accepted
+    model = plan.model.response_model(accepted.model or plan.model.model)
+    ids = ResponseIds(id=f"{id_prefix}-{accepted.request_id}", created=created, model=model)
     return Opened(streams, ids, unsteered)
 
 
@@ -232,7 +201,7 @@ async def merged(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
             task.cancel()
 
 
-async def sse_body(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
+async def sse_body(chunks: Chunks) -> AsyncIterator[bytes]:
     """The response body of a streaming generation. Closing `chunks` at the end (also
     when the client left) runs its cleanup, which cancels the gRPC calls."""
     try:
@@ -240,3 +209,31 @@ async def sse_body(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterato
             yield data
     finally:
         await chunks.aclose()
+
+
+async def run(
+    request: Request,
+    state: BridgeState,
+    plan: GenerationPlan,
+    id_prefix: str,
+    chunks: Callable[[Opened], Chunks],
+    respond: Callable[[Opened, list[Collected]], dict[str, Any]],
+) -> dict[str, Any] | Chunks:
+    """A generation request: the response object (`respond` shapes the collected
+    choices), or when streaming its chunks (`chunks`)."""
+    opened = await open_generations(state.client, plan, id_prefix, int(state.clock()))
+    if plan.stream:
+        return chunks(opened)
+    try:
+        return await complete(
+            request, opened, plan.activations, lambda results: respond(opened, results)
+        )
+    finally:
+        opened.cancel()
+
+
+def answer(result: dict[str, Any] | Chunks, state: BridgeState) -> Response:
+    """`run`'s result as the HTTP response: JSON, or server-sent events."""
+    if isinstance(result, dict):
+        return JSONResponse(result)
+    return sse_response(sse_body(until_drained(result, state.draining)))

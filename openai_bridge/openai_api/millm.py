@@ -20,67 +20,30 @@ Which steering a request gets, first match wins:
 `millm.steering` and `millm.profile` together are refused (400). A `millm` field
 beats a profile in the model id; the model id then only names the model.
 
-Shapes are checked here (400, `param` like `millm.steering[0].strength`); index
+Shapes are checked with the rest of the body (`protocol.MillmExtension`: 400,
+`param` like `millm.steering[0].strength`), which keys go together here; index
 ranges, finiteness and whether a profile exists are the inference service's to
 judge, and its errors are renamed to the fields the client sent.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import steering_pb2 as stpb
 from openai_bridge import steering_json
 from openai_bridge.errors import InferenceError, invalid_request, unsupported
 from openai_bridge.inference_client import InferenceClient
+from openai_bridge.openai_api.protocol import MillmExtension
 
-FIELD = "millm"
-PROFILE_NAME_MAX = 64
-# Seeds the bridge picks for a comparison; small enough for any sampler backend.
-SEED_RANGE = 2**31
+NO_FIELD = MillmExtension()
 
 # Where a request's steering came from, named as the client named it.
 Source = Literal["millm.steering", "millm.profile", "model"]
-
-
-class MillmField(BaseModel):
-    """The `millm` object. Unlike the OpenAI fields around it, unknown keys are refused:
-    a misspelt `steerng` must not silently leave a request unsteered."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    profile: str | None = Field(default=None, min_length=1, max_length=PROFILE_NAME_MAX)
-    steering: list[steering_json.FeatureBody] | Literal["off"] | None = None
-    steering_enabled: bool | None = None
-    activations: steering_json.ActivationsBody | None = None
-    compare: bool = False
-
-    @field_validator("steering", mode="before")
-    @classmethod
-    def _features_or_off(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "off":
-            raise ValueError('`steering` is a list of features or the string "off"')
-        return value
-
-
-@dataclass(frozen=True)
-class Extension:
-    """A request's `millm` field, checked and translated."""
-
-    steering: stpb.RequestSteering | None = None
-    source: Source | None = None
-    activations: stpb.ActivationRequest | None = None
-    compare: bool = False
-
-
-NO_EXTENSION = Extension()
 
 
 @dataclass(frozen=True)
@@ -95,28 +58,25 @@ class ModelChoice:
         return f"{served}:{self.profile}" if self.profile else served
 
 
+@dataclass(frozen=True)
+class Extension:
+    """A request's `millm` field and model id, translated: the steering to send (None
+    follows the global steering) and the field that chose it (to name service errors
+    after), the activations to report, and whether to run the unsteered comparison."""
+
+    steering: stpb.RequestSteering | None = None
+    source: Source | None = None
+    activations: stpb.ActivationRequest | None = None
+    compare: bool = False
+
+
 # ---------------------------------------------------------------- the field
 
 
-def _param(loc: Sequence[Any]) -> str:
-    """('steering', 'list[FeatureBody]', 0, 'strength') -> 'millm.steering[0].strength'."""
-    param = FIELD
-    for part in loc:
-        if isinstance(part, int):
-            param += f"[{part}]"
-        elif "[" not in part:  # pydantic names the union member it tried: skip it
-            param += f".{part}"
-    return param
-
-
-def _shape_error(exc: ValidationError) -> InferenceError:
-    first = exc.errors()[0]
-    param = _param(first.get("loc", ()))
-    message = str(first.get("msg", "Invalid value")).removeprefix("Value error, ")
-    return invalid_request(f"{message} (at `{param}`)", param)
-
-
-def _steering(field: MillmField) -> tuple[stpb.RequestSteering | None, Source | None]:
+def _steering(
+    field: MillmExtension, choice: ModelChoice
+) -> tuple[stpb.RequestSteering | None, Source | None]:
+    """The request's steering by the precedence above."""
     if field.profile is not None and field.steering is not None:
         raise invalid_request(
             "Give `millm.profile` or `millm.steering`, not both.", "millm.steering"
@@ -136,6 +96,8 @@ def _steering(field: MillmField) -> tuple[stpb.RequestSteering | None, Source | 
         return stpb.RequestSteering(features=features), "millm.steering"
     if field.profile is not None:
         return stpb.RequestSteering(profile=field.profile), "millm.profile"
+    if choice.profile:
+        return stpb.RequestSteering(profile=choice.profile), "model"
     return None, None
 
 
@@ -148,19 +110,10 @@ def _activations(body: steering_json.ActivationsBody) -> stpb.ActivationRequest:
     return stpb.ActivationRequest(features=body.features, top_k=body.top_k)
 
 
-def _parse(raw: dict[str, Any]) -> MillmField:
-    try:
-        return MillmField.model_validate(raw)
-    except ValidationError as exc:
-        raise _shape_error(exc) from None
-
-
-def for_generation(raw: dict[str, Any] | None, *, stream: bool) -> Extension:
-    """The field of a chat or legacy completion request."""
-    if raw is None:
-        return NO_EXTENSION
-    field = _parse(raw)
-    steering, source = _steering(field)
+def for_generation(field: MillmExtension | None, choice: ModelChoice, *, stream: bool) -> Extension:
+    """The extension of a chat or legacy completion request."""
+    field = field or NO_FIELD
+    steering, source = _steering(field, choice)
     if field.compare and stream:
         raise unsupported(
             "`millm.compare` returns both completions in one response, so it needs "
@@ -171,16 +124,13 @@ def for_generation(raw: dict[str, Any] | None, *, stream: bool) -> Extension:
     return Extension(steering, source, activations, field.compare)
 
 
-def for_embeddings(raw: dict[str, Any] | None) -> Extension:
-    """The field of an embeddings request: steering only."""
-    if raw is None:
-        return NO_EXTENSION
-    field = _parse(raw)
+def for_embeddings(field: MillmExtension | None, choice: ModelChoice) -> Extension:
+    """The extension of an embeddings request: steering only."""
+    field = field or NO_FIELD
     for name, given in (("activations", field.activations is not None), ("compare", field.compare)):
         if given:
             raise unsupported(f"`millm.{name}` is not supported by embeddings.", f"millm.{name}")
-    steering, source = _steering(field)
-    return Extension(steering, source)
+    return Extension(*_steering(field, choice))
 
 
 # ---------------------------------------------------------------- the model id
@@ -204,74 +154,21 @@ async def choose_model(client: InferenceClient, requested: str) -> ModelChoice:
     return split_model_id(requested, info.model.id if ready else None)
 
 
-def steering_for(
-    extension: Extension, choice: ModelChoice
-) -> tuple[stpb.RequestSteering | None, Source | None]:
-    """The request's steering by the precedence above; None follows the global steering."""
-    if extension.steering is not None:
-        return extension.steering, extension.source
-    if choice.profile:
-        return stpb.RequestSteering(profile=choice.profile), "model"
-    return None, None
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What `prepare` decided: where the steering came from (to name service errors
-    after the client's fields), whether activations were asked for, and whether to
-    run the unsteered comparison."""
-
-    source: Source | None
-    activations: bool
-    compare: bool = False
-
-
-def prepare(start: pb.GenerateStart, extension: Extension, choice: ModelChoice) -> Prepared:
-    """Completes `start` with the model, steering and activations. A comparison needs
-    both runs to draw the same random numbers, so it fixes a seed if none was given."""
-    start.model = choice.model
-    steering, source = steering_for(extension, choice)
-    if steering is not None:
-        start.steering.CopyFrom(steering)
-    if extension.activations is not None:
-        start.activations.CopyFrom(extension.activations)
-    if extension.compare and not start.sampling.HasField("seed"):
-        start.sampling.seed = random.randrange(SEED_RANGE)
-    return Prepared(source, extension.activations is not None, extension.compare)
-
-
-def prepare_embed(request: pb.EmbedRequest, extension: Extension, choice: ModelChoice) -> Prepared:
-    request.model = choice.model
-    steering, source = steering_for(extension, choice)
-    if steering is not None:
-        request.steering.CopyFrom(steering)
-    return Prepared(source, activations=False)
-
-
-def unsteered(start: pb.GenerateStart) -> pb.GenerateStart:
-    """The comparison run: the same request and sampling, with no steering at all."""
-    default = pb.GenerateStart()
-    default.CopyFrom(start)
-    default.steering.CopyFrom(stpb.RequestSteering(disabled=True))
-    default.ClearField("activations")
-    return default
-
-
 # ---------------------------------------------------------------- service errors
 
 
 _ACTIVATION_PARAMS = ("features", "top_k")
 
 
-def _client_param(error: InferenceError, prepared: Prepared) -> str | None:
+def _client_param(error: InferenceError, extension: Extension) -> str | None:
     param = error.param
-    if error.reason == "PROFILE_NOT_FOUND" and prepared.source in ("millm.profile", "model"):
-        return prepared.source
+    if error.reason == "PROFILE_NOT_FOUND" and extension.source in ("millm.profile", "model"):
+        return extension.source
     if param is None:
         return None
-    if prepared.source == "millm.steering" and param.startswith("steering.features"):
+    if extension.source == "millm.steering" and param.startswith("steering.features"):
         return "millm.steering" + param.removeprefix("steering.features")
-    if prepared.activations:
+    if extension.activations is not None:
         name = param.removeprefix("activations.")
         if name.split("[")[0] in _ACTIVATION_PARAMS:
             return f"millm.activations.{name}"
@@ -279,14 +176,14 @@ def _client_param(error: InferenceError, prepared: Prepared) -> str | None:
 
 
 @contextmanager
-def client_names(prepared: Prepared) -> Iterator[None]:
+def client_names(extension: Extension) -> Iterator[None]:
     """Renames a service error's `param` (and its mention in the message) to the field the
     client sent: the service names fields of its own request (`steering.features[0].strength`),
     the client wrote `millm.steering[0].strength`, or chose the profile through `model`."""
     try:
         yield
     except InferenceError as error:
-        param = _client_param(error, prepared)
+        param = _client_param(error, extension)
         # Only a dotted path is safe to replace; a bare `features` is also an English word.
         if error.param and param and param != error.param and "." in error.param:
             error.message = error.message.replace(error.param, param)

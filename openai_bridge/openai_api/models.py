@@ -99,7 +99,7 @@ async def retrieve_model(model_id: str, state: State) -> JSONResponse:
         profile = millm.split_model_id(model_id, model.id).profile
         if profile and state.management is not None:
             # PROFILE_NOT_FOUND (404, `param` "model") when there is no such profile.
-            with millm.client_names(millm.Prepared(source="model", activations=False)):
+            with millm.client_names(millm.Extension(source="model")):
                 await state.management.get_profile(ppb.GetProfileRequest(name=profile))
             return JSONResponse(translate.model_card(model, profile))
     raise InferenceError(

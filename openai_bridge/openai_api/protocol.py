@@ -3,18 +3,26 @@
 Unknown fields are accepted (`extra="allow"`): clients send `cache_control`,
 `chat_id`, `reasoning` and the like. Range checks (temperature, top_p, ...)
 are left to the inference service so every such error comes from one place;
-capabilities the bridge does not offer are refused in `translate.py`.
+capabilities the bridge does not offer are refused in `build.py`.
+
+miLLM's own `millm` field is typed here too, so it is validated with the rest of
+the body and a bad value's `param` is its path (`millm.steering[0].strength`);
+see docs/steering.md for what it means.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from openai_bridge.steering_json import ActivationsBody, FeatureBody
 
 # A model id, or `model:profile`; longer ones would only come back in an error
 # message too large for gRPC's metadata.
 MODEL_ID_MAX = 512
+PROFILE_NAME_MAX = 64
 
 
 class OpenAIBody(BaseModel):
@@ -89,6 +97,29 @@ class ResponseFormat(OpenAIBody):
     json_schema: JsonSchemaFormat | None = None
 
 
+class MillmExtension(BaseModel):
+    """The `millm` object. Unlike the OpenAI fields around it, unknown keys are refused:
+    a misspelt `steerng` must not silently leave a request unsteered. Which keys go
+    together is `millm.py`'s to judge."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str | None = Field(default=None, min_length=1, max_length=PROFILE_NAME_MAX)
+    steering: list[FeatureBody] | Literal["off"] | None = None
+    steering_enabled: bool | None = None
+    activations: ActivationsBody | None = None
+    compare: bool = False
+
+    @field_validator("steering", mode="before")
+    @classmethod
+    def _features_or_off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "off":
+            raise PydanticCustomError(
+                "features_or_off", '`steering` is a list of features or the string "off"'
+            )
+        return value
+
+
 class SamplingFields(OpenAIBody):
     """Fields shared by chat and legacy completions."""
 
@@ -105,8 +136,12 @@ class SamplingFields(OpenAIBody):
     n: int | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    # miLLM's own extension (steering, activations, compare); checked in `millm.py`.
-    millm: dict[str, Any] | None = None
+    millm: MillmExtension | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with the usage chunk."""
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -141,5 +176,5 @@ class EmbeddingRequest(OpenAIBody):
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = None
     user: str | None = None
-    # miLLM's own extension (steering only, here); checked in `millm.py`.
-    millm: dict[str, Any] | None = None
+    # Steering only, here.
+    millm: MillmExtension | None = None

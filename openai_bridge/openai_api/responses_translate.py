@@ -28,6 +28,7 @@ from openai_bridge.openai_api.protocol import (
     FunctionCall,
     FunctionDefinition,
     JsonSchemaFormat,
+    MillmExtension,
     NamedFunction,
     NamedToolChoice,
     OpenAIBody,
@@ -109,7 +110,7 @@ class ResponsesRequest(OpenAIBody):
     reasoning: dict[str, Any] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     # miLLM's own extension, handed to the chat path unchanged.
-    millm: dict[str, Any] | None = None
+    millm: MillmExtension | None = None
 
 
 # ---------------------------------------------------------------- requests

@@ -21,7 +21,11 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+# Whether a reply is searched for calls, and in which shape they are told: `tools`
+# (`tool_calls`), or the legacy single `function_call` of `functions`.
+ToolMode = Literal["none", "tools", "functions"]
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"

@@ -21,9 +21,9 @@ LONE = "\\ud800"  # the JSON escape, as a client sends it
 ROUTES = [
     ("POST", "/v1/chat/completions",
      f'{{"model": "m", "messages": [{{"role": "user", "content": "hi {LONE}"}}]}}',
-     "messages.0.content"),
+     "messages[0].content"),
     ("POST", "/v1/completions", f'{{"model": "m", "prompt": "{LONE}"}}', "prompt"),
-    ("POST", "/v1/embeddings", f'{{"model": "m", "input": ["ok", "{LONE}"]}}', "input.1"),
+    ("POST", "/v1/embeddings", f'{{"model": "m", "input": ["ok", "{LONE}"]}}', "input[1]"),
     ("POST", "/v1/responses", f'{{"model": "m", "input": "{LONE}"}}', "input"),
     ("POST", "/api/v1/profiles", f'{{"name": "p{LONE}"}}', "name"),
     ("PUT", "/api/v1/steering",

@@ -21,7 +21,7 @@ def error_of(response, status=400):
 
 def test_malformed_field_is_400_with_param_path(http):
     error = error_of(http.post(CHAT, json={"messages": [{"role": "user", "content": 5}]}))
-    assert error["param"] == "messages.0.content"
+    assert error["param"] == "messages[0].content"
     assert error["type"] == "invalid_request_error"
 
 
@@ -60,7 +60,7 @@ def test_non_object_body_is_400(http, body):
                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
                 ]
             },
-            "messages.0.content.0.type",
+            "messages[0].content[0].type",
         ),
         (
             {
@@ -68,7 +68,7 @@ def test_non_object_body_is_400(http, body):
                     {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
                 ]
             },
-            "messages.0.content.0.type",
+            "messages[0].content[0].type",
         ),
     ],
 )
