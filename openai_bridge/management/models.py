@@ -27,14 +27,18 @@ PageToken = Annotated[str | None, Query(max_length=1024)]
 async def list_models(
     management: Management, page_size: PageSize = None, page_token: PageToken = None
 ) -> JSONResponse:
-    response = await management.list_models(translate.list_models_request(page_size, page_token))
+    response = await management.unary(
+        management.stubs.models.ListModels, translate.list_models_request(page_size, page_token)
+    )
     models = [translate.cached_model(m) for m in response.models]
     return JSONResponse(translate.page(models, response.next_page_token))
 
 
 @router.post("/download", status_code=202)
 async def download_model(body: DownloadBody, management: Management) -> JSONResponse:
-    response = await management.download_model(translate.download_request(body))
+    response = await management.unary(
+        management.stubs.models.DownloadModel, translate.download_request(body)
+    )
     operation = translate.operation(response.operation)
     location = f"/api/v1/operations/{response.operation.id}"
     return JSONResponse(operation, status_code=202, headers={"Location": location})
@@ -42,7 +46,7 @@ async def download_model(body: DownloadBody, management: Management) -> JSONResp
 
 @router.post("/unload")
 async def unload_model(management: Management) -> JSONResponse:
-    response = await management.unload_model(mpb.UnloadModelRequest())
+    response = await management.unary(management.stubs.models.UnloadModel, mpb.UnloadModelRequest())
     return JSONResponse(translate.unload_result(response))
 
 
@@ -51,22 +55,32 @@ async def estimate_model_memory(
     id: str, management: Management, body: EstimateBody | None = None
 ) -> JSONResponse:
     request = translate.estimate_request(id, body or EstimateBody())
-    return JSONResponse(translate.estimate(await management.estimate_model_memory(request)))
+    return JSONResponse(
+        translate.estimate(
+            await management.unary(management.stubs.models.EstimateModelMemory, request)
+        )
+    )
 
 
 @router.post("/{id:path}/load")
 async def load_model(id: str, management: Management, body: LoadBody | None = None) -> JSONResponse:
-    response = await management.load_model(translate.load_request(id, body or LoadBody()))
+    response = await management.unary(
+        management.stubs.models.LoadModel, translate.load_request(id, body or LoadBody())
+    )
     return JSONResponse(translate.load_result(response))
 
 
 @router.get("/{id:path}")
 async def get_model(id: str, management: Management) -> JSONResponse:
-    response = await management.get_model(mpb.GetModelRequest(id=translate.model_id(id)))
+    response = await management.unary(
+        management.stubs.models.GetModel, mpb.GetModelRequest(id=translate.model_id(id))
+    )
     return JSONResponse(translate.cached_model(response.model))
 
 
 @router.delete("/{id:path}")
 async def delete_model(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_model(mpb.DeleteModelRequest(id=translate.model_id(id)))
+    response = await management.unary(
+        management.stubs.models.DeleteModel, mpb.DeleteModelRequest(id=translate.model_id(id))
+    )
     return JSONResponse(translate.delete_result(id, response))

@@ -16,12 +16,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from millm.v1 import monitoring_service_pb2 as monpb
 from openai_bridge.errors import InferenceError, invalid_request, validation_failure
+from openai_bridge.grpc_calls import BidiCall
 from openai_bridge.management import steering_translate as translate
 from openai_bridge.management.schemas import MonitorControl, MonitoringConfigBody
 from openai_bridge.management.translate import error_frame, export_content_disposition
-from openai_bridge.management_client import MonitorStream
 from openai_bridge.request_checks import loads_bounded
-from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState, Management
+from openai_bridge.state import BridgeState, Management
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ CLOSE_GOING_AWAY = 1001
 
 @router.get("/config")
 async def get_monitoring_config(management: Management) -> JSONResponse:
-    response = await management.get_monitoring_config(monpb.GetMonitoringConfigRequest())
+    response = await management.unary(
+        management.stubs.monitoring.GetMonitoringConfig, monpb.GetMonitoringConfigRequest()
+    )
     return JSONResponse(
         {**translate.monitoring_config(response.config), "subscribers": response.subscribers}
     )
@@ -46,9 +48,11 @@ async def get_monitoring_config(management: Management) -> JSONResponse:
 @router.put("/config")
 async def set_monitoring_config(body: MonitoringConfigBody, management: Management) -> JSONResponse:
     # Unset fields keep their values, so the change is made on the current configuration.
-    current = await management.get_monitoring_config(monpb.GetMonitoringConfigRequest())
+    current = await management.unary(
+        management.stubs.monitoring.GetMonitoringConfig, monpb.GetMonitoringConfigRequest()
+    )
     request = translate.set_monitoring_config_request(current.config, body)
-    response = await management.set_monitoring_config(request)
+    response = await management.unary(management.stubs.monitoring.SetMonitoringConfig, request)
     return JSONResponse(translate.monitoring_config(response.config))
 
 
@@ -58,13 +62,18 @@ async def get_monitoring_history(
     limit: Annotated[int | None, Query()] = None,
     request_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> JSONResponse:
-    response = await management.get_monitoring_history(translate.history_request(limit, request_id))
+    response = await management.unary(
+        management.stubs.monitoring.GetMonitoringHistory,
+        translate.history_request(limit, request_id),
+    )
     return JSONResponse({"data": [translate.frame(f) for f in response.frames]})
 
 
 @router.delete("/history")
 async def clear_monitoring_history(management: Management) -> JSONResponse:
-    await management.clear_monitoring_history(monpb.ClearMonitoringHistoryRequest())
+    await management.unary(
+        management.stubs.monitoring.ClearMonitoringHistory, monpb.ClearMonitoringHistoryRequest()
+    )
     return JSONResponse({"cleared": True})
 
 
@@ -75,7 +84,7 @@ async def get_feature_statistics(
     limit: Annotated[int | None, Query()] = None,
 ) -> JSONResponse:
     request = translate.statistics_request(features or [], limit)
-    response = await management.get_feature_statistics(request)
+    response = await management.unary(management.stubs.monitoring.GetFeatureStatistics, request)
     return JSONResponse(translate.statistics(response))
 
 
@@ -83,8 +92,9 @@ async def get_feature_statistics(
 async def export_monitoring_history(
     management: Management, format: Literal["json", "csv"] = "json"
 ) -> Response:
-    response = await management.export_monitoring_history(
-        monpb.ExportMonitoringHistoryRequest(format=format)
+    response = await management.unary(
+        management.stubs.monitoring.ExportMonitoringHistory,
+        monpb.ExportMonitoringHistoryRequest(format=format),
     )
     filename = translate.export_filename(format)
     return Response(
@@ -95,6 +105,8 @@ async def export_monitoring_history(
 
 
 # ---------------------------------------------------------------- the live stream
+
+MonitorCall = BidiCall[monpb.MonitorRequest, monpb.MonitorResponse]
 
 
 # Frames waiting for a slow WebSocket client before newer ones are dropped.
@@ -116,11 +128,9 @@ async def monitor_stream(websocket: WebSocket) -> None:
     """
     await websocket.accept()
     state: BridgeState = websocket.app.state.bridge
-    stream: MonitorStream | None = None
+    stream: MonitorCall | None = None
     pending: asyncio.Future[Message] | None = None
     try:
-        if state.management is None:
-            raise InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, MANAGEMENT_NOT_CONFIGURED)
         selection = translate.Selection(top_k=DEFAULT_TOP_K)
         pending = asyncio.ensure_future(websocket.receive())
         done, _ = await asyncio.wait({pending}, timeout=FIRST_MESSAGE_WAIT_S)
@@ -128,7 +138,8 @@ async def monitor_stream(websocket: WebSocket) -> None:
             if not _apply(pending.result(), selection):
                 return  # left before the stream started
             pending = None
-        stream = await state.management.monitor(selection.request())
+        stream = state.calls.bidi(state.calls.stubs.monitoring.Monitor)
+        await stream.send(selection.request())
         await _relay(websocket, stream, selection, pending)
     except WebSocketDisconnect:
         return
@@ -143,7 +154,7 @@ async def monitor_stream(websocket: WebSocket) -> None:
 
 async def _relay(
     websocket: WebSocket,
-    stream: MonitorStream,
+    stream: MonitorCall,
     selection: translate.Selection,
     pending: asyncio.Future[Message] | None,
 ) -> None:
@@ -164,7 +175,7 @@ async def _relay(
         await websocket.close(CLOSE_GOING_AWAY)
 
 
-async def _send_frames(websocket: WebSocket, stream: MonitorStream) -> None:
+async def _send_frames(websocket: WebSocket, stream: MonitorCall) -> None:
     """Reads the service's frames as fast as they come and sends what the client can
     take. The socket applies backpressure; rather than pass it back to the service,
     frames that do not fit in `SEND_QUEUE_FRAMES` are dropped here and counted with
@@ -198,7 +209,7 @@ async def _send_frames(websocket: WebSocket, stream: MonitorStream) -> None:
 
 async def _read_controls(
     websocket: WebSocket,
-    stream: MonitorStream,
+    stream: MonitorCall,
     selection: translate.Selection,
     pending: asyncio.Future[Message] | None,
 ) -> None:

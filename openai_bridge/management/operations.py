@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, WebSocket
 from fastapi.responses import JSONResponse
 
 from millm.v1 import operations_service_pb2 as ospb
+from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.management import translate, watch
-from openai_bridge.management_client import ManagementClient
 from openai_bridge.state import Management
 
 router = APIRouter(prefix="/api/v1/operations")
@@ -24,20 +24,24 @@ async def list_operations(
     unfinished_only: bool = False,
 ) -> JSONResponse:
     request = translate.list_operations_request(page_size, page_token, unfinished_only)
-    response = await management.list_operations(request)
+    response = await management.unary(management.stubs.operations.ListOperations, request)
     operations = [translate.operation(op) for op in response.operations]
     return JSONResponse(translate.page(operations, response.next_page_token))
 
 
 @router.get("/{operation_id}")
 async def get_operation(operation_id: str, management: Management) -> JSONResponse:
-    response = await management.get_operation(ospb.GetOperationRequest(id=operation_id))
+    response = await management.unary(
+        management.stubs.operations.GetOperation, ospb.GetOperationRequest(id=operation_id)
+    )
     return JSONResponse(translate.operation(response.operation))
 
 
 @router.post("/{operation_id}/cancel")
 async def cancel_operation(operation_id: str, management: Management) -> JSONResponse:
-    response = await management.cancel_operation(ospb.CancelOperationRequest(id=operation_id))
+    response = await management.unary(
+        management.stubs.operations.CancelOperation, ospb.CancelOperationRequest(id=operation_id)
+    )
     return JSONResponse(translate.operation(response.operation))
 
 
@@ -50,12 +54,17 @@ async def watch_operation(websocket: WebSocket, operation_id: str) -> None:
     that leaves cancels the gRPC watch at once, even between snapshots.
     """
 
-    async def frames(management: ManagementClient) -> AsyncIterator[str]:
-        snapshots = management.watch_operation(operation_id)
+    async def frames(management: ServiceCalls) -> AsyncIterator[str]:
+        request = ospb.WatchOperationRequest(id=operation_id)
+        updates = watch.until_final(
+            management.server_stream(management.stubs.operations.WatchOperation, request),
+            lambda update: translate.is_final(update.operation),
+            "operation",
+        )
         try:
-            async for snapshot in snapshots:
-                yield translate.operation_frame(snapshot)
+            async for update in updates:
+                yield translate.operation_frame(update.operation)
         finally:
-            await snapshots.aclose()  # type: ignore[attr-defined]
+            await updates.aclose()  # type: ignore[attr-defined]
 
     await watch.relay(websocket, frames, f"operation {operation_id}")

@@ -38,8 +38,9 @@ async def list_profiles(
     page_size: Annotated[int | None, Query()] = None,
     page_token: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> JSONResponse:
-    response = await management.list_profiles(
-        translate.list_profiles_request(page_size, page_token)
+    response = await management.unary(
+        management.stubs.profiles.ListProfiles,
+        translate.list_profiles_request(page_size, page_token),
     )
     profiles = [translate.profile(p) for p in response.profiles]
     return JSONResponse({"data": profiles, "next_page_token": response.next_page_token or None})
@@ -47,13 +48,17 @@ async def list_profiles(
 
 @router.post("", status_code=201)
 async def create_profile(body: ProfileCreateBody, management: Management) -> JSONResponse:
-    response = await management.create_profile(translate.create_profile_request(body))
+    response = await management.unary(
+        management.stubs.profiles.CreateProfile, translate.create_profile_request(body)
+    )
     return _created(response.profile.name, translate.profile(response.profile))
 
 
 @router.post("/deactivate")
 async def deactivate_profile(management: Management) -> JSONResponse:
-    response = await management.deactivate_profile(ppb.DeactivateProfileRequest())
+    response = await management.unary(
+        management.stubs.profiles.DeactivateProfile, ppb.DeactivateProfileRequest()
+    )
     return JSONResponse({"previous": response.previous or None})
 
 
@@ -78,22 +83,27 @@ async def import_profile(
         document = wrapped.document
         overwrite = overwrite or wrapped.overwrite
         force = force or wrapped.force
-    response = await management.import_profile(
-        ppb.ImportProfileRequest(json=document, overwrite=overwrite, force=force)
+    response = await management.unary(
+        management.stubs.profiles.ImportProfile,
+        ppb.ImportProfileRequest(json=document, overwrite=overwrite, force=force),
     )
     return _created(response.profile.name, translate.import_result(response))
 
 
 @router.post("/{name}/activate")
 async def activate_profile(name: str, management: Management) -> JSONResponse:
-    response = await management.activate_profile(ppb.ActivateProfileRequest(name=name))
+    response = await management.unary(
+        management.stubs.profiles.ActivateProfile, ppb.ActivateProfileRequest(name=name)
+    )
     return JSONResponse(translate.profile(response.profile))
 
 
 @router.get("/{name}/export", response_model=None)
 async def export_profile(name: str, management: Management) -> Response:
     """The service's JSON, byte for byte, as a download."""
-    response = await management.export_profile(ppb.ExportProfileRequest(name=name))
+    response = await management.unary(
+        management.stubs.profiles.ExportProfile, ppb.ExportProfileRequest(name=name)
+    )
     disposition = export_content_disposition(translate.profile_filename(name), name)
     return Response(
         response.json,
@@ -104,7 +114,9 @@ async def export_profile(name: str, management: Management) -> Response:
 
 @router.get("/{name}")
 async def get_profile(name: str, management: Management) -> JSONResponse:
-    response = await management.get_profile(ppb.GetProfileRequest(name=name))
+    response = await management.unary(
+        management.stubs.profiles.GetProfile, ppb.GetProfileRequest(name=name)
+    )
     return JSONResponse(translate.profile(response.profile))
 
 
@@ -112,11 +124,15 @@ async def get_profile(name: str, management: Management) -> JSONResponse:
 async def update_profile(
     name: str, body: ProfileUpdateBody, management: Management
 ) -> JSONResponse:
-    response = await management.update_profile(translate.update_profile_request(name, body))
+    response = await management.unary(
+        management.stubs.profiles.UpdateProfile, translate.update_profile_request(name, body)
+    )
     return JSONResponse(translate.profile(response.profile))
 
 
 @router.delete("/{name}")
 async def delete_profile(name: str, management: Management) -> JSONResponse:
-    await management.delete_profile(ppb.DeleteProfileRequest(name=name))
+    await management.unary(
+        management.stubs.profiles.DeleteProfile, ppb.DeleteProfileRequest(name=name)
+    )
     return JSONResponse({"name": name, "deleted": True})

@@ -56,7 +56,7 @@ async def list_sae_releases(
     page_token: PageToken = None,
 ) -> JSONResponse:
     request = translate.list_sae_releases_request(model, page_size, page_token)
-    response = await management.list_sae_releases(request)
+    response = await management.unary(management.stubs.saes.ListSaeReleases, request)
     releases = [translate.sae_release(r) for r in response.releases]
     return JSONResponse(translate.page(releases, response.next_page_token))
 
@@ -65,38 +65,50 @@ async def list_sae_releases(
 async def list_saes(
     management: Management, page_size: PageSize = None, page_token: PageToken = None
 ) -> JSONResponse:
-    response = await management.list_saes(translate.list_saes_request(page_size, page_token))
+    response = await management.unary(
+        management.stubs.saes.ListSaes, translate.list_saes_request(page_size, page_token)
+    )
     saes = [translate.sae(s) for s in response.saes]
     return JSONResponse(translate.page(saes, response.next_page_token))
 
 
 @router.get("/saes/cache")
 async def get_sae_cache_usage(management: Management) -> JSONResponse:
-    response = await management.get_sae_cache_usage(sspb.GetSaeCacheUsageRequest())
+    response = await management.unary(
+        management.stubs.saes.GetSaeCacheUsage, sspb.GetSaeCacheUsageRequest()
+    )
     return JSONResponse(translate.sae_cache_usage(response))
 
 
 @router.get("/saes/attachments")
 async def list_sae_attachments(management: Management) -> JSONResponse:
-    response = await management.list_sae_attachments(sspb.ListSaeAttachmentsRequest())
+    response = await management.unary(
+        management.stubs.saes.ListSaeAttachments, sspb.ListSaeAttachmentsRequest()
+    )
     return JSONResponse({"data": [translate.sae_attachment(a) for a in response.attachments]})
 
 
 @router.post("/saes/preview")
 async def preview_sae_repo(body: SaePreviewBody, management: Management) -> JSONResponse:
-    response = await management.preview_sae_repo(translate.preview_sae_request(body))
+    response = await management.unary(
+        management.stubs.saes.PreviewSaeRepo, translate.preview_sae_request(body)
+    )
     return JSONResponse(translate.sae_preview(response))
 
 
 @router.post("/saes/download", status_code=202)
 async def download_sae(body: SaeDownloadBody, management: Management) -> JSONResponse:
-    response = await management.download_sae(translate.download_sae_request(body))
+    response = await management.unary(
+        management.stubs.saes.DownloadSae, translate.download_sae_request(body)
+    )
     return _operation_accepted(response.operation)
 
 
 @router.post("/saes/import", status_code=201)
 async def import_sae(body: SaeImportBody, management: Management) -> JSONResponse:
-    response = await management.import_sae(translate.import_sae_request(body))
+    response = await management.unary(
+        management.stubs.saes.ImportSae, translate.import_sae_request(body)
+    )
     location = f"/api/v1/saes/{response.sae.id}"
     return JSONResponse(
         translate.sae(response.sae), status_code=201, headers={"Location": location}
@@ -105,7 +117,9 @@ async def import_sae(body: SaeImportBody, management: Management) -> JSONRespons
 
 @router.post("/saes/detach")
 async def detach_sae(management: Management, body: SaeHookBody | None = None) -> JSONResponse:
-    response = await management.detach_sae(translate.detach_request(body or SaeHookBody()))
+    response = await management.unary(
+        management.stubs.saes.DetachSae, translate.detach_request(body or SaeHookBody())
+    )
     return JSONResponse(translate.detach_result(response))
 
 
@@ -117,7 +131,7 @@ async def check_sae_compatibility(
     id: str, management: Management, body: SaeHookBody | None = None
 ) -> JSONResponse:
     request = translate.compatibility_request(id, body or SaeHookBody())
-    response = await management.check_sae_compatibility(request)
+    response = await management.unary(management.stubs.saes.CheckSaeCompatibility, request)
     return JSONResponse(translate.sae_compatibility(response.compatibility))
 
 
@@ -125,13 +139,17 @@ async def check_sae_compatibility(
 async def attach_sae(
     id: str, management: Management, body: SaeHookBody | None = None
 ) -> JSONResponse:
-    response = await management.attach_sae(translate.attach_request(id, body or SaeHookBody()))
+    response = await management.unary(
+        management.stubs.saes.AttachSae, translate.attach_request(id, body or SaeHookBody())
+    )
     return JSONResponse(translate.attach_result(response))
 
 
 @router.post("/saes/{id}/upload", status_code=202)
 async def upload_sae(id: str, body: SaeUploadBody, management: Management) -> JSONResponse:
-    response = await management.upload_sae(translate.upload_sae_request(id, body))
+    response = await management.unary(
+        management.stubs.saes.UploadSae, translate.upload_sae_request(id, body)
+    )
     return _operation_accepted(response.operation)
 
 
@@ -142,7 +160,8 @@ async def export_sae(
     """Streams the zip through as it comes. The first chunk is read here, before any
     status is sent, so that a failure to start (unknown id, unreadable files) is an
     ordinary JSON error; a failure after that can only cut the download short."""
-    chunks = management.export_sae(translate.export_request(id, layout))
+    request = translate.export_request(id, layout)
+    chunks = management.server_stream(management.stubs.saes.ExportSae, request)
     try:
         first = await anext(chunks)
     except StopAsyncIteration:
@@ -158,13 +177,13 @@ async def export_sae(
 
 @router.get("/saes/{id}")
 async def get_sae(id: str, management: Management) -> JSONResponse:
-    response = await management.get_sae(sspb.GetSaeRequest(id=id))
+    response = await management.unary(management.stubs.saes.GetSae, sspb.GetSaeRequest(id=id))
     return JSONResponse(translate.sae(response.sae))
 
 
 @router.delete("/saes/{id}")
 async def delete_sae(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_sae(sspb.DeleteSaeRequest(id=id))
+    response = await management.unary(management.stubs.saes.DeleteSae, sspb.DeleteSaeRequest(id=id))
     return JSONResponse(translate.sae_delete_result(id, response))
 
 

@@ -15,8 +15,10 @@ from fastapi import APIRouter, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from millm.v1 import training_pb2 as tpb
 from millm.v1 import training_service_pb2 as tspb
 from openai_bridge.errors import InferenceError, invalid_request
+from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.management import training_translate as translate
 from openai_bridge.management import watch
 from openai_bridge.management.schemas import (
@@ -28,13 +30,22 @@ from openai_bridge.management.schemas import (
     TrainingTemplateUpdateBody,
 )
 from openai_bridge.management.translate import export_content_disposition
-from openai_bridge.management_client import ManagementClient
 from openai_bridge.request_checks import loads_bounded
 from openai_bridge.state import Management
 
 router = APIRouter(prefix="/api/v1/training")
 
 CORPUS_NAME_MAX = 255
+
+# A run in one of these states trains no more; its watch ends after it.
+TRAINING_FINAL_STATES = frozenset(
+    {
+        tpb.TRAINING_STATE_STOPPED,
+        tpb.TRAINING_STATE_COMPLETED,
+        tpb.TRAINING_STATE_FAILED,
+        tpb.TRAINING_STATE_INTERRUPTED,
+    }
+)
 
 
 def _created(location: str, payload: dict[str, Any]) -> JSONResponse:
@@ -46,7 +57,9 @@ def _created(location: str, payload: dict[str, Any]) -> JSONResponse:
 
 @router.post("/runs", status_code=201)
 async def start_training(body: TrainingRunBody, management: Management) -> JSONResponse:
-    response = await management.start_training(translate.start_request(body))
+    response = await management.unary(
+        management.stubs.training.StartTraining, translate.start_request(body)
+    )
     return _created(f"/api/v1/training/runs/{response.run.id}", translate.message_json(response))
 
 
@@ -56,8 +69,9 @@ async def list_training_runs(
     page_size: Annotated[int | None, Query()] = None,
     page_token: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> JSONResponse:
-    response = await management.list_training_runs(
-        translate.list_runs_request(page_size, page_token)
+    response = await management.unary(
+        management.stubs.training.ListTrainingRuns,
+        translate.list_runs_request(page_size, page_token),
     )
     return JSONResponse(translate.message_json(response))
 
@@ -70,13 +84,15 @@ async def list_training_metrics(
     limit: Annotated[int | None, Query()] = None,
 ) -> JSONResponse:
     request = translate.list_metrics_request(id, after_step, limit)
-    response = await management.list_training_metrics(request)
+    response = await management.unary(management.stubs.training.ListTrainingMetrics, request)
     return JSONResponse(translate.message_json(response))
 
 
 @router.post("/runs/{id}/stop")
 async def stop_training(id: str, management: Management) -> JSONResponse:
-    response = await management.stop_training(tspb.StopTrainingRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.StopTraining, tspb.StopTrainingRequest(id=id)
+    )
     return JSONResponse(translate.message_json(response))
 
 
@@ -86,7 +102,7 @@ async def resume_training(
 ) -> JSONResponse:
     from_scratch = body.from_scratch if body is not None else False
     request = tspb.ResumeTrainingRequest(id=id, from_scratch=from_scratch)
-    response = await management.resume_training(request)
+    response = await management.unary(management.stubs.training.ResumeTraining, request)
     return JSONResponse(translate.message_json(response))
 
 
@@ -95,8 +111,13 @@ async def watch_training_run(websocket: WebSocket, id: str) -> None:
     """One `{"type": "run", "run": {...}, "metrics": [...]}` frame per change; close 1000
     once the run has finished. Errors as on /api/v1/operations/{id}/watch."""
 
-    async def frames(management: ManagementClient) -> AsyncIterator[str]:
-        updates = management.watch_training_run(id)
+    async def frames(management: ServiceCalls) -> AsyncIterator[str]:
+        request = tspb.WatchTrainingRunRequest(id=id)
+        updates = watch.until_final(
+            management.server_stream(management.stubs.training.WatchTrainingRun, request),
+            lambda update: update.run.state in TRAINING_FINAL_STATES,
+            "run",
+        )
         try:
             async for update in updates:
                 yield translate.watch_frame(update)
@@ -108,13 +129,17 @@ async def watch_training_run(websocket: WebSocket, id: str) -> None:
 
 @router.get("/runs/{id}")
 async def get_training_run(id: str, management: Management) -> JSONResponse:
-    response = await management.get_training_run(tspb.GetTrainingRunRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.GetTrainingRun, tspb.GetTrainingRunRequest(id=id)
+    )
     return JSONResponse(translate.message_json(response))
 
 
 @router.delete("/runs/{id}")
 async def delete_training_run(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_training_run(tspb.DeleteTrainingRunRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.DeleteTrainingRun, tspb.DeleteTrainingRunRequest(id=id)
+    )
     return JSONResponse(translate.message_json(response))
 
 
@@ -136,7 +161,7 @@ async def upload_corpus(
         )
     messages = translate.upload_requests(name, request.stream())
     try:
-        response = await management.upload_corpus(messages)
+        response = await management.client_stream(management.stubs.training.UploadCorpus, messages)
     except ClientDisconnect:
         raise InferenceError(
             grpc.StatusCode.CANCELLED, None, "The client went away during the upload."
@@ -149,13 +174,17 @@ async def upload_corpus(
 
 @router.get("/corpora")
 async def list_corpora(management: Management) -> JSONResponse:
-    response = await management.list_corpora(tspb.ListCorporaRequest())
+    response = await management.unary(
+        management.stubs.training.ListCorpora, tspb.ListCorporaRequest()
+    )
     return JSONResponse(translate.message_json(response))
 
 
 @router.delete("/corpora/{id}")
 async def delete_corpus(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_corpus(tspb.DeleteCorpusRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.DeleteCorpus, tspb.DeleteCorpusRequest(id=id)
+    )
     return JSONResponse(translate.message_json(response))
 
 
@@ -171,13 +200,17 @@ def _template_created(response: Any) -> JSONResponse:
 async def create_training_template(
     body: TrainingTemplateBody, management: Management
 ) -> JSONResponse:
-    response = await management.create_training_template(translate.create_template_request(body))
+    response = await management.unary(
+        management.stubs.training.CreateTrainingTemplate, translate.create_template_request(body)
+    )
     return _template_created(response)
 
 
 @router.get("/templates")
 async def list_training_templates(management: Management) -> JSONResponse:
-    response = await management.list_training_templates(tspb.ListTrainingTemplatesRequest())
+    response = await management.unary(
+        management.stubs.training.ListTrainingTemplates, tspb.ListTrainingTemplatesRequest()
+    )
     return JSONResponse(translate.message_json(response))
 
 
@@ -195,8 +228,9 @@ async def import_training_template(
     # Parsed here only to refuse what would fail deep in the service (nesting, lone
     # surrogates); the text goes on verbatim.
     loads_bounded(document, "The template", "json")
-    response = await management.import_training_template(
-        tspb.ImportTrainingTemplateRequest(json=document, name=name or "")
+    response = await management.unary(
+        management.stubs.training.ImportTrainingTemplate,
+        tspb.ImportTrainingTemplateRequest(json=document, name=name or ""),
     )
     return _template_created(response)
 
@@ -206,8 +240,9 @@ async def duplicate_training_template(
     id: str, management: Management, body: TrainingTemplateDuplicateBody | None = None
 ) -> JSONResponse:
     name = body.name if body is not None and body.name else ""
-    response = await management.duplicate_training_template(
-        tspb.DuplicateTrainingTemplateRequest(id=id, name=name)
+    response = await management.unary(
+        management.stubs.training.DuplicateTrainingTemplate,
+        tspb.DuplicateTrainingTemplateRequest(id=id, name=name),
     )
     return _template_created(response)
 
@@ -215,7 +250,9 @@ async def duplicate_training_template(
 @router.get("/templates/{id}/export", response_model=None)
 async def export_training_template(id: str, management: Management) -> Response:
     """The service's JSON, byte for byte, as a download named after the template."""
-    response = await management.export_training_template(tspb.ExportTrainingTemplateRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.ExportTrainingTemplate, tspb.ExportTrainingTemplateRequest(id=id)
+    )
     disposition = export_content_disposition(translate.template_filename(response.json, id), id)
     return Response(
         response.json,
@@ -226,7 +263,9 @@ async def export_training_template(id: str, management: Management) -> Response:
 
 @router.get("/templates/{id}")
 async def get_training_template(id: str, management: Management) -> JSONResponse:
-    response = await management.get_training_template(tspb.GetTrainingTemplateRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.GetTrainingTemplate, tspb.GetTrainingTemplateRequest(id=id)
+    )
     return JSONResponse(translate.message_json(response))
 
 
@@ -234,13 +273,16 @@ async def get_training_template(id: str, management: Management) -> JSONResponse
 async def update_training_template(
     id: str, body: TrainingTemplateUpdateBody, management: Management
 ) -> JSONResponse:
-    response = await management.update_training_template(
-        translate.update_template_request(id, body)
+    response = await management.unary(
+        management.stubs.training.UpdateTrainingTemplate,
+        translate.update_template_request(id, body),
     )
     return JSONResponse(translate.message_json(response))
 
 
 @router.delete("/templates/{id}")
 async def delete_training_template(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_training_template(tspb.DeleteTrainingTemplateRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.DeleteTrainingTemplate, tspb.DeleteTrainingTemplateRequest(id=id)
+    )
     return JSONResponse(translate.message_json(response))

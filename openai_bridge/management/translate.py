@@ -35,9 +35,17 @@ from openai_bridge.management.schemas import (
     SaeUploadBody,
     WeightFormatName,
 )
-from openai_bridge.management_client import FINAL_STATES
 
 MAX_PAGE_SIZE = 200
+
+# An operation in one of these states changes no more; its watch ends after it.
+FINAL_STATES = frozenset(
+    {
+        opb.OPERATION_STATE_SUCCEEDED,
+        opb.OPERATION_STATE_FAILED,
+        opb.OPERATION_STATE_CANCELLED,
+    }
+)
 
 # WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
