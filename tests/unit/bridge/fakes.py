@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import inference_service_pb2_grpc as pb_grpc
 from openai_bridge.errors import InferenceError
-from tests.fixtures.grpc_server import Flag, service_error
+from tests.fixtures.grpc_server import HANG, Flag, play, service_error
+
+__all__ = ["HANG", "FakeInferenceService", "delta", "finished"]
 
 
 def delta(text: str, *token_ids: int, logprobs: list[pb.TokenLogprob] | None = None):
@@ -24,8 +24,6 @@ def finished(reason: int = pb.FINISH_REASON_STOP, prompt: int = 5, completion: i
         )
     )
 
-
-HANG = object()  # a script entry: wait forever (until cancelled)
 
 # How long `FakeStream.cancelled` waits for the bridge's cancel to reach the service.
 CANCEL_WAIT_S = 5.0
@@ -99,13 +97,7 @@ class FakeInferenceService(pb_grpc.InferenceServiceServicer):
             accepted=pb.GenerateAccepted(request_id="r1", prompt_tokens=5, model="m")
         )
         try:
-            for entry in self.script:
-                if entry is HANG:
-                    self.hanging.set()
-                    await asyncio.Event().wait()
-                if isinstance(entry, BaseException):
-                    stream.closed.set()
-                    raise service_error(entry)
+            async for entry in play(self.script, self.hanging):
                 yield entry
             async for _ in requests:
                 pass  # the bridge sends nothing more; this ends when it closes the call

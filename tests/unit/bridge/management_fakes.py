@@ -12,9 +12,9 @@ from millm.v1 import operation_pb2 as opb
 from millm.v1 import operations_service_pb2 as ospb
 from millm.v1 import operations_service_pb2_grpc as ospb_grpc
 from openai_bridge.errors import InferenceError
-from tests.fixtures.grpc_server import Flag, service_error
+from tests.fixtures.grpc_server import HANG, Flag, play, service_error
 
-HANG = object()  # a watch script entry: wait until cancelled
+__all__ = ["HANG", "SMOL", "FakeManagementService", "builtin", "cached", "not_found", "operation"]
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -153,12 +153,7 @@ class FakeManagementService(mpb_grpc.ModelServiceServicer, ospb_grpc.OperationsS
     async def WatchOperation(self, request, context):
         self._enter("watch_operation", request.id)
         try:
-            for entry in self.watch_script:
-                if entry is HANG:
-                    self.watch_hanging.set()
-                    await asyncio.Event().wait()
-                if isinstance(entry, BaseException):
-                    raise service_error(entry)
+            async for entry in play(self.watch_script, self.watch_hanging):
                 yield ospb.WatchOperationResponse(operation=entry)
         except (asyncio.CancelledError, GeneratorExit):
             self.watch_cancelled.set()
