@@ -133,8 +133,9 @@ class Stubs:
         )
 
 
-class BidiCall(Generic[Request, Response]):
-    """One open bidirectional stream: `send` while iterating over the answers."""
+class StreamCall(Generic[Request, Response]):
+    """One open streaming call: iterate over the answers, and `send` while doing so
+    where the call takes a stream of requests."""
 
     def __init__(self, call: Any, address: str) -> None:
         self._call = call
@@ -216,7 +217,7 @@ class ServiceCalls:
         early (`aclose`) cancels the call."""
         call = method(request, metadata=self.metadata())
         try:
-            async for message in BidiCall[Message, Any](call, self.address):
+            async for message in StreamCall[Message, Any](call, self.address):
                 yield message
         finally:
             call.cancel()
@@ -241,9 +242,9 @@ class ServiceCalls:
         finally:
             call.cancel()
 
-    def bidi(self, method: Any) -> BidiCall[Any, Any]:
+    def bidi(self, method: Any) -> StreamCall[Any, Any]:
         """Opens a bidirectional stream; the caller must `cancel` it when done."""
-        return BidiCall(method(metadata=self.metadata()), self.address)
+        return StreamCall(method(metadata=self.metadata()), self.address)
 
     async def close(self) -> None:
         if self._channel is not None:

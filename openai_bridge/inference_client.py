@@ -13,7 +13,7 @@ import grpc
 
 from millm.v1 import inference_service_pb2 as pb
 from openai_bridge.errors import InferenceError
-from openai_bridge.grpc_calls import BidiCall, ServiceCalls
+from openai_bridge.grpc_calls import ServiceCalls, StreamCall
 
 # An embedding batch's deadline grows with its work, so a large batch is not cut
 # off (504) by the fixed deadline of small calls. Generous on purpose: one forward
@@ -35,7 +35,9 @@ class GenerationStream:
     """One admitted generation: `accepted`, then iterate for deltas and the final `finished`."""
 
     def __init__(
-        self, call: BidiCall[pb.GenerateRequest, pb.GenerateResponse], accepted: pb.GenerateAccepted
+        self,
+        call: StreamCall[pb.GenerateRequest, pb.GenerateResponse],
+        accepted: pb.GenerateAccepted,
     ) -> None:
         self._call = call
         self.accepted = accepted

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from millm.v1 import monitoring_service_pb2 as monpb
 from openai_bridge.errors import InferenceError, invalid_request, validation_failure
-from openai_bridge.grpc_calls import BidiCall
+from openai_bridge.grpc_calls import StreamCall
 from openai_bridge.management import steering_translate as translate
 from openai_bridge.management.schemas import MonitorControl, MonitoringConfigBody
 from openai_bridge.management.translate import error_frame, export_content_disposition
@@ -106,7 +106,7 @@ async def export_monitoring_history(
 
 # ---------------------------------------------------------------- the live stream
 
-MonitorCall = BidiCall[monpb.MonitorRequest, monpb.MonitorResponse]
+MonitorCall = StreamCall[monpb.MonitorRequest, monpb.MonitorResponse]
 
 
 # Frames waiting for a slow WebSocket client before newer ones are dropped.
