@@ -18,6 +18,7 @@ from openai_bridge.browser_guard import JsonBodyMiddleware, OriginGuardMiddlewar
 from openai_bridge.config import BridgeSettings
 from openai_bridge.draining import Draining, DrainingMiddleware
 from openai_bridge.errors import install_exception_handlers
+from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.inference_client import InferenceClient
 from openai_bridge.limits import BodyLimitMiddleware
 from openai_bridge.management import models as management_models
@@ -27,7 +28,6 @@ from openai_bridge.management import profiles as management_profiles
 from openai_bridge.management import saes as management_saes
 from openai_bridge.management import steering as management_steering
 from openai_bridge.management import training as management_training
-from openai_bridge.management_client import ManagementClient
 from openai_bridge.middleware import (
     ApiKeyMiddleware,
     CorsMiddleware,
@@ -55,16 +55,19 @@ class AdminWebFiles(StaticFiles):
 
 def create_app(
     settings: BridgeSettings,
-    client: InferenceClient,
     *,
-    management: ManagementClient | None = None,
     clock: Callable[[], float] = time.time,
     draining: Draining | None = None,
 ) -> FastAPI:
+    # One connection to the service for every route.
+    calls = ServiceCalls(
+        settings.inference_address, api_key=settings.api_key, timeout_s=settings.request_timeout_s
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await client.close()
+        await calls.close()
 
     app = FastAPI(
         title="miLLM OpenAI-compatible API",
@@ -75,7 +78,7 @@ def create_app(
     )
     draining = draining or Draining(settings.shutdown_grace_s)
     app.state.bridge = BridgeState(
-        settings=settings, client=client, clock=clock, management=management, draining=draining
+        settings=settings, client=InferenceClient(calls), clock=clock, draining=draining
     )
     install_exception_handlers(app)
     document_openai_errors(app)

@@ -10,22 +10,14 @@ import uvicorn
 from openai_bridge.app import create_app
 from openai_bridge.config import BridgeSettings
 from openai_bridge.draining import Draining
-from openai_bridge.inference_client import GrpcInferenceClient
 from openai_bridge.logs import setup_logging
-from openai_bridge.management_client import GrpcManagementClient
 
 
 def main() -> None:
     settings = BridgeSettings()
     setup_logging(settings.log_level, settings.log_json)
-    client = GrpcInferenceClient(
-        settings.inference_address,
-        api_key=settings.api_key,
-        timeout_s=settings.request_timeout_s,
-    )
-    # Shares the inference client's channel: one connection to the service.
     draining = Draining(settings.shutdown_grace_s)
-    app = create_app(settings, client, management=GrpcManagementClient(client), draining=draining)
+    app = create_app(settings, draining=draining)
     base = f"http://{settings.http_host}:{settings.http_port}"
     print(f"miLLM OpenAI API at {base}/v1, admin UI at {base}/", flush=True)
     config = uvicorn.Config(

@@ -31,9 +31,17 @@ from google.protobuf.message import Message
 
 from millm.v1 import operation_pb2 as opb
 from millm.v1 import steering_pb2 as stpb
-from openai_bridge.management_client import FINAL_STATES
 
 M = TypeVar("M", bound=Message)
+
+# An operation in one of these states changes no more; its watch ends after it.
+FINAL_STATES = frozenset(
+    {
+        opb.OPERATION_STATE_SUCCEEDED,
+        opb.OPERATION_STATE_FAILED,
+        opb.OPERATION_STATE_CANCELLED,
+    }
+)
 
 _64_BIT = {
     FieldDescriptor.TYPE_INT64,

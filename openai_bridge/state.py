@@ -6,27 +6,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
-import grpc
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
 from openai_bridge.config import BridgeSettings
 from openai_bridge.draining import Draining
-from openai_bridge.errors import InferenceError
+from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.inference_client import InferenceClient
-from openai_bridge.management_client import ManagementClient
 
 
 @dataclass(frozen=True)
 class BridgeState:
     settings: BridgeSettings
+    # InferenceService for the OpenAI routes; its `calls` serve every other service.
     client: InferenceClient
     # Unix time source for `created`; tests pin it to compare exact bytes.
     clock: Callable[[], float]
-    # ModelService + OperationsService for /api/v1; None: those routes answer 501.
-    management: ManagementClient | None = None
     # Set when the bridge starts its graceful stop (cli.py); streams end in time.
     draining: Draining = field(default_factory=lambda: Draining(0.0))
+
+    @property
+    def calls(self) -> ServiceCalls:
+        return self.client.calls
 
 
 def bridge_state(request: Request) -> BridgeState:
@@ -38,18 +39,11 @@ def bridge_state(request: Request) -> BridgeState:
 State = Annotated[BridgeState, Depends(bridge_state)]
 
 
-MANAGEMENT_NOT_CONFIGURED = (
-    "The management API is not available: the bridge was started without it."
-)
-
-
-def management_client(connection: HTTPConnection) -> ManagementClient:
-    """The management client; HTTPConnection so that WebSocket routes can use it too."""
+def service_calls(connection: HTTPConnection) -> ServiceCalls:
+    """The calls to the service; HTTPConnection so that WebSocket routes can use it too."""
     state: BridgeState = connection.app.state.bridge
-    if state.management is None:
-        raise InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, MANAGEMENT_NOT_CONFIGURED)
-    return state.management
+    return state.calls
 
 
-# The route parameter type: `management: Management`.
-Management = Annotated[ManagementClient, Depends(management_client)]
+# The route parameter type of /api/v1 routes: `management: Management`.
+Management = Annotated[ServiceCalls, Depends(service_calls)]

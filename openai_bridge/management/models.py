@@ -54,20 +54,22 @@ def load_request(id_: str, body: LoadBody) -> mpb.LoadModelRequest:
 async def list_models(
     management: Management, page_size: PageSize = None, page_token: PageToken = None
 ) -> JSONResponse:
-    response = await management.list_models(mpb.ListModelsRequest(**paging(page_size, page_token)))
+    response = await management.unary(
+        management.stubs.models.ListModels, mpb.ListModelsRequest(**paging(page_size, page_token))
+    )
     return JSONResponse(proto_json.page(response.models, response.next_page_token))
 
 
 @router.post("/download", status_code=202)
 async def download_model(body: DownloadBody, management: Management) -> JSONResponse:
     request = proto_json.message(mpb.DownloadModelRequest, given(body))
-    response = await management.download_model(request)
+    response = await management.unary(management.stubs.models.DownloadModel, request)
     return operation_accepted(response.operation)
 
 
 @router.post("/unload")
 async def unload_model(management: Management) -> JSONResponse:
-    response = await management.unload_model(mpb.UnloadModelRequest())
+    response = await management.unary(management.stubs.models.UnloadModel, mpb.UnloadModelRequest())
     return JSONResponse(proto_json.to_json(response))
 
 
@@ -76,22 +78,32 @@ async def estimate_model_memory(
     id: str, management: Management, body: EstimateBody | None = None
 ) -> JSONResponse:
     request = estimate_request(id, body or EstimateBody())
-    return JSONResponse(proto_json.to_json(await management.estimate_model_memory(request)))
+    return JSONResponse(
+        proto_json.to_json(
+            await management.unary(management.stubs.models.EstimateModelMemory, request)
+        )
+    )
 
 
 @router.post("/{id:path}/load")
 async def load_model(id: str, management: Management, body: LoadBody | None = None) -> JSONResponse:
-    response = await management.load_model(load_request(id, body or LoadBody()))
+    response = await management.unary(
+        management.stubs.models.LoadModel, load_request(id, body or LoadBody())
+    )
     return JSONResponse(proto_json.to_json(response))
 
 
 @router.get("/{id:path}")
 async def get_model(id: str, management: Management) -> JSONResponse:
-    response = await management.get_model(mpb.GetModelRequest(id=model_id(id)))
+    response = await management.unary(
+        management.stubs.models.GetModel, mpb.GetModelRequest(id=model_id(id))
+    )
     return JSONResponse(proto_json.to_json(response.model))
 
 
 @router.delete("/{id:path}")
 async def delete_model(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_model(mpb.DeleteModelRequest(id=model_id(id)))
+    response = await management.unary(
+        management.stubs.models.DeleteModel, mpb.DeleteModelRequest(id=model_id(id))
+    )
     return JSONResponse({"id": id, "deleted": True, **proto_json.to_json(response)})

@@ -7,7 +7,6 @@ import asyncio
 import logging
 from typing import Annotated, Literal
 
-import grpc
 from fastapi import APIRouter, Query, WebSocket
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -16,15 +15,17 @@ from starlette.websockets import WebSocketDisconnect
 
 from millm.v1 import monitoring_service_pb2 as monpb
 from openai_bridge import proto_json
-from openai_bridge.errors import InferenceError, invalid_request, validation_failure
+from openai_bridge.errors import invalid_request, validation_failure
+from openai_bridge.grpc_calls import StreamCall
 from openai_bridge.management.common import attachment, given
 from openai_bridge.management.schemas import UINT32_MAX, MonitorControl, MonitoringConfigBody
 from openai_bridge.management.watch import report
-from openai_bridge.management_client import MonitorStream
 from openai_bridge.request_checks import loads_bounded
-from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState, Management
+from openai_bridge.state import BridgeState, Management
 
 log = logging.getLogger(__name__)
+
+MonitorStream = StreamCall[monpb.MonitorRequest, monpb.MonitorResponse]
 
 router = APIRouter(prefix="/api/v1/monitoring")
 
@@ -63,7 +64,9 @@ def feature_list(raw: list[str], param: str = "features") -> list[int]:
 
 @router.get("/config")
 async def get_monitoring_config(management: Management) -> JSONResponse:
-    response = await management.get_monitoring_config(monpb.GetMonitoringConfigRequest())
+    response = await management.unary(
+        management.stubs.monitoring.GetMonitoringConfig, monpb.GetMonitoringConfigRequest()
+    )
     config = proto_json.to_json(response.config)
     return JSONResponse({**config, "subscribers": response.subscribers})
 
@@ -71,10 +74,12 @@ async def get_monitoring_config(management: Management) -> JSONResponse:
 @router.put("/config")
 async def set_monitoring_config(body: MonitoringConfigBody, management: Management) -> JSONResponse:
     # Unset fields keep their values, so the change is made on the current configuration.
-    current = await management.get_monitoring_config(monpb.GetMonitoringConfigRequest())
+    current = await management.unary(
+        management.stubs.monitoring.GetMonitoringConfig, monpb.GetMonitoringConfigRequest()
+    )
     proto_json.fill(current.config, given(body))
     request = monpb.SetMonitoringConfigRequest(config=current.config)
-    response = await management.set_monitoring_config(request)
+    response = await management.unary(management.stubs.monitoring.SetMonitoringConfig, request)
     return JSONResponse(proto_json.to_json(response.config))
 
 
@@ -87,13 +92,15 @@ async def get_monitoring_history(
     request = monpb.GetMonitoringHistoryRequest(
         limit=_uint32(limit, "limit"), request_id=request_id or ""
     )
-    response = await management.get_monitoring_history(request)
+    response = await management.unary(management.stubs.monitoring.GetMonitoringHistory, request)
     return JSONResponse(proto_json.page(response.frames))
 
 
 @router.delete("/history")
 async def clear_monitoring_history(management: Management) -> JSONResponse:
-    await management.clear_monitoring_history(monpb.ClearMonitoringHistoryRequest())
+    await management.unary(
+        management.stubs.monitoring.ClearMonitoringHistory, monpb.ClearMonitoringHistoryRequest()
+    )
     return JSONResponse({"cleared": True})
 
 
@@ -106,7 +113,7 @@ async def get_feature_statistics(
     request = monpb.GetFeatureStatisticsRequest(
         features=feature_list(features or []), limit=_uint32(limit, "limit")
     )
-    response = await management.get_feature_statistics(request)
+    response = await management.unary(management.stubs.monitoring.GetFeatureStatistics, request)
     return JSONResponse({"tokens": response.tokens, **proto_json.page(response.features)})
 
 
@@ -114,8 +121,9 @@ async def get_feature_statistics(
 async def export_monitoring_history(
     management: Management, format: Literal["json", "csv"] = "json"
 ) -> Response:
-    response = await management.export_monitoring_history(
-        monpb.ExportMonitoringHistoryRequest(format=format)
+    response = await management.unary(
+        management.stubs.monitoring.ExportMonitoringHistory,
+        monpb.ExportMonitoringHistoryRequest(format=format),
     )
     filename = f"monitoring-history.{format}"
     return Response(
@@ -170,8 +178,6 @@ async def monitor_stream(websocket: WebSocket) -> None:
     stream: MonitorStream | None = None
     pending: asyncio.Future[Message] | None = None
     try:
-        if state.management is None:
-            raise InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, MANAGEMENT_NOT_CONFIGURED)
         selection = Selection(top_k=DEFAULT_TOP_K)
         pending = asyncio.ensure_future(websocket.receive())
         done, _ = await asyncio.wait({pending}, timeout=FIRST_MESSAGE_WAIT_S)
@@ -179,7 +185,8 @@ async def monitor_stream(websocket: WebSocket) -> None:
             if not _apply(pending.result(), selection):
                 return  # left before the stream started
             pending = None
-        stream = await state.management.monitor(selection.request())
+        stream = state.calls.bidi(state.calls.stubs.monitoring.Monitor)
+        await stream.send(selection.request())
         await _relay(websocket, stream, selection, pending)
     except WebSocketDisconnect:
         return

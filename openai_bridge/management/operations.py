@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 
 from millm.v1 import operations_service_pb2 as ospb
 from openai_bridge import proto_json
+from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.management import watch
 from openai_bridge.management.common import PageSize, PageToken, paging
-from openai_bridge.management_client import ManagementClient
 from openai_bridge.state import Management
 
 router = APIRouter(prefix="/api/v1/operations")
@@ -27,19 +27,23 @@ async def list_operations(
     request = ospb.ListOperationsRequest(
         **paging(page_size, page_token), unfinished_only=unfinished_only
     )
-    response = await management.list_operations(request)
+    response = await management.unary(management.stubs.operations.ListOperations, request)
     return JSONResponse(proto_json.page(response.operations, response.next_page_token))
 
 
 @router.get("/{operation_id}")
 async def get_operation(operation_id: str, management: Management) -> JSONResponse:
-    response = await management.get_operation(ospb.GetOperationRequest(id=operation_id))
+    response = await management.unary(
+        management.stubs.operations.GetOperation, ospb.GetOperationRequest(id=operation_id)
+    )
     return JSONResponse(proto_json.to_json(response.operation))
 
 
 @router.post("/{operation_id}/cancel")
 async def cancel_operation(operation_id: str, management: Management) -> JSONResponse:
-    response = await management.cancel_operation(ospb.CancelOperationRequest(id=operation_id))
+    response = await management.unary(
+        management.stubs.operations.CancelOperation, ospb.CancelOperationRequest(id=operation_id)
+    )
     return JSONResponse(proto_json.to_json(response.operation))
 
 
@@ -48,12 +52,17 @@ async def watch_operation(websocket: WebSocket, operation_id: str) -> None:
     """One `{"type": "operation", "operation": {...}}` frame per snapshot; close 1000
     after the final one. Errors and leaving as `watch.relay` says."""
 
-    async def frames(management: ManagementClient) -> AsyncIterator[str]:
-        snapshots = management.watch_operation(operation_id)
+    async def frames(management: ServiceCalls) -> AsyncIterator[str]:
+        request = ospb.WatchOperationRequest(id=operation_id)
+        snapshots = watch.until_final(
+            management.server_stream(management.stubs.operations.WatchOperation, request),
+            lambda update: update.operation.state in proto_json.FINAL_STATES,
+            "operation",
+        )
         try:
             async for snapshot in snapshots:
                 yield proto_json.compact(
-                    {"type": "operation", "operation": proto_json.to_json(snapshot)}
+                    {"type": "operation", "operation": proto_json.to_json(snapshot.operation)}
                 )
         finally:
             await snapshots.aclose()  # type: ignore[attr-defined]

@@ -50,20 +50,22 @@ async def list_profiles(
     page_token: PageToken = None,
 ) -> JSONResponse:
     request = ppb.ListProfilesRequest(**paging(page_size, page_token))
-    response = await management.list_profiles(request)
+    response = await management.unary(management.stubs.profiles.ListProfiles, request)
     return JSONResponse(proto_json.page(response.profiles, response.next_page_token))
 
 
 @router.post("", status_code=201)
 async def create_profile(body: ProfileCreateBody, management: Management) -> JSONResponse:
     request = proto_json.message(ppb.CreateProfileRequest, given(body))
-    response = await management.create_profile(request)
+    response = await management.unary(management.stubs.profiles.CreateProfile, request)
     return _created(response.profile.name, proto_json.to_json(response.profile))
 
 
 @router.post("/deactivate")
 async def deactivate_profile(management: Management) -> JSONResponse:
-    response = await management.deactivate_profile(ppb.DeactivateProfileRequest())
+    response = await management.unary(
+        management.stubs.profiles.DeactivateProfile, ppb.DeactivateProfileRequest()
+    )
     return JSONResponse(proto_json.to_json(response))
 
 
@@ -88,29 +90,36 @@ async def import_profile(
         document = wrapped.document
         overwrite = overwrite or wrapped.overwrite
         force = force or wrapped.force
-    response = await management.import_profile(
-        ppb.ImportProfileRequest(json=document, overwrite=overwrite, force=force)
+    response = await management.unary(
+        management.stubs.profiles.ImportProfile,
+        ppb.ImportProfileRequest(json=document, overwrite=overwrite, force=force),
     )
     return _created(response.profile.name, proto_json.to_json(response))
 
 
 @router.post("/{name}/activate")
 async def activate_profile(name: str, management: Management) -> JSONResponse:
-    response = await management.activate_profile(ppb.ActivateProfileRequest(name=name))
+    response = await management.unary(
+        management.stubs.profiles.ActivateProfile, ppb.ActivateProfileRequest(name=name)
+    )
     return JSONResponse(proto_json.to_json(response.profile))
 
 
 @router.get("/{name}/export", response_model=None)
 async def export_profile(name: str, management: Management) -> Response:
     """The service's JSON, byte for byte, as a download."""
-    response = await management.export_profile(ppb.ExportProfileRequest(name=name))
+    response = await management.unary(
+        management.stubs.profiles.ExportProfile, ppb.ExportProfileRequest(name=name)
+    )
     headers = attachment(f"{name}.millm-profile.json", name)
     return Response(response.json, media_type="application/json", headers=headers)
 
 
 @router.get("/{name}")
 async def get_profile(name: str, management: Management) -> JSONResponse:
-    response = await management.get_profile(ppb.GetProfileRequest(name=name))
+    response = await management.unary(
+        management.stubs.profiles.GetProfile, ppb.GetProfileRequest(name=name)
+    )
     return JSONResponse(proto_json.to_json(response.profile))
 
 
@@ -118,11 +127,15 @@ async def get_profile(name: str, management: Management) -> JSONResponse:
 async def update_profile(
     name: str, body: ProfileUpdateBody, management: Management
 ) -> JSONResponse:
-    response = await management.update_profile(update_profile_request(name, body))
+    response = await management.unary(
+        management.stubs.profiles.UpdateProfile, update_profile_request(name, body)
+    )
     return JSONResponse(proto_json.to_json(response.profile))
 
 
 @router.delete("/{name}")
 async def delete_profile(name: str, management: Management) -> JSONResponse:
-    await management.delete_profile(ppb.DeleteProfileRequest(name=name))
+    await management.unary(
+        management.stubs.profiles.DeleteProfile, ppb.DeleteProfileRequest(name=name)
+    )
     return JSONResponse({"name": name, "deleted": True})

@@ -80,7 +80,7 @@ async def list_sae_releases(
     page_token: PageToken = None,
 ) -> JSONResponse:
     request = sspb.ListSaeReleasesRequest(model_filter=model or "", **paging(page_size, page_token))
-    response = await management.list_sae_releases(request)
+    response = await management.unary(management.stubs.saes.ListSaeReleases, request)
     return JSONResponse(proto_json.page(response.releases, response.next_page_token))
 
 
@@ -89,46 +89,50 @@ async def list_saes(
     management: Management, page_size: PageSize = None, page_token: PageToken = None
 ) -> JSONResponse:
     request = sspb.ListSaesRequest(**paging(page_size, page_token))
-    response = await management.list_saes(request)
+    response = await management.unary(management.stubs.saes.ListSaes, request)
     return JSONResponse(proto_json.page(response.saes, response.next_page_token))
 
 
 @router.get("/saes/cache")
 async def get_sae_cache_usage(management: Management) -> JSONResponse:
-    response = await management.get_sae_cache_usage(sspb.GetSaeCacheUsageRequest())
+    response = await management.unary(
+        management.stubs.saes.GetSaeCacheUsage, sspb.GetSaeCacheUsageRequest()
+    )
     return JSONResponse(proto_json.to_json(response))
 
 
 @router.get("/saes/attachments")
 async def list_sae_attachments(management: Management) -> JSONResponse:
-    response = await management.list_sae_attachments(sspb.ListSaeAttachmentsRequest())
+    response = await management.unary(
+        management.stubs.saes.ListSaeAttachments, sspb.ListSaeAttachmentsRequest()
+    )
     return JSONResponse(proto_json.page(response.attachments))
 
 
 @router.post("/saes/preview")
 async def preview_sae_repo(body: SaePreviewBody, management: Management) -> JSONResponse:
     request = proto_json.message(sspb.PreviewSaeRepoRequest, given(body))
-    response = await management.preview_sae_repo(request)
+    response = await management.unary(management.stubs.saes.PreviewSaeRepo, request)
     return JSONResponse(proto_json.to_json(response))
 
 
 @router.post("/saes/download", status_code=202)
 async def download_sae(body: SaeDownloadBody, management: Management) -> JSONResponse:
-    response = await management.download_sae(download_sae_request(body))
+    response = await management.unary(management.stubs.saes.DownloadSae, download_sae_request(body))
     return operation_accepted(response.operation)
 
 
 @router.post("/saes/import", status_code=201)
 async def import_sae(body: SaeImportBody, management: Management) -> JSONResponse:
     request = proto_json.message(sspb.ImportSaeRequest, given(body))
-    response = await management.import_sae(request)
+    response = await management.unary(management.stubs.saes.ImportSae, request)
     return created(f"/api/v1/saes/{response.sae.id}", proto_json.to_json(response.sae))
 
 
 @router.post("/saes/detach")
 async def detach_sae(management: Management, body: SaeHookBody | None = None) -> JSONResponse:
     request = proto_json.message(sspb.DetachSaeRequest, given(body))
-    response = await management.detach_sae(request)
+    response = await management.unary(management.stubs.saes.DetachSae, request)
     return JSONResponse(proto_json.to_json(response))
 
 
@@ -140,7 +144,7 @@ async def check_sae_compatibility(
     id: str, management: Management, body: SaeHookBody | None = None
 ) -> JSONResponse:
     request = proto_json.message(sspb.CheckSaeCompatibilityRequest, {"id": id, **given(body)})
-    response = await management.check_sae_compatibility(request)
+    response = await management.unary(management.stubs.saes.CheckSaeCompatibility, request)
     return JSONResponse(proto_json.to_json(response.compatibility))
 
 
@@ -149,14 +153,14 @@ async def attach_sae(
     id: str, management: Management, body: SaeHookBody | None = None
 ) -> JSONResponse:
     request = proto_json.message(sspb.AttachSaeRequest, {"id": id, **given(body)})
-    response = await management.attach_sae(request)
+    response = await management.unary(management.stubs.saes.AttachSae, request)
     return JSONResponse(proto_json.to_json(response))
 
 
 @router.post("/saes/{id}/upload", status_code=202)
 async def upload_sae(id: str, body: SaeUploadBody, management: Management) -> JSONResponse:
     request = proto_json.message(sspb.UploadSaeRequest, {"id": id, **given(body)})
-    response = await management.upload_sae(request)
+    response = await management.unary(management.stubs.saes.UploadSae, request)
     return operation_accepted(response.operation)
 
 
@@ -168,7 +172,7 @@ async def export_sae(
     status is sent, so that a failure to start (unknown id, unreadable files) is an
     ordinary JSON error; a failure after that can only cut the download short."""
     request = proto_json.message(sspb.ExportSaeRequest, {"id": id, "layout": layout})
-    chunks = management.export_sae(request)
+    chunks = management.server_stream(management.stubs.saes.ExportSae, request)
     try:
         first = await anext(chunks)
     except StopAsyncIteration:
@@ -184,13 +188,13 @@ async def export_sae(
 
 @router.get("/saes/{id}")
 async def get_sae(id: str, management: Management) -> JSONResponse:
-    response = await management.get_sae(sspb.GetSaeRequest(id=id))
+    response = await management.unary(management.stubs.saes.GetSae, sspb.GetSaeRequest(id=id))
     return JSONResponse(proto_json.to_json(response.sae))
 
 
 @router.delete("/saes/{id}")
 async def delete_sae(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_sae(sspb.DeleteSaeRequest(id=id))
+    response = await management.unary(management.stubs.saes.DeleteSae, sspb.DeleteSaeRequest(id=id))
     return JSONResponse({"id": id, "deleted": True, **proto_json.to_json(response)})
 
 

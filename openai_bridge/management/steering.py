@@ -16,32 +16,36 @@ router = APIRouter(prefix="/api/v1/steering")
 
 @router.get("")
 async def get_steering(management: Management) -> JSONResponse:
-    response = await management.get_steering(stpb.GetSteeringRequest())
+    response = await management.unary(
+        management.stubs.steering.GetSteering, stpb.GetSteeringRequest()
+    )
     return JSONResponse(proto_json.to_json(response.state))
 
 
 @router.put("")
 async def set_steering(body: SteeringBody, management: Management) -> JSONResponse:
     request = proto_json.message(stpb.SetSteeringRequest, given(body))
-    response = await management.set_steering(request)
+    response = await management.unary(management.stubs.steering.SetSteering, request)
     return JSONResponse(proto_json.to_json(response.state))
 
 
 @router.delete("")
 async def clear_steering(management: Management) -> JSONResponse:
-    response = await management.clear_steering(stpb.ClearSteeringRequest())
+    response = await management.unary(
+        management.stubs.steering.ClearSteering, stpb.ClearSteeringRequest()
+    )
     return JSONResponse(proto_json.to_json(response.state))
 
 
 @router.post("/enable")
 async def enable_steering(management: Management) -> JSONResponse:
     request = stpb.SetSteeringEnabledRequest(enabled=True)
-    response = await management.set_steering_enabled(request)
+    response = await management.unary(management.stubs.steering.SetSteeringEnabled, request)
     return JSONResponse(proto_json.to_json(response.state))
 
 
 @router.post("/disable")
 async def disable_steering(management: Management) -> JSONResponse:
     request = stpb.SetSteeringEnabledRequest(enabled=False)
-    response = await management.set_steering_enabled(request)
+    response = await management.unary(management.stubs.steering.SetSteeringEnabled, request)
     return JSONResponse(proto_json.to_json(response.state))

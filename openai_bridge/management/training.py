@@ -17,9 +17,11 @@ from fastapi import APIRouter, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from millm.v1 import training_pb2 as tpb
 from millm.v1 import training_service_pb2 as tspb
 from openai_bridge import proto_json
 from openai_bridge.errors import InferenceError, invalid_request
+from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.management import watch
 from openai_bridge.management.common import (
     PageSize,
@@ -39,7 +41,6 @@ from openai_bridge.management.schemas import (
     TrainingTemplateDuplicateBody,
     TrainingTemplateUpdateBody,
 )
-from openai_bridge.management_client import ManagementClient
 from openai_bridge.request_checks import loads_bounded
 from openai_bridge.state import Management
 
@@ -51,6 +52,17 @@ MAX_METRICS_LIMIT = 10_000
 # The service stores the upload as it comes; 1 MiB messages keep each one well
 # under gRPC's 4 MiB default limit while costing few round trips.
 UPLOAD_CHUNK_BYTES = 1 << 20
+
+
+# A run in one of these states trains no more; its watch ends after it.
+TRAINING_FINAL_STATES = frozenset(
+    {
+        tpb.TRAINING_STATE_STOPPED,
+        tpb.TRAINING_STATE_COMPLETED,
+        tpb.TRAINING_STATE_FAILED,
+        tpb.TRAINING_STATE_INTERRUPTED,
+    }
+)
 
 
 def list_metrics_request(
@@ -100,7 +112,7 @@ def _created(location: str, response: Any) -> JSONResponse:
 @router.post("/runs", status_code=201)
 async def start_training(body: TrainingRunBody, management: Management) -> JSONResponse:
     request = proto_json.message(tspb.StartTrainingRequest, given(body))
-    response = await management.start_training(request)
+    response = await management.unary(management.stubs.training.StartTraining, request)
     return _created(f"/api/v1/training/runs/{response.run.id}", response)
 
 
@@ -111,7 +123,7 @@ async def list_training_runs(
     page_token: PageToken = None,
 ) -> JSONResponse:
     request = tspb.ListTrainingRunsRequest(**paging(page_size, page_token))
-    response = await management.list_training_runs(request)
+    response = await management.unary(management.stubs.training.ListTrainingRuns, request)
     return JSONResponse(proto_json.page(response.runs, response.next_page_token))
 
 
@@ -123,13 +135,15 @@ async def list_training_metrics(
     limit: Annotated[int | None, Query()] = None,
 ) -> JSONResponse:
     request = list_metrics_request(id, after_step, limit)
-    response = await management.list_training_metrics(request)
+    response = await management.unary(management.stubs.training.ListTrainingMetrics, request)
     return JSONResponse(proto_json.page(response.metrics))
 
 
 @router.post("/runs/{id}/stop")
 async def stop_training(id: str, management: Management) -> JSONResponse:
-    response = await management.stop_training(tspb.StopTrainingRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.StopTraining, tspb.StopTrainingRequest(id=id)
+    )
     return JSONResponse(proto_json.to_json(response))
 
 
@@ -138,7 +152,7 @@ async def resume_training(
     id: str, management: Management, body: TrainingResumeBody | None = None
 ) -> JSONResponse:
     request = proto_json.message(tspb.ResumeTrainingRequest, {"id": id, **given(body)})
-    response = await management.resume_training(request)
+    response = await management.unary(management.stubs.training.ResumeTraining, request)
     return JSONResponse(proto_json.to_json(response))
 
 
@@ -147,8 +161,13 @@ async def watch_training_run(websocket: WebSocket, id: str) -> None:
     """One `{"type": "run", "run": {...}, "metrics": [...]}` frame per change; close 1000
     once the run has finished. Errors as on /api/v1/operations/{id}/watch."""
 
-    async def frames(management: ManagementClient) -> AsyncIterator[str]:
-        updates = management.watch_training_run(id)
+    async def frames(management: ServiceCalls) -> AsyncIterator[str]:
+        request = tspb.WatchTrainingRunRequest(id=id)
+        updates = watch.until_final(
+            management.server_stream(management.stubs.training.WatchTrainingRun, request),
+            lambda update: update.run.state in TRAINING_FINAL_STATES,
+            "run",
+        )
         try:
             async for update in updates:
                 yield proto_json.compact({"type": "run", **proto_json.to_json(update)})
@@ -160,13 +179,17 @@ async def watch_training_run(websocket: WebSocket, id: str) -> None:
 
 @router.get("/runs/{id}")
 async def get_training_run(id: str, management: Management) -> JSONResponse:
-    response = await management.get_training_run(tspb.GetTrainingRunRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.GetTrainingRun, tspb.GetTrainingRunRequest(id=id)
+    )
     return JSONResponse(proto_json.to_json(response))
 
 
 @router.delete("/runs/{id}")
 async def delete_training_run(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_training_run(tspb.DeleteTrainingRunRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.DeleteTrainingRun, tspb.DeleteTrainingRunRequest(id=id)
+    )
     return JSONResponse(proto_json.to_json(response))
 
 
@@ -188,7 +211,7 @@ async def upload_corpus(
         )
     messages = upload_requests(name, request.stream())
     try:
-        response = await management.upload_corpus(messages)
+        response = await management.client_stream(management.stubs.training.UploadCorpus, messages)
     except ClientDisconnect:
         raise InferenceError(
             grpc.StatusCode.CANCELLED, None, "The client went away during the upload."
@@ -200,13 +223,17 @@ async def upload_corpus(
 
 @router.get("/corpora")
 async def list_corpora(management: Management) -> JSONResponse:
-    response = await management.list_corpora(tspb.ListCorporaRequest())
+    response = await management.unary(
+        management.stubs.training.ListCorpora, tspb.ListCorporaRequest()
+    )
     return JSONResponse(proto_json.page(response.corpora))
 
 
 @router.delete("/corpora/{id}")
 async def delete_corpus(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_corpus(tspb.DeleteCorpusRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.DeleteCorpus, tspb.DeleteCorpusRequest(id=id)
+    )
     return JSONResponse(proto_json.to_json(response))
 
 
@@ -222,13 +249,15 @@ async def create_training_template(
     body: TrainingTemplateBody, management: Management
 ) -> JSONResponse:
     request = proto_json.message(tspb.CreateTrainingTemplateRequest, given(body))
-    response = await management.create_training_template(request)
+    response = await management.unary(management.stubs.training.CreateTrainingTemplate, request)
     return _template_created(response)
 
 
 @router.get("/templates")
 async def list_training_templates(management: Management) -> JSONResponse:
-    response = await management.list_training_templates(tspb.ListTrainingTemplatesRequest())
+    response = await management.unary(
+        management.stubs.training.ListTrainingTemplates, tspb.ListTrainingTemplatesRequest()
+    )
     return JSONResponse(proto_json.page(response.templates))
 
 
@@ -246,8 +275,9 @@ async def import_training_template(
     # Parsed here only to refuse what would fail deep in the service (nesting, lone
     # surrogates); the text goes on verbatim.
     loads_bounded(document, "The template", "json")
-    response = await management.import_training_template(
-        tspb.ImportTrainingTemplateRequest(json=document, name=name or "")
+    response = await management.unary(
+        management.stubs.training.ImportTrainingTemplate,
+        tspb.ImportTrainingTemplateRequest(json=document, name=name or ""),
     )
     return _template_created(response)
 
@@ -257,21 +287,25 @@ async def duplicate_training_template(
     id: str, management: Management, body: TrainingTemplateDuplicateBody | None = None
 ) -> JSONResponse:
     request = proto_json.message(tspb.DuplicateTrainingTemplateRequest, {"id": id, **given(body)})
-    response = await management.duplicate_training_template(request)
+    response = await management.unary(management.stubs.training.DuplicateTrainingTemplate, request)
     return _template_created(response)
 
 
 @router.get("/templates/{id}/export", response_model=None)
 async def export_training_template(id: str, management: Management) -> Response:
     """The service's JSON, byte for byte, as a download named after the template."""
-    response = await management.export_training_template(tspb.ExportTrainingTemplateRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.ExportTrainingTemplate, tspb.ExportTrainingTemplateRequest(id=id)
+    )
     headers = attachment(template_filename(response.json, id), id)
     return Response(response.json, media_type="application/json", headers=headers)
 
 
 @router.get("/templates/{id}")
 async def get_training_template(id: str, management: Management) -> JSONResponse:
-    response = await management.get_training_template(tspb.GetTrainingTemplateRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.GetTrainingTemplate, tspb.GetTrainingTemplateRequest(id=id)
+    )
     return JSONResponse(proto_json.to_json(response))
 
 
@@ -280,11 +314,13 @@ async def update_training_template(
     id: str, body: TrainingTemplateUpdateBody, management: Management
 ) -> JSONResponse:
     request = proto_json.message(tspb.UpdateTrainingTemplateRequest, {"id": id, **given(body)})
-    response = await management.update_training_template(request)
+    response = await management.unary(management.stubs.training.UpdateTrainingTemplate, request)
     return JSONResponse(proto_json.to_json(response))
 
 
 @router.delete("/templates/{id}")
 async def delete_training_template(id: str, management: Management) -> JSONResponse:
-    response = await management.delete_training_template(tspb.DeleteTrainingTemplateRequest(id=id))
+    response = await management.unary(
+        management.stubs.training.DeleteTrainingTemplate, tspb.DeleteTrainingTemplateRequest(id=id)
+    )
     return JSONResponse(proto_json.to_json(response))

@@ -10,8 +10,10 @@ watch at once, even between updates; frames it sends are ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 from fastapi import WebSocket
@@ -19,8 +21,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from openai_bridge import proto_json
 from openai_bridge.errors import InferenceError, describe
-from openai_bridge.management_client import ManagementClient
-from openai_bridge.state import MANAGEMENT_NOT_CONFIGURED, BridgeState
+from openai_bridge.grpc_calls import ServiceCalls
+from openai_bridge.state import BridgeState
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,28 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 
-# Opens the watch on a management client and yields its frames as text. Closing it
-# (`aclose`) must cancel the gRPC call.
-FrameSource = Callable[[ManagementClient], AsyncIterator[str]]
+# Opens the watch and yields its frames as text. Closing it (`aclose`) must cancel
+# the gRPC call.
+FrameSource = Callable[[ServiceCalls], AsyncIterator[str]]
+
+Update = TypeVar("Update")
+
+
+async def until_final(
+    updates: AsyncIterator[Update], is_final: Callable[[Update], bool], what: str
+) -> AsyncIterator[Update]:
+    """Yields `updates` up to the first final one. The service ending the stream
+    before that is an error; closing this closes `updates` (cancelling the call)."""
+    async with contextlib.aclosing(updates):  # type: ignore[type-var]
+        async for update in updates:
+            yield update
+            if is_final(update):
+                return
+    raise InferenceError(
+        grpc.StatusCode.INTERNAL,
+        "INTERNAL",
+        f"The inference service ended the watch before the {what} finished.",
+    )
 
 
 async def relay(websocket: WebSocket, frames: FrameSource, what: str) -> None:
@@ -43,9 +64,7 @@ async def relay(websocket: WebSocket, frames: FrameSource, what: str) -> None:
     """
     await websocket.accept()
     state: BridgeState = websocket.app.state.bridge
-    pump = asyncio.create_task(
-        _send_frames(websocket, state.management, frames, f"watching {what}")
-    )
+    pump = asyncio.create_task(_send_frames(websocket, state.calls, frames, f"watching {what}"))
     listen = asyncio.create_task(_until_disconnected(websocket))
     try:
         await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
@@ -56,12 +75,10 @@ async def relay(websocket: WebSocket, frames: FrameSource, what: str) -> None:
 
 
 async def _send_frames(
-    websocket: WebSocket, management: ManagementClient | None, frames: FrameSource, what: str
+    websocket: WebSocket, calls: ServiceCalls, frames: FrameSource, what: str
 ) -> None:
     try:
-        if management is None:
-            raise InferenceError(grpc.StatusCode.UNIMPLEMENTED, None, MANAGEMENT_NOT_CONFIGURED)
-        texts = frames(management)
+        texts = frames(calls)
         try:
             async for text in texts:
                 await websocket.send_text(text)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import profile_service_pb2 as ppb
 from openai_bridge.errors import InferenceError
-from openai_bridge.management_client import ManagementClient
+from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.openai_api import millm, translate
 from openai_bridge.state import BridgeState, State
 
@@ -38,12 +38,12 @@ async def _served_models(state: BridgeState) -> list[pb.ModelInfo]:
     return []
 
 
-async def _all_profile_names(management: ManagementClient) -> list[str]:
+async def _all_profile_names(management: ServiceCalls) -> list[str]:
     names: list[str] = []
     token = ""
     while True:
         request = ppb.ListProfilesRequest(page_size=PROFILE_PAGE_SIZE, page_token=token)
-        response = await management.list_profiles(request)
+        response = await management.unary(management.stubs.profiles.ListProfiles, request)
         names.extend(p.name for p in response.profiles)
         token = response.next_page_token
         if not token:
@@ -52,11 +52,9 @@ async def _all_profile_names(management: ManagementClient) -> list[str]:
 
 async def _profile_names(state: BridgeState) -> list[str]:
     """Saved profile names; [] when the profiles cannot be read quickly."""
-    if state.management is None:
-        return []
     try:
         return await asyncio.wait_for(
-            _all_profile_names(state.management), timeout=PROFILE_LIST_TIMEOUT_S
+            _all_profile_names(state.calls), timeout=PROFILE_LIST_TIMEOUT_S
         )
     except TimeoutError:
         log.warning("listing models without profiles: they took over %ss", PROFILE_LIST_TIMEOUT_S)
@@ -97,10 +95,11 @@ async def retrieve_model(model_id: str, state: State) -> JSONResponse:
         if model.id == model_id:
             return JSONResponse(translate.model_card(model))
         profile = millm.split_model_id(model_id, model.id).profile
-        if profile and state.management is not None:
+        if profile:
             # PROFILE_NOT_FOUND (404, `param` "model") when there is no such profile.
             with millm.client_names(millm.Extension(source="model")):
-                await state.management.get_profile(ppb.GetProfileRequest(name=profile))
+                request = ppb.GetProfileRequest(name=profile)
+                await state.calls.unary(state.calls.stubs.profiles.GetProfile, request)
             return JSONResponse(translate.model_card(model, profile))
     raise InferenceError(
         grpc.StatusCode.NOT_FOUND,

@@ -14,7 +14,7 @@ from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import inference_service_pb2_grpc as pb_grpc
 from openai_bridge.app import create_app
 from openai_bridge.config import BridgeSettings
-from openai_bridge.inference_client import GrpcInferenceClient
+from openai_bridge.grpc_calls import ServiceCalls
 
 
 class ScriptedServicer(pb_grpc.InferenceServiceServicer):
@@ -91,19 +91,19 @@ async def servicer(scripted_server) -> ScriptedServicer:
     return servicer
 
 
-def bridge_for(address: str, **settings) -> tuple[httpx.AsyncClient, GrpcInferenceClient]:
+def bridge_for(address: str, **settings) -> tuple[httpx.AsyncClient, ServiceCalls]:
+    """The app and its connection to the service, which the caller closes (an
+    ASGITransport runs no lifespan)."""
     config = BridgeSettings(inference_address=address, **{"api_key": "", **settings})
-    client = GrpcInferenceClient(
-        address, api_key=config.api_key, timeout_s=config.request_timeout_s
-    )
-    app = create_app(config, client, clock=lambda: 1_700_000_000)
+    app = create_app(config, clock=lambda: 1_700_000_000)
     transport = httpx.ASGITransport(app=app)
-    return httpx.AsyncClient(transport=transport, base_url="http://bridge"), client
+    http = httpx.AsyncClient(transport=transport, base_url="http://bridge")
+    return http, app.state.bridge.calls
 
 
 @pytest.fixture
 async def bridge(scripted_server, servicer) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app and GrpcInferenceClient, pointed at the scripted server."""
+    """The real app and its gRPC calls, pointed at the scripted server."""
     _, address = scripted_server
     http, client = bridge_for(address, request_timeout_s=0.5)
     async with http:

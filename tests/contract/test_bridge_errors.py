@@ -1,6 +1,6 @@
 # ruff: noqa: E501  (exact protocol bytes read best unwrapped)
 """The error table end to end: real domain errors -> real ErrorInterceptor -> real gRPC ->
-GrpcInferenceClient -> HTTP status, exact OpenAI error JSON and retry headers."""
+the bridge's gRPC calls -> HTTP status, exact OpenAI error JSON and retry headers."""
 
 from __future__ import annotations
 

@@ -25,8 +25,6 @@ from millm.v1 import operations_service_pb2 as ospb
 from millm.v1 import operations_service_pb2_grpc as ospb_grpc
 from openai_bridge.app import create_app
 from openai_bridge.config import BridgeSettings
-from openai_bridge.inference_client import GrpcInferenceClient
-from openai_bridge.management_client import GrpcManagementClient
 from tests.conftest import free_port
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -176,8 +174,7 @@ async def management_server() -> AsyncIterator[tuple[ScriptedManagement, str]]:
 async def serve_bridge(address: str, api_key: str = "") -> AsyncIterator[str]:
     """The real app with the real gRPC clients, under uvicorn on a free port."""
     settings = BridgeSettings(inference_address=address, api_key=api_key, request_timeout_s=2)
-    client = GrpcInferenceClient(address, api_key=api_key, timeout_s=settings.request_timeout_s)
-    app = create_app(settings, client, management=GrpcManagementClient(client))
+    app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")

@@ -77,7 +77,7 @@ async def test_preflight_from_a_refused_origin_gets_no_cors_headers(cors_bridge)
             " in MILLM_CORS_ORIGINS to allow them.",
             "type": "permission_error",
             "param": None,
-            "code": "cors_origin_refused",
+            "code": "origin_refused",
         }
     }
 
@@ -114,7 +114,7 @@ async def test_no_cors_headers_by_default(make_bridge):
     refused = await bridge.options("/v1/chat/completions", headers=preflight(ALLOWED))
     assert (simple.status_code, cors_headers(simple)) == (403, {})
     assert (refused.status_code, cors_headers(refused)) == (403, {})
-    assert refused.json()["error"]["code"] == "cors_origin_refused"
+    assert refused.json()["error"]["code"] == "origin_refused"
 
 
 @pytest.mark.parametrize("method", ["POST", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"])

@@ -58,7 +58,7 @@ async def test_another_origins_state_change_is_refused_403(http):
         " WebSockets; list the origin in MILLM_CORS_ORIGINS to allow them.",
         "type": "permission_error",
         "param": None,
-        "code": "cross_origin_refused",
+        "code": "origin_refused",
     }
     # Under /v1 too, and the same server under another name is another origin.
     chat = await http.post("/v1/chat/completions", json={}, headers={"origin": "http://Bridge:80"})
@@ -137,7 +137,7 @@ async def test_a_websocket_from_another_origin_is_refused_before_accept(host):
         async with connect(f"ws://{host}{WATCH}", origin=EVIL):
             pass
     assert caught.value.response.status_code == 403
-    assert json.loads(caught.value.response.body)["error"]["code"] == "cross_origin_refused"
+    assert json.loads(caught.value.response.body)["error"]["code"] == "origin_refused"
     async with connect(f"ws://{host}{WATCH}", origin=f"http://{host}") as ws:
         frames = await read_until_closed(ws)
     assert frames[-1]["operation"]["state"] == "succeeded"

@@ -1,13 +1,13 @@
-"""An in-memory InferenceClient, scripted per test."""
+"""A fake InferenceService, scripted per test, served over real gRPC (see grpc_server.py)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 from millm.v1 import inference_service_pb2 as pb
+from millm.v1 import inference_service_pb2_grpc as pb_grpc
 from openai_bridge.errors import InferenceError
-from openai_bridge.inference_client import GenerationStream, InferenceClient
+from tests.fixtures.grpc_server import HANG, Flag, play, service_error
+
+__all__ = ["HANG", "FakeInferenceService", "delta", "finished"]
 
 
 def delta(text: str, *token_ids: int, logprobs: list[pb.TokenLogprob] | None = None):
@@ -25,31 +25,30 @@ def finished(reason: int = pb.FINISH_REASON_STOP, prompt: int = 5, completion: i
     )
 
 
-HANG = object()  # a script entry: wait forever (until cancelled)
+# How long `FakeStream.cancelled` waits for the bridge's cancel to reach the service.
+CANCEL_WAIT_S = 5.0
 
 
-class FakeStream(GenerationStream):
-    def __init__(self, accepted: pb.GenerateAccepted, script: list, hanging: asyncio.Event) -> None:
-        self.accepted = accepted
-        self._script = script
-        self.cancelled = False
-        self.hanging = hanging
+class FakeStream:
+    """One Generate call as the service saw it."""
 
-    async def __aiter__(self) -> AsyncIterator[pb.GenerateResponse]:
-        for entry in self._script:
-            if entry is HANG:
-                self.hanging.set()
-                await asyncio.Event().wait()
-            if isinstance(entry, BaseException):
-                raise entry
-            yield entry
+    def __init__(self) -> None:
+        self.closed = Flag()
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    @property
+    def cancelled(self) -> bool:
+        """The call is over: the bridge closed it, or the script ended it with an error
+        (then there is nothing left for the bridge to close). Waits for the close to
+        arrive, as it comes over the network."""
+        return self.closed.wait_blocking(CANCEL_WAIT_S)
 
 
-class FakeInferenceClient(InferenceClient):
-    """Records what it was asked; answers from the attributes a test sets."""
+class FakeInferenceService(pb_grpc.InferenceServiceServicer):
+    """Records what it was asked; answers from the attributes a test sets.
+
+    Generate answers `accepted`, then `script` (an exception in it is raised there,
+    HANG waits), then keeps the call open until the bridge closes it.
+    """
 
     def __init__(self) -> None:
         self.script: list = [delta("Hello", 1), finished()]
@@ -85,25 +84,31 @@ class FakeInferenceClient(InferenceClient):
         )
         self.info_error: InferenceError | None = None
         # Set when a stream reaches a HANG entry.
-        self.hanging = asyncio.Event()
+        self.hanging = Flag()
 
-    async def generate(self, start: pb.GenerateStart) -> GenerationStream:
-        self.starts.append(start)
+    async def Generate(self, request_iterator, context):
+        requests = aiter(request_iterator)
+        self.starts.append((await anext(requests)).start)
         if self.generate_error is not None:
-            raise self.generate_error
-        accepted = pb.GenerateAccepted(request_id="r1", prompt_tokens=5, model="m")
-        stream = FakeStream(accepted, self.script, self.hanging)
+            raise service_error(self.generate_error)
+        stream = FakeStream()
         self.streams.append(stream)
-        return stream
+        yield pb.GenerateResponse(
+            accepted=pb.GenerateAccepted(request_id="r1", prompt_tokens=5, model="m")
+        )
+        try:
+            async for entry in play(self.script, self.hanging):
+                yield entry
+            async for _ in requests:
+                pass  # the bridge sends nothing more; this ends when it closes the call
+        finally:
+            stream.closed.set()
 
-    async def embed(self, request: pb.EmbedRequest) -> pb.EmbedResponse:
+    async def Embed(self, request, context):
         self.embed_requests.append(request)
         return self.embed_response
 
-    async def tokenize(self, request: pb.TokenizeRequest) -> pb.TokenizeResponse:
-        return pb.TokenizeResponse(token_ids=[1, 2], tokens=["a", "b"])
-
-    async def server_info(self) -> pb.GetServerInfoResponse:
+    async def GetServerInfo(self, request, context):
         if self.info_error is not None:
-            raise self.info_error
+            raise service_error(self.info_error)
         return self.info

@@ -1,19 +1,20 @@
-"""An in-memory ManagementClient, scripted per test."""
+"""A fake ModelService + OperationsService, scripted per test, served over real gRPC."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 
 from millm.v1 import model_service_pb2 as mpb
+from millm.v1 import model_service_pb2_grpc as mpb_grpc
 from millm.v1 import operation_pb2 as opb
 from millm.v1 import operations_service_pb2 as ospb
+from millm.v1 import operations_service_pb2_grpc as ospb_grpc
 from openai_bridge.errors import InferenceError
-from openai_bridge.management_client import ManagementClient
+from tests.fixtures.grpc_server import HANG, Flag, play, service_error
 
-HANG = object()  # a watch script entry: wait until cancelled
+__all__ = ["HANG", "SMOL", "FakeManagementService", "builtin", "cached", "not_found", "operation"]
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -55,11 +56,12 @@ def not_found(what: str = "model") -> InferenceError:
     )
 
 
-class FakeManagementClient(ManagementClient):
-    """Answers from `models` and `operations`; records every request in `calls`.
+class FakeManagementService(mpb_grpc.ModelServiceServicer, ospb_grpc.OperationsServiceServicer):
+    """Answers from `models` and `operations`; records every request in `calls`, by
+    the RPC's name in snake case.
 
-    `errors[method_name]` makes that method raise; `watch_script` is what
-    `watch_operation` yields (an exception in it is raised there, HANG waits).
+    `errors[name]` makes that RPC fail; `watch_script` is what `WatchOperation`
+    sends (an exception in it is raised there, HANG waits).
     """
 
     def __init__(self) -> None:
@@ -68,44 +70,42 @@ class FakeManagementClient(ManagementClient):
         self.errors: dict[str, InferenceError] = {}
         self.calls: list[tuple[str, object]] = []
         self.watch_script: list = []
-        self.watch_cancelled = asyncio.Event()
-        self.watch_hanging = asyncio.Event()
+        self.watch_cancelled = Flag()
+        self.watch_hanging = Flag()
 
     def _enter(self, name: str, request: object) -> None:
         self.calls.append((name, request))
         if name in self.errors:
-            raise self.errors[name]
+            raise service_error(self.errors[name])
 
     def _model(self, id_: str) -> mpb.CachedModel:
         if id_ not in self.models:
-            raise not_found("model")
+            raise service_error(not_found("model"))
         return self.models[id_]
 
     def _operation(self, id_: str) -> opb.Operation:
         if id_ not in self.operations:
-            raise not_found("operation")
+            raise service_error(not_found("operation"))
         return self.operations[id_]
 
-    async def list_models(self, request: mpb.ListModelsRequest) -> mpb.ListModelsResponse:
+    async def ListModels(self, request, context):
         self._enter("list_models", request)
         models = list(self.models.values())
         if request.page_size and len(models) > request.page_size:
             return mpb.ListModelsResponse(models=models[: request.page_size], next_page_token="p2")
         return mpb.ListModelsResponse(models=models)
 
-    async def get_model(self, request: mpb.GetModelRequest) -> mpb.GetModelResponse:
+    async def GetModel(self, request, context):
         self._enter("get_model", request)
         return mpb.GetModelResponse(model=self._model(request.id))
 
-    async def download_model(self, request: mpb.DownloadModelRequest) -> mpb.DownloadModelResponse:
+    async def DownloadModel(self, request, context):
         self._enter("download_model", request)
         op = operation(opb.OPERATION_STATE_PENDING, id="op-2", target=request.repo_id, stage="")
         self.operations[op.id] = op
         return mpb.DownloadModelResponse(operation=op)
 
-    async def estimate_model_memory(
-        self, request: mpb.EstimateModelMemoryRequest
-    ) -> mpb.EstimateModelMemoryResponse:
+    async def EstimateModelMemory(self, request, context):
         self._enter("estimate_model_memory", request)
         self._model(request.id)
         return mpb.EstimateModelMemoryResponse(
@@ -119,51 +119,42 @@ class FakeManagementClient(ManagementClient):
             device="cpu",
         )
 
-    async def load_model(self, request: mpb.LoadModelRequest) -> mpb.LoadModelResponse:
+    async def LoadModel(self, request, context):
         self._enter("load_model", request)
         model = mpb.CachedModel()
         model.CopyFrom(self._model(request.id))
         model.loaded = True
         return mpb.LoadModelResponse(model=model, load_s=1.5)
 
-    async def unload_model(self, request: mpb.UnloadModelRequest) -> mpb.UnloadModelResponse:
+    async def UnloadModel(self, request, context):
         self._enter("unload_model", request)
         return mpb.UnloadModelResponse(rss_before_bytes=2000, rss_after_bytes=500)
 
-    async def delete_model(self, request: mpb.DeleteModelRequest) -> mpb.DeleteModelResponse:
+    async def DeleteModel(self, request, context):
         self._enter("delete_model", request)
         model = self._model(request.id)
         del self.models[request.id]
         return mpb.DeleteModelResponse(freed_bytes=model.size_bytes)
 
-    async def list_operations(
-        self, request: ospb.ListOperationsRequest
-    ) -> ospb.ListOperationsResponse:
+    async def ListOperations(self, request, context):
         self._enter("list_operations", request)
         return ospb.ListOperationsResponse(operations=list(self.operations.values()))
 
-    async def get_operation(self, request: ospb.GetOperationRequest) -> ospb.GetOperationResponse:
+    async def GetOperation(self, request, context):
         self._enter("get_operation", request)
         return ospb.GetOperationResponse(operation=self._operation(request.id))
 
-    async def cancel_operation(
-        self, request: ospb.CancelOperationRequest
-    ) -> ospb.CancelOperationResponse:
+    async def CancelOperation(self, request, context):
         self._enter("cancel_operation", request)
         op = self._operation(request.id)
         op.state = opb.OPERATION_STATE_CANCELLED
         return ospb.CancelOperationResponse(operation=op)
 
-    async def watch_operation(self, operation_id: str) -> AsyncIterator[opb.Operation]:
-        self._enter("watch_operation", operation_id)
+    async def WatchOperation(self, request, context):
+        self._enter("watch_operation", request.id)
         try:
-            for entry in self.watch_script:
-                if entry is HANG:
-                    self.watch_hanging.set()
-                    await asyncio.Event().wait()
-                if isinstance(entry, BaseException):
-                    raise entry
-                yield entry
+            async for entry in play(self.watch_script, self.watch_hanging):
+                yield ospb.WatchOperationResponse(operation=entry)
         except (asyncio.CancelledError, GeneratorExit):
             self.watch_cancelled.set()
             raise

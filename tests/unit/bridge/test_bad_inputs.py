@@ -9,11 +9,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from openai_bridge.app import create_app
-from openai_bridge.config import BridgeSettings
 from openai_bridge.request_checks import MAX_JSON_DEPTH
-from tests.unit.bridge.fakes import FakeInferenceClient
-from tests.unit.bridge.management_fakes import FakeManagementClient
 
 LONE = "\\ud800"  # the JSON escape, as a client sends it
 
@@ -39,11 +35,8 @@ ROUTES = [
 
 
 @pytest.fixture
-def api() -> TestClient:
-    app = create_app(
-        BridgeSettings(api_key=""), FakeInferenceClient(), management=FakeManagementClient()
-    )
-    return TestClient(app, raise_server_exceptions=False)
+def api(http) -> TestClient:
+    return http
 
 
 def refusal(response, param):

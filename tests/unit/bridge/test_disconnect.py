@@ -8,9 +8,12 @@ import json
 from tests.unit.bridge.fakes import HANG, delta
 
 
-async def drive(app, body: dict, disconnect: asyncio.Event) -> list[dict]:
-    """Sends one POST; answers `receive` with http.disconnect once `disconnect` is set."""
+async def drive(app, body: dict, disconnect, *, after: bytes = b"") -> list[dict]:
+    """Sends one POST; answers `receive` with http.disconnect once `disconnect` is set
+    and the response so far contains `after` (the fake service's messages reach the
+    bridge over the network, after the service has moved on)."""
     sent: list[dict] = []
+    sent_more = asyncio.Event()
     delivered = False
 
     async def receive():
@@ -19,10 +22,14 @@ async def drive(app, body: dict, disconnect: asyncio.Event) -> list[dict]:
             delivered = True
             return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
         await disconnect.wait()
+        while after not in b"".join(m.get("body", b"") for m in sent):
+            sent_more.clear()
+            await sent_more.wait()
         return {"type": "http.disconnect"}
 
     async def send(message):
         sent.append(message)
+        sent_more.set()
 
     scope = {
         "type": "http",

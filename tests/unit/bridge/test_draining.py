@@ -7,7 +7,6 @@ import asyncio
 import json
 
 from openai_bridge.app import create_app
-from openai_bridge.config import BridgeSettings
 from openai_bridge.draining import SHUTTING_DOWN, Draining
 from tests.unit.bridge.fakes import HANG, delta
 from tests.unit.bridge.test_disconnect import drive
@@ -15,9 +14,11 @@ from tests.unit.bridge.test_disconnect import drive
 GRACE_S = 0.8
 
 
-async def test_a_stream_ends_with_the_shutting_down_event_before_the_grace_is_over(fake):
+async def test_a_stream_ends_with_the_shutting_down_event_before_the_grace_is_over(
+    fake, settings_for
+):
     draining = Draining(GRACE_S)
-    app = create_app(BridgeSettings(), fake, clock=lambda: 0, draining=draining)
+    app = create_app(settings_for(), clock=lambda: 0, draining=draining)
     fake.script = [delta("Hel", 1), HANG]
     body = {"messages": [{"role": "user", "content": "Hi"}], "stream": True}
     request = asyncio.ensure_future(drive(app, body, asyncio.Event()))
@@ -35,9 +36,9 @@ async def test_a_stream_ends_with_the_shutting_down_event_before_the_grace_is_ov
     assert fake.streams[0].cancelled
 
 
-async def test_new_api_requests_get_503_while_draining(fake):
+async def test_new_api_requests_get_503_while_draining(fake, settings_for):
     draining = Draining(GRACE_S)
-    app = create_app(BridgeSettings(), fake, clock=lambda: 0, draining=draining)
+    app = create_app(settings_for(), clock=lambda: 0, draining=draining)
     draining.start()
     sent = await drive(app, {"messages": [{"role": "user", "content": "Hi"}]}, asyncio.Event())
     start = next(m for m in sent if m["type"] == "http.response.start")

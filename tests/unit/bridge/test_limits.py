@@ -11,7 +11,6 @@ import pytest
 from openai_bridge.app import create_app
 from openai_bridge.config import BridgeSettings
 from openai_bridge.limits import BodyLimitMiddleware
-from tests.unit.bridge.fakes import FakeInferenceClient
 
 LIMIT = 1000
 TOO_LARGE = {
@@ -95,32 +94,31 @@ def test_the_default_limit_is_8_mib():
     assert BridgeSettings().max_request_bytes == 8 * 1024 * 1024
 
 
-def _app(fake: FakeInferenceClient):
-    return create_app(BridgeSettings(api_key="", max_request_bytes=LIMIT), fake)
+@pytest.fixture
+def limited_app(settings_for):
+    return create_app(settings_for(max_request_bytes=LIMIT))
 
 
 def _chat(content: str) -> dict:
     return {"model": "m", "messages": [{"role": "user", "content": content}]}
 
 
-async def test_the_app_refuses_a_large_chat_request_with_413_json():
-    fake = FakeInferenceClient()
-    async with _client(_app(fake)) as http:
+async def test_the_app_refuses_a_large_chat_request_with_413_json(limited_app, fake):
+    async with _client(limited_app) as http:
         response = await http.post("/v1/chat/completions", json=_chat("x" * LIMIT))
     assert (response.status_code, response.json()) == (413, TOO_LARGE)
     assert response.headers["x-request-id"]  # inside the request-id middleware
     assert fake.starts == []
 
 
-async def test_the_app_refuses_a_large_chunked_request_not_with_the_routes_400():
-    fake = FakeInferenceClient()
+async def test_the_app_refuses_a_large_chunked_request_not_with_the_routes_400(limited_app, fake):
     body = json.dumps(_chat("x" * LIMIT)).encode()
 
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(body), 100):
             yield body[start : start + 100]
 
-    async with _client(_app(fake)) as http:
+    async with _client(limited_app) as http:
         response = await http.post(
             "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
         )
@@ -128,7 +126,7 @@ async def test_the_app_refuses_a_large_chunked_request_not_with_the_routes_400()
     assert fake.starts == []
 
 
-async def test_the_app_serves_a_request_under_the_limit():
-    async with _client(_app(FakeInferenceClient())) as http:
+async def test_the_app_serves_a_request_under_the_limit(limited_app):
+    async with _client(limited_app) as http:
         response = await http.post("/v1/chat/completions", json=_chat("hi"))
     assert response.status_code == 200

@@ -1,4 +1,4 @@
-"""/api/v1 routes against the in-memory management client: JSON, errors, route order."""
+"""/api/v1 routes against a fake ModelService + OperationsService: JSON, errors, route order."""
 
 from __future__ import annotations
 
@@ -9,23 +9,15 @@ from fastapi.testclient import TestClient
 from millm.v1 import model_service_pb2 as mpb
 from millm.v1 import operations_service_pb2 as ospb
 from openai_bridge.app import create_app
-from openai_bridge.config import BridgeSettings
 from openai_bridge.errors import InferenceError
-from tests.unit.bridge.fakes import FakeInferenceClient
-from tests.unit.bridge.management_fakes import SMOL, FakeManagementClient
+from tests.unit.bridge.management_fakes import SMOL
 
 MODELS = "/api/v1/models"
 
 
 @pytest.fixture
-def management() -> FakeManagementClient:
-    return FakeManagementClient()
-
-
-@pytest.fixture
-def api(management) -> TestClient:
-    app = create_app(BridgeSettings(api_key=""), FakeInferenceClient(), management=management)
-    return TestClient(app, raise_server_exceptions=False)
+def api(http) -> TestClient:
+    return http
 
 
 def error_of(response, status):
@@ -274,14 +266,8 @@ def test_service_unreachable_is_503(api, management):
     assert response.headers["retry-after"] == "1"
 
 
-def test_without_a_management_client_routes_are_501():
-    app = create_app(BridgeSettings(api_key=""), FakeInferenceClient())
-    error = error_of(TestClient(app).get(MODELS), 501)
-    assert error["type"] == "not_supported_error"
-
-
-def test_api_key_is_required_on_management_routes(management):
-    app = create_app(BridgeSettings(api_key="k"), FakeInferenceClient(), management=management)
+def test_api_key_is_required_on_management_routes(settings_for):
+    app = create_app(settings_for(api_key="k"))
     http = TestClient(app)
     assert error_of(http.get(MODELS), 401)["code"] == "invalid_api_key"
     # The query parameter is for WebSockets only.

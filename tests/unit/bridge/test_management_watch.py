@@ -12,23 +12,19 @@ from starlette.testclient import WebSocketDenialResponse
 
 from millm.v1 import operation_pb2 as opb
 from openai_bridge.app import create_app
-from openai_bridge.config import BridgeSettings
 from openai_bridge.errors import InferenceError
 from openai_bridge.middleware import ApiKeyMiddleware
-from tests.unit.bridge.fakes import FakeInferenceClient
-from tests.unit.bridge.management_fakes import HANG, FakeManagementClient, not_found, operation
+from tests.unit.bridge.management_fakes import HANG, not_found, operation
 
 WATCH = "/api/v1/operations/op-1/watch"
 
 
 @pytest.fixture
-def management() -> FakeManagementClient:
-    return FakeManagementClient()
+def client_for(settings_for):
+    def client(api_key: str = "") -> TestClient:
+        return TestClient(create_app(settings_for(api_key=api_key)))
 
-
-def client_for(management, api_key: str = "") -> TestClient:
-    app = create_app(BridgeSettings(api_key=api_key), FakeInferenceClient(), management=management)
-    return TestClient(app)
+    return client
 
 
 def receive_all(ws) -> tuple[list[dict], int]:
@@ -41,13 +37,13 @@ def receive_all(ws) -> tuple[list[dict], int]:
         frames.append(json.loads(message["text"]))
 
 
-def test_watch_sends_snapshots_and_closes_after_the_final_one(management):
+def test_watch_sends_snapshots_and_closes_after_the_final_one(management, client_for):
     management.watch_script = [
         operation(opb.OPERATION_STATE_PENDING, bytes_done=0),
         operation(bytes_done=2000, eta_s=4.0),
         operation(opb.OPERATION_STATE_SUCCEEDED, bytes_done=4000, finished_at_unix_ms=5),
     ]
-    with client_for(management).websocket_connect(WATCH) as ws:
+    with client_for().websocket_connect(WATCH) as ws:
         frames, code = receive_all(ws)
     assert code == 1000
     assert [f["type"] for f in frames] == ["operation"] * 3
@@ -57,9 +53,9 @@ def test_watch_sends_snapshots_and_closes_after_the_final_one(management):
     assert management.calls == [("watch_operation", "op-1")]
 
 
-def test_first_frame_exact_bytes(management):
+def test_first_frame_exact_bytes(management, client_for):
     management.watch_script = [operation(opb.OPERATION_STATE_CANCELLED, finished_at_unix_ms=9)]
-    with client_for(management).websocket_connect(WATCH) as ws:
+    with client_for().websocket_connect(WATCH) as ws:
         text = ws.receive_text()
         assert ws.receive()["code"] == 1000
     assert text == (
@@ -72,9 +68,9 @@ def test_first_frame_exact_bytes(management):
     )
 
 
-def test_unknown_operation_sends_an_error_and_closes_1008(management):
+def test_unknown_operation_sends_an_error_and_closes_1008(management, client_for):
     management.watch_script = [not_found("operation")]
-    with client_for(management).websocket_connect("/api/v1/operations/nope/watch") as ws:
+    with client_for().websocket_connect("/api/v1/operations/nope/watch") as ws:
         frames, code = receive_all(ws)
     assert code == 1008
     assert frames == [
@@ -90,30 +86,30 @@ def test_unknown_operation_sends_an_error_and_closes_1008(management):
     ]
 
 
-def test_error_mid_watch_closes_1011(management):
+def test_error_mid_watch_closes_1011(management, client_for):
     management.watch_script = [
         operation(),
         InferenceError(grpc.StatusCode.UNAVAILABLE, "SERVICE_UNREACHABLE", "Gone."),
     ]
-    with client_for(management).websocket_connect(WATCH) as ws:
+    with client_for().websocket_connect(WATCH) as ws:
         frames, code = receive_all(ws)
     assert code == 1011
     assert [f["type"] for f in frames] == ["operation", "error"]
     assert frames[1]["error"]["code"] == "service_unreachable"
 
 
-def test_unexpected_exception_is_a_safe_internal_error(management):
+def test_unexpected_exception_is_a_safe_internal_error(management, client_for):
     management.watch_script = [RuntimeError("secret internals")]
-    with client_for(management).websocket_connect(WATCH) as ws:
+    with client_for().websocket_connect(WATCH) as ws:
         frames, code = receive_all(ws)
     assert code == 1011
     assert frames[0]["error"]["type"] == "server_error"
     assert "secret" not in frames[0]["error"]["message"]
 
 
-def test_client_leaving_cancels_the_watch(management):
+def test_client_leaving_cancels_the_watch(management, client_for):
     management.watch_script = [operation(), HANG]
-    with client_for(management).websocket_connect(WATCH) as ws:
+    with client_for().websocket_connect(WATCH) as ws:
         assert json.loads(ws.receive_text())["type"] == "operation"
         deadline = time.monotonic() + 5
         while not management.watch_hanging.is_set() and time.monotonic() < deadline:
@@ -125,14 +121,6 @@ def test_client_leaving_cancels_the_watch(management):
     assert management.watch_cancelled.is_set()
 
 
-def test_without_a_management_client_watch_is_an_error_frame():
-    app = create_app(BridgeSettings(api_key=""), FakeInferenceClient())
-    with TestClient(app).websocket_connect(WATCH) as ws:
-        frames, code = receive_all(ws)
-    assert code == 1011
-    assert frames[0]["error"]["type"] == "not_supported_error"
-
-
 @pytest.mark.parametrize(
     "how",
     [
@@ -141,16 +129,16 @@ def test_without_a_management_client_watch_is_an_error_frame():
         {"headers": {"authorization": "Bearer k"}},
     ],
 )
-def test_watch_accepts_the_key_as_subprotocol_or_header(management, how):
+def test_watch_accepts_the_key_as_subprotocol_or_header(management, client_for, how):
     management.watch_script = [operation(opb.OPERATION_STATE_SUCCEEDED)]
-    with client_for(management, api_key="k").websocket_connect(WATCH, **how) as ws:
+    with client_for(api_key="k").websocket_connect(WATCH, **how) as ws:
         frames, code = receive_all(ws)
     assert (len(frames), code) == (1, 1000)
 
 
 @pytest.mark.parametrize("url", [WATCH, f"{WATCH}?api_key=wrong"])
-def test_watch_without_the_key_is_denied_with_401_json(management, url):
-    http = client_for(management, api_key="k")
+def test_watch_without_the_key_is_denied_with_401_json(management, client_for, url):
+    http = client_for(api_key="k")
     with pytest.raises(WebSocketDenialResponse) as caught, http.websocket_connect(url):
         pass
     assert caught.value.status_code == 401

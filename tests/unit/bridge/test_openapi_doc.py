@@ -8,14 +8,10 @@ from fastapi.testclient import TestClient
 from openai_bridge.app import create_app
 from openai_bridge.config import BridgeSettings
 from openai_bridge.openapi import ERROR_SCHEMA_NAME, document_openai_errors
-from tests.unit.bridge.fakes import FakeInferenceClient
-from tests.unit.bridge.management_fakes import FakeManagementClient
 
 
 def test_every_operation_documents_400_with_the_openai_error_and_no_422():
-    app = create_app(
-        BridgeSettings(api_key=""), FakeInferenceClient(), management=FakeManagementClient()
-    )
+    app = create_app(BridgeSettings(api_key=""))
     document_openai_errors(app)  # idempotent if create_app already does it
     schema = TestClient(app).get("/openapi.json").json()
 
@@ -43,10 +39,7 @@ def _resolve(schema: dict, components: dict) -> dict:
 
 
 def test_every_management_body_is_described_down_to_the_training_config():
-    app = create_app(
-        BridgeSettings(api_key=""), FakeInferenceClient(), management=FakeManagementClient()
-    )
-    schema = TestClient(app).get("/openapi.json").json()
+    schema = TestClient(create_app(BridgeSettings(api_key=""))).get("/openapi.json").json()
     components = schema["components"]["schemas"]
 
     bodies = {

@@ -297,7 +297,7 @@ def test_unexpected_error_after_stream_start_hides_details(http, fake):
     failed = events(content)[-1]["response"]
     assert failed["error"] == {
         "code": "server_error",
-        "message": "Internal server error; the details are in the bridge log.",
+        "message": "Internal server error; the details are in the inference service log.",
     }
 
 
@@ -327,7 +327,8 @@ async def test_client_disconnect_cancels_the_generation(app, fake):
         await app({**scope, **path}, receive, send)
 
     fake.script = [delta("Hi", 1), HANG]
-    sent = await drive(at_responses, {"input": "x", "stream": True}, fake.hanging)
+    body = {"input": "x", "stream": True}
+    sent = await drive(at_responses, body, fake.hanging, after=b"response.output_text.delta")
     assert sent[0]["status"] == 200
     assert b"response.output_text.delta" in b"".join(m.get("body", b"") for m in sent)
     assert fake.streams[0].cancelled

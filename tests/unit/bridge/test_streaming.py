@@ -116,7 +116,7 @@ def test_unexpected_error_after_stream_start_hides_details(http, fake):
     response = http.post("/v1/chat/completions", json=CHAT)
     assert b"secret" not in response.content
     assert response.content.endswith(
-        b'data: {"error":{"message":"Internal server error; the details are in the bridge log.","type":"server_error","param":null,"code":null}}\n\n'
+        b'data: {"error":{"message":"Internal server error; the details are in the inference service log.","type":"server_error","param":null,"code":"internal"}}\n\n'
         b"data: [DONE]\n\n"
     )
 

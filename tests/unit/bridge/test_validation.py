@@ -6,7 +6,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from openai_bridge.app import create_app
-from openai_bridge.config import BridgeSettings
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "Hi"}]
@@ -150,8 +149,8 @@ def test_unknown_route_is_openai_404(http):
     assert error_of(http.post("/nope", json={}), 404)["type"] == "not_found_error"
 
 
-def test_api_key_guards_v1_and_api_but_not_health_or_ui(fake):
-    app = create_app(BridgeSettings(api_key="sekrit"), fake)
+def test_api_key_guards_v1_and_api_but_not_health_or_ui(settings_for):
+    app = create_app(settings_for(api_key="sekrit"))
     http = TestClient(app)
     error = error_of(http.get("/v1/models"), 401)
     assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
