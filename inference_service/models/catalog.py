@@ -11,41 +11,30 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from inference_service.errors import ModelInUseError, NotFoundError
 from inference_service.hub.files import WeightFormat
 from inference_service.hub.model_download import DownloadedModel, download_model
-from inference_service.operations.manager import OperationContext, OperationsManager
-from inference_service.operations.types import OperationSnapshot
-from inference_service.storage.database import Database
-from inference_service.storage.records import (
+from inference_service.models.repository import ModelRecords
+from inference_service.models.types import (
+    CachedModel,
+    CachedModelState,
     ModelFile,
     ModelFormat,
-    ModelRecord,
-    ModelState,
-    OperationKind,
-    model_record_id,
+    cached_model_id,
 )
-from inference_service.storage.repositories import run
+from inference_service.operations.manager import OperationContext, OperationsManager
+from inference_service.operations.types import OperationKind, OperationSnapshot, OperationState
+from inference_service.storage.database import Database
 
 log = logging.getLogger(__name__)
 
 BUILTIN_ID = "builtin"
 
-
-@dataclass(frozen=True)
-class CachedModel:
-    id: str
-    repo_id: str
-    revision: str
-    commit_sha: str
-    format: str
-    parameter_count: int
-    size_bytes: int
-    state: str
-    local_dir: Path | None  # never shown to clients
+T = TypeVar("T")
 
 
 class ModelCatalog:
@@ -67,41 +56,33 @@ class ModelCatalog:
 
     def list(self) -> list[CachedModel]:
         self.reconcile()
-        records = run(self._db, lambda repos: repos.model_records.list())
-        return [self._builtin(), *(self._cached(r) for r in records)]
+        return [self._builtin(), *self._run(lambda models: models.list())]
 
     def get(self, model_id: str) -> CachedModel:
         if model_id == BUILTIN_ID:
             return self._builtin()
-        record = run(self._db, lambda repos: repos.model_records.get(model_id))
-        if record is None:
+        model = self._run(lambda models: models.get(model_id))
+        if model is None:
             raise NotFoundError(
                 f"No cached model has the id '{model_id}'; list them with ListModels.", param="id"
             )
-        return self._cached(record)
+        return model
 
     def _builtin(self) -> CachedModel:
-        return CachedModel(BUILTIN_ID, "", "", "", "gguf", 0, 0, "ready", None)
-
-    def _cached(self, record: ModelRecord) -> CachedModel:
         return CachedModel(
-            id=record.id,
-            repo_id=record.repo_id,
-            revision=record.revision,
-            commit_sha=record.commit_sha or "",
-            format=str(record.format),
-            parameter_count=record.parameter_count or 0,
-            size_bytes=record.size_bytes,
-            state=str(record.state),
-            local_dir=self._data_dir / record.local_dir if record.local_dir else None,
+            BUILTIN_ID, "", "", "", ModelFormat.GGUF, 0, 0, CachedModelState.READY, None
         )
+
+    def _run(self, work: Callable[[ModelRecords], T]) -> T:
+        """`work` on the model records in one transaction."""
+        return self._db.run(lambda session: work(ModelRecords(session, self._data_dir)))
 
     # ---- downloading ---------------------------------------------------------------
 
     def start_download(
         self, repo_id: str, revision: str, token: str | None, wanted: WeightFormat | None
     ) -> OperationSnapshot:
-        record_id = model_record_id(repo_id, revision)
+        record_id = cached_model_id(repo_id, revision)
         running = self._operations.find_running(OperationKind.MODEL_DOWNLOAD, record_id)
         if running is not None:
             return running  # one download per model; clients watch the same operation
@@ -132,57 +113,49 @@ class ModelCatalog:
             self._record_ready(record_id, downloaded)
 
         def on_finished(snapshot: OperationSnapshot) -> None:
-            if snapshot.state == "failed" and snapshot.error_reason == "CORRUPTED_FILE":
-                run(
-                    self._db,
-                    lambda repos: repos.model_records.set_state(record_id, ModelState.CORRUPTED),
-                )
+            if (
+                snapshot.state == OperationState.FAILED
+                and snapshot.error_reason == "CORRUPTED_FILE"
+            ):
+                self._run(lambda models: models.set_state(record_id, CachedModelState.CORRUPTED))
 
         return self._operations.start(OperationKind.MODEL_DOWNLOAD, record_id, work, on_finished)
 
     def _known(self, record_id: str) -> bool:
-        return run(self._db, lambda repos: repos.model_records.get(record_id)) is not None
+        return self._run(lambda models: models.get(record_id)) is not None
 
     def _record_downloading(self, repo_id: str, revision: str) -> None:
-        record_id = model_record_id(repo_id, revision)
+        record_id = cached_model_id(repo_id, revision)
         if self._known(record_id):
-            run(
-                self._db,
-                lambda repos: repos.model_records.set_state(record_id, ModelState.DOWNLOADING),
-            )
+            self._run(lambda models: models.set_state(record_id, CachedModelState.DOWNLOADING))
             return
-        run(
-            self._db,
-            lambda repos: repos.model_records.upsert(
+        self._run(
+            lambda models: models.upsert(
                 repo_id=repo_id,
                 revision=revision,
-                commit_sha=None,
                 format=ModelFormat.SAFETENSORS,
-                parameter_count=None,
-                size_bytes=0,
-                state=ModelState.DOWNLOADING,
-                local_dir="",
-            ),
+                local_dir=None,
+                state=CachedModelState.DOWNLOADING,
+            )
         )
 
     def _record_ready(self, record_id: str, downloaded: DownloadedModel) -> None:
-        local_dir = downloaded.local_dir.relative_to(self._data_dir).as_posix()
         files = [ModelFile(f.path, f.size, f.sha256, verified=True) for f in downloaded.files]
 
-        def write(repos) -> None:
-            repos.model_records.upsert(
+        def write(models: ModelRecords) -> None:
+            models.upsert(
                 repo_id=downloaded.repo_id,
                 revision=downloaded.revision,
                 commit_sha=downloaded.commit_sha,
                 format=ModelFormat(downloaded.format),
                 parameter_count=_parameter_count(downloaded.local_dir),
                 size_bytes=downloaded.size_bytes,
-                state=ModelState.READY,
-                local_dir=local_dir,
+                state=CachedModelState.READY,
+                local_dir=downloaded.local_dir,
             )
-            repos.model_records.replace_files(record_id, files)
+            models.replace_files(record_id, files)
 
-        run(self._db, write)
+        self._run(write)
 
     # ---- deleting and reconciling ----------------------------------------------------
 
@@ -197,26 +170,24 @@ class ModelCatalog:
         freed = _folder_bytes(model.local_dir) if model.local_dir else 0
         if model.local_dir is not None:
             shutil.rmtree(model.local_dir, ignore_errors=True)
-        run(self._db, lambda repos: repos.model_records.delete(model_id))
+        self._run(lambda models: models.delete(model_id))
         return freed
 
     def reconcile(self) -> None:
-        """Marks records whose files vanished as missing (and found again as ready)."""
-        for listed in run(self._db, lambda repos: repos.model_records.list()):
-            if listed.state not in (ModelState.READY, ModelState.MISSING) or not listed.local_dir:
+        """Marks models whose files vanished as missing (and found again as ready)."""
+        for listed in self._run(lambda models: models.list()):
+            kept = (CachedModelState.READY, CachedModelState.MISSING)
+            if listed.state not in kept or listed.local_dir is None:
                 continue
-            record = run(self._db, lambda repos, i=listed.id: repos.model_records.get(i))
-            if record is None:
+            model = self._run(lambda models, i=listed.id: models.get(i))
+            if model is None or model.local_dir is None:
                 continue
-            folder = self._data_dir / record.local_dir
-            present = all((folder / f.path).is_file() for f in record.files) and folder.is_dir()
-            wanted = ModelState.READY if present else ModelState.MISSING
-            if wanted != record.state:
-                log.info("model %s is %s on disk", record.id, wanted)
-                run(
-                    self._db,
-                    lambda repos, r=record, w=wanted: repos.model_records.set_state(r.id, w),
-                )
+            folder = model.local_dir
+            present = all((folder / f.path).is_file() for f in model.files) and folder.is_dir()
+            wanted = CachedModelState.READY if present else CachedModelState.MISSING
+            if wanted != model.state:
+                log.info("model %s is %s on disk", model.id, wanted)
+                self._run(lambda models, m=model, w=wanted: models.set_state(m.id, w))
 
 
 def _parameter_count(folder: Path) -> int | None:

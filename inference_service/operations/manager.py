@@ -20,7 +20,7 @@ from typing import Protocol
 from inference_service.errors import MillmError, NotFoundError
 from inference_service.hub.fetch import TransferCancelled
 from inference_service.operations.progress import RateMeter, eta_seconds
-from inference_service.operations.types import OperationSnapshot
+from inference_service.operations.types import OperationSnapshot, OperationState
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class OperationsManager:
         snapshot = OperationSnapshot(
             id=uuid.uuid4().hex[:16],
             kind=kind,
-            state="running",
+            state=OperationState.RUNNING,
             stage="starting",
             target=target,
             created_at_unix_ms=now,
@@ -139,12 +139,12 @@ class OperationsManager:
         changes: dict[str, object]
         try:
             work(context)
-            changes = {"state": "succeeded", "eta_s": None}
+            changes = {"state": OperationState.SUCCEEDED, "eta_s": None}
         except TransferCancelled:
-            changes = {"state": "cancelled", "stage": "cancelled", "eta_s": None}
+            changes = {"state": OperationState.CANCELLED, "stage": "cancelled", "eta_s": None}
         except MillmError as exc:
             changes = {
-                "state": "failed",
+                "state": OperationState.FAILED,
                 "error_message": exc.message,
                 "error_reason": exc.reason,
                 "eta_s": None,
@@ -152,7 +152,7 @@ class OperationsManager:
         except Exception as exc:
             log.exception("operation %s failed", context.id)
             changes = {
-                "state": "failed",
+                "state": OperationState.FAILED,
                 "error_message": str(exc) or type(exc).__name__,
                 "error_reason": "INTERNAL",
                 "eta_s": None,

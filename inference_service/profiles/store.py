@@ -15,12 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from inference_service.profiles import schema
-from inference_service.profiles.types import Profile, ProfileExistsError, ProfileSae
+from sqlalchemy.orm import Session
+
+from inference_service.profiles.repository import Profiles
+from inference_service.profiles.types import Profile, ProfileExistsError
 from inference_service.steering.types import SteeringFeature
-from inference_service.storage import Database, Repositories, run
-from inference_service.storage.records import ProfileRecord
-from inference_service.storage.repositories import RecordExistsError
+from inference_service.storage.database import Database, RecordExistsError
 
 T = TypeVar("T")
 
@@ -66,23 +66,8 @@ class ProfileStore:
 
     def save(self, profile: Profile, *, overwrite: bool = False) -> Profile:
         """Insert (or with `overwrite` replace) a profile; timestamps come from the database."""
-
-        def work(tx: Repositories) -> ProfileRecord:
-            return tx.profiles.save(
-                name=profile.name,
-                description=profile.description,
-                model_name=profile.model,
-                sae_id=profile.sae.sae_id,
-                sae_name=profile.sae.name,
-                weights_sha256=profile.sae.weights_sha256,
-                hook_name=profile.sae.hook_name,
-                d_sae=profile.sae.d_sae,
-                features=[schema.feature_to_dict(f) for f in profile.features],
-                overwrite=overwrite,
-            )
-
         try:
-            return _profile(self._write(work))
+            return self._write(lambda profiles: profiles.save(profile, overwrite=overwrite))
         except RecordExistsError:
             raise exists_error(profile.name) from None
 
@@ -94,24 +79,22 @@ class ProfileStore:
         features: tuple[SteeringFeature, ...] | None = None,
     ) -> Profile:
         """Raises storage's RecordNotFoundError when the profile is gone."""
-        stored = None if features is None else [schema.feature_to_dict(f) for f in features]
-        record = self._write(
-            lambda tx: tx.profiles.update(name, description=description, features=stored)
+        return self._write(
+            lambda profiles: profiles.update(name, description=description, features=features)
         )
-        return _profile(record)
 
     def delete(self, name: str) -> bool:
-        return self._write(lambda tx: tx.profiles.delete(name))
+        return self._write(lambda profiles: profiles.delete(name))
 
     def record_active(self, name: str | None) -> None:
-        self._write(lambda tx: tx.profiles.set_active(name))
+        self._write(lambda profiles: profiles.set_active(name))
 
     # ---- internals -------------------------------------------------------------------
 
-    def _write(self, work: Callable[[Repositories], T]) -> T:
+    def _write(self, work: Callable[[Profiles], T]) -> T:
         with self._lock:
             try:
-                return run(self._db, work)
+                return self._db.run(lambda session: work(Profiles(session)))
             finally:
                 self._snapshot = None
 
@@ -123,9 +106,8 @@ class ProfileStore:
             snapshot = self._snapshot
             if snapshot is None or self._clock() - snapshot.loaded_at >= self._ttl_s:
                 loaded_at = self._clock()
-                records = run(self._db, lambda tx: tx.profiles.list())
-                active = next((r.name for r in records if r.active), None)
-                profiles = {r.name: _profile(r) for r in records}
+                listed, active = self._db.run(_read_all)
+                profiles = {p.name: p for p in listed}
                 snapshot = self._snapshot = _Snapshot(profiles, active, loaded_at)
             return snapshot
 
@@ -138,21 +120,6 @@ def exists_error(name: str) -> ProfileExistsError:
     )
 
 
-def _profile(record: ProfileRecord) -> Profile:
-    return Profile(
-        name=record.name,
-        description=record.description,
-        model=record.model_name,
-        sae=ProfileSae(
-            sae_id=record.sae_id,
-            name=record.sae_name,
-            weights_sha256=record.weights_sha256,
-            hook_name=record.hook_name,
-            d_sae=record.d_sae,
-        ),
-        features=tuple(
-            schema.feature_from_dict(f, f"features[{n}]") for n, f in enumerate(record.features)
-        ),
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-    )
+def _read_all(session: Session) -> tuple[tuple[Profile, ...], str | None]:
+    profiles = Profiles(session)
+    return profiles.list(), profiles.active_name()

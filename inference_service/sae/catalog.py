@@ -32,15 +32,15 @@ from inference_service.errors import (
 from inference_service.hub.snapshot import fetch_verified
 from inference_service.hub.upload import upload_folder
 from inference_service.operations.manager import OperationContext, OperationsManager
-from inference_service.operations.types import OperationSnapshot
+from inference_service.operations.types import OperationKind, OperationSnapshot, OperationState
 from inference_service.sae import registry
 from inference_service.sae.architectures import Sae
 from inference_service.sae.formats import detect_format, load_sae, read_spec, save_sae
 from inference_service.sae.preview import RepoListing, list_repo_saes
+from inference_service.sae.repository import SaeRecords
 from inference_service.sae.spec import SaeSpec
+from inference_service.sae.types import SaeRecord, SaeState
 from inference_service.storage.database import Database
-from inference_service.storage.records import OperationKind, SaeRecord, SaeState
-from inference_service.storage.repositories import run
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ class SaeCatalog:
     # ---- reading -----------------------------------------------------------------
 
     def list(self) -> list[CachedSae]:
-        return [self._cached(r) for r in run(self._db, lambda repos: repos.sae_records.list())]
+        return [self._cached(r) for r in self._db.run(lambda session: SaeRecords(session).list())]
 
     def get(self, sae_id: str) -> CachedSae:
-        record = run(self._db, lambda repos: repos.sae_records.get(sae_id))
+        record = self._db.run(lambda session: SaeRecords(session).get(sae_id))
         if record is None:
             raise NotFoundError(
                 f"No SAE has the id '{sae_id}'; list them with SaeService.ListSaes.",
@@ -114,7 +114,7 @@ class SaeCatalog:
         """(bytes used by the SAE cache, number of SAEs, bytes free on its disk)."""
         self._root.mkdir(parents=True, exist_ok=True)
         used = sum(p.stat().st_size for p in self._root.rglob("*") if p.is_file())
-        count = len(run(self._db, lambda repos: repos.sae_records.list()))
+        count = len(self._db.run(lambda session: SaeRecords(session).list()))
         return used, count, shutil.disk_usage(self._root).free
 
     def load(self, sae_id: str, device: torch.device) -> Sae:
@@ -157,7 +157,7 @@ class SaeCatalog:
         load_sae(source)  # every tensor read and shape-checked before anything is kept
         spec = read_spec(source)
         sha = _sha256(_weights_file(source))
-        existing = run(self._db, lambda repos: repos.sae_records.find_by_source(f"local:{sha}"))
+        existing = self._db.run(lambda session: SaeRecords(session).find_by_source(f"local:{sha}"))
         if existing is not None and existing.state is SaeState.READY:
             return self._cached(existing)
         if existing is not None:
@@ -207,9 +207,8 @@ class SaeCatalog:
         sha: str,
     ) -> CachedSae:
         spec = read_spec(folder)
-        record = run(
-            self._db,
-            lambda repos: repos.sae_records.create(
+        record = self._db.run(
+            lambda session: SaeRecords(session).create(
                 record_id=sae_id,
                 name=name,
                 source_key=source_key,
@@ -243,7 +242,7 @@ class SaeCatalog:
         listing = self.listing(ref, token, with_configs=False)
         candidate = listing.find(ref.path)
         source_key = f"hub:{ref.repo_id}@{ref.revision}:{candidate.path}"
-        record = run(self._db, lambda repos: repos.sae_records.find_by_source(source_key))
+        record = self._db.run(lambda session: SaeRecords(session).find_by_source(source_key))
         source = {
             "kind": "release" if release else "hub",
             "repo_id": ref.repo_id,
@@ -261,9 +260,8 @@ class SaeCatalog:
                 if release
                 else "/".join(p for p in (ref.repo_id, candidate.path) if p)
             )
-            record = run(
-                self._db,
-                lambda repos: repos.sae_records.create(
+            record = self._db.run(
+                lambda session: SaeRecords(session).create(
                     record_id=sae_id,
                     name=name,
                     source_key=source_key,
@@ -281,7 +279,9 @@ class SaeCatalog:
             return running
 
         def work(context: OperationContext) -> None:
-            run(self._db, lambda repos: repos.sae_records.set_state(sae_id, SaeState.DOWNLOADING))
+            self._db.run(
+                lambda session: SaeRecords(session).set_state(sae_id, SaeState.DOWNLOADING)
+            )
             fetch_verified(
                 repo_id=ref.repo_id,
                 revision=ref.revision,
@@ -297,8 +297,13 @@ class SaeCatalog:
             self._mark_ready(sae_id, folder, source)
 
         def on_finished(snapshot: OperationSnapshot) -> None:
-            if snapshot.state == "failed" and snapshot.error_reason == "CORRUPTED_FILE":
-                run(self._db, lambda repos: repos.sae_records.set_state(sae_id, SaeState.CORRUPTED))
+            if (
+                snapshot.state == OperationState.FAILED
+                and snapshot.error_reason == "CORRUPTED_FILE"
+            ):
+                self._db.run(
+                    lambda session: SaeRecords(session).set_state(sae_id, SaeState.CORRUPTED)
+                )
 
         return self._operations.start(OperationKind.SAE_DOWNLOAD, sae_id, work, on_finished)
 
@@ -306,11 +311,10 @@ class SaeCatalog:
         try:
             spec = read_spec(folder)
         except MillmError:
-            run(self._db, lambda repos: repos.sae_records.set_state(sae_id, SaeState.CORRUPTED))
+            self._db.run(lambda session: SaeRecords(session).set_state(sae_id, SaeState.CORRUPTED))
             raise
-        run(
-            self._db,
-            lambda repos: repos.sae_records.mark_ready(
+        self._db.run(
+            lambda session: SaeRecords(session).mark_ready(
                 sae_id,
                 format=spec.format,
                 size_bytes=_folder_bytes(folder),
@@ -401,11 +405,11 @@ class SaeCatalog:
 
     def _forget(self, record: SaeRecord) -> None:
         shutil.rmtree(self._data_dir / record.local_dir, ignore_errors=True)
-        run(self._db, lambda repos: repos.sae_records.delete(record.id))
+        self._db.run(lambda session: SaeRecords(session).delete(record.id))
 
     def reconcile(self) -> None:
         """Checks every SAE that should be on disk: present and parsable, or not."""
-        for record in run(self._db, lambda repos: repos.sae_records.list()):
+        for record in self._db.run(lambda session: SaeRecords(session).list()):
             if record.state is SaeState.DOWNLOADING:
                 continue  # interrupted downloads resume when asked again
             folder = self._data_dir / record.local_dir
@@ -420,9 +424,8 @@ class SaeCatalog:
                     wanted = SaeState.CORRUPTED
             if wanted is not record.state:
                 log.info("SAE %s is %s on disk", record.id, wanted.value)
-                run(
-                    self._db,
-                    lambda repos, r=record, w=wanted: repos.sae_records.set_state(r.id, w),
+                self._db.run(
+                    lambda session, r=record, w=wanted: SaeRecords(session).set_state(r.id, w),
                 )
 
 

@@ -6,13 +6,8 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from inference_service.storage.records import (
-    CorpusRecord,
-    TrainingRunRecord,
-    TrainingState,
-    TrainingTemplateRecord,
-)
 from inference_service.training.config import TrainingConfig
+from inference_service.training.types import Corpus, TrainingRun, TrainingState, TrainingTemplate
 from millm.v1 import training_pb2 as pb
 
 _ARCHITECTURES = {
@@ -73,7 +68,7 @@ def metrics_message(metrics: dict[str, Any] | None) -> pb.TrainingMetrics | None
     return pb.TrainingMetrics(**metrics)
 
 
-def run_message(record: TrainingRunRecord) -> pb.TrainingRun:
+def run_message(record: TrainingRun) -> pb.TrainingRun:
     return pb.TrainingRun(
         id=record.id,
         name=record.name,
@@ -93,7 +88,7 @@ def run_message(record: TrainingRunRecord) -> pb.TrainingRun:
     )
 
 
-def template_message(record: TrainingTemplateRecord) -> pb.TrainingTemplate:
+def template_message(record: TrainingTemplate) -> pb.TrainingTemplate:
     return pb.TrainingTemplate(
         id=record.id,
         name=record.name,
@@ -105,7 +100,7 @@ def template_message(record: TrainingTemplateRecord) -> pb.TrainingTemplate:
     )
 
 
-def corpus_message(record: CorpusRecord) -> pb.Corpus:
+def corpus_message(record: Corpus) -> pb.Corpus:
     return pb.Corpus(
         id=record.id,
         name=record.name,

@@ -1,44 +1,11 @@
-"""Persistence: SQLAlchemy tables, repositories returning domain records, migrations."""
+"""Persistence: the database, its SQLAlchemy tables and migrations. Each domain owns
+its repository (`profiles/repository.py`, `sae/repository.py`, ...)."""
 
-from inference_service.storage.database import Database, resolve_url
-from inference_service.storage.records import (
-    ModelFile,
-    ModelFormat,
-    ModelRecord,
-    ModelState,
-    Operation,
-    OperationKind,
-    OperationPage,
-    OperationState,
-    model_record_id,
-)
-from inference_service.storage.repositories import (
-    INTERRUPTED_MESSAGE,
-    ModelRecords,
-    Operations,
+from inference_service.storage.database import (
+    Database,
+    RecordExistsError,
     RecordNotFoundError,
-    Repositories,
-    run,
-    transaction,
+    resolve_url,
 )
 
-__all__ = [
-    "INTERRUPTED_MESSAGE",
-    "Database",
-    "ModelFile",
-    "ModelFormat",
-    "ModelRecord",
-    "ModelRecords",
-    "ModelState",
-    "Operation",
-    "OperationKind",
-    "OperationPage",
-    "OperationState",
-    "Operations",
-    "RecordNotFoundError",
-    "Repositories",
-    "model_record_id",
-    "resolve_url",
-    "run",
-    "transaction",
-]
+__all__ = ["Database", "RecordExistsError", "RecordNotFoundError", "resolve_url"]

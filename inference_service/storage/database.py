@@ -1,8 +1,14 @@
-"""The database: engine, transactions and migrations.
+"""The database: engine, transactions, migrations, and what every repository shares.
 
 SQLite under the data directory is the embedded default; a `postgresql://` URL
 (`MILLM_DATABASE_URL`) selects PostgreSQL. The engine is synchronous: the service
 calls it through `asyncio.to_thread`, one short transaction per call.
+
+Each domain owns its repository (`profiles/repository.py`, `sae/repository.py`, ...):
+a class bound to one session that maps rows straight to the domain's types, so
+repositories used in one `session()` commit or roll back together::
+
+    db.run(lambda session: TrainingRuns(session).get(run_id))
 
 Creating a migration after changing `tables.py` (no alembic.ini, no make)::
 
@@ -18,19 +24,23 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Executable, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_FILENAME = "millm.db"
@@ -80,6 +90,11 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    def run(self, work: Callable[[Session], T]) -> T:
+        """`work` in one transaction; the shape `asyncio.to_thread` wants."""
+        with self.session() as session:
+            return work(session)
+
     def migrate(self) -> None:
         """Upgrade the schema to the newest revision (a no-op when already there)."""
         with self.engine.begin() as connection:
@@ -98,6 +113,29 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class RecordNotFoundError(LookupError):
+    """The row a write addressed does not exist."""
+
+
+class RecordExistsError(LookupError):
+    """A create found a row with the same key."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def rowcount(session: Session, statement: Executable) -> int:
+    """Rows an UPDATE or DELETE matched."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+def upsert_insert(session: Session, table: type[DeclarativeBase] | Table) -> Any:
+    """An INSERT that takes ON CONFLICT clauses on the session's backend (both have them)."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -16,8 +16,10 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from sqlalchemy import select
+
 from inference_service.storage.database import Database
-from inference_service.storage.repositories import run
+from inference_service.storage.tables import ModelRecordRow, SaeRecordRow
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +27,9 @@ log = logging.getLogger(__name__)
 def sweep_orphans(db: Database, data_dir: Path) -> list[Path]:
     """Deletes the unowned folders under `data_dir`, logging each; returns them.
     Run it before anything can start a download or an import."""
-    model_repos, sae_dirs = run(
-        db,
-        lambda repos: (
-            [record.repo_id for record in repos.model_records.list()],
-            [record.local_dir for record in repos.sae_records.list()],
-        ),
-    )
+    with db.session() as session:
+        model_repos = list(session.scalars(select(ModelRecordRow.repo_id)))
+        sae_dirs = list(session.scalars(select(SaeRecordRow.local_dir)))
     return remove_unowned(data_dir, model_repos, sae_dirs)
 
 

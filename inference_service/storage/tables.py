@@ -25,13 +25,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from inference_service.storage.records import (
-    ModelFormat,
-    ModelState,
-    OperationState,
-    SaeState,
-    TrainingState,
-)
+from inference_service.models.types import CachedModelState, ModelFormat
+from inference_service.operations.types import OperationState
+from inference_service.sae.types import SaeState
+from inference_service.training.types import TrainingState
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -66,7 +63,7 @@ NAMING_CONVENTION = {
 
 def _one_of(
     column: str,
-    values: type[ModelFormat | ModelState | OperationState | SaeState | TrainingState],
+    values: type[ModelFormat | CachedModelState | OperationState | SaeState | TrainingState],
 ) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
@@ -82,7 +79,7 @@ class ModelRecordRow(TableBase):
     __tablename__ = "model_records"
     __table_args__ = (
         CheckConstraint(_one_of("format", ModelFormat), name="format"),
-        CheckConstraint(_one_of("state", ModelState), name="state"),
+        CheckConstraint(_one_of("state", CachedModelState), name="state"),
     )
 
     id: Mapped[str] = mapped_column(String(512), primary_key=True)

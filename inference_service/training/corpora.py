@@ -10,9 +10,9 @@ from pathlib import Path
 
 from inference_service.errors import InvalidArgumentError, NotFoundError
 from inference_service.storage.database import Database
-from inference_service.storage.records import CorpusRecord
-from inference_service.storage.repositories import run
 from inference_service.training.corpus import CORPUS_SUFFIXES, count_documents
+from inference_service.training.repository import Corpora
+from inference_service.training.types import Corpus
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -24,7 +24,7 @@ class CorpusStore:
         self._root = data_dir / "corpora"
         self._max_bytes = max_bytes
 
-    def save(self, name: str, chunks: Iterable[bytes]) -> CorpusRecord:
+    def save(self, name: str, chunks: Iterable[bytes]) -> Corpus:
         """Streams an upload to disk, then checks it parses; nothing is kept on error."""
         name = name.strip()
         if not _SAFE_NAME.fullmatch(name) or Path(name).suffix not in CORPUS_SUFFIXES:
@@ -50,9 +50,8 @@ class CorpusStore:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return run(
-            self._db,
-            lambda repos: repos.corpora.create(
+        return self._db.run(
+            lambda session: Corpora(session).create(
                 record_id=corpus_id,
                 name=name,
                 size_bytes=size,
@@ -69,11 +68,11 @@ class CorpusStore:
                 param="data",
             )
 
-    def list(self) -> list[CorpusRecord]:
-        return list(run(self._db, lambda repos: repos.corpora.list()))
+    def list(self) -> list[Corpus]:
+        return list(self._db.run(lambda session: Corpora(session).list()))
 
-    def get(self, corpus_id: str) -> CorpusRecord:
-        record = run(self._db, lambda repos: repos.corpora.get(corpus_id))
+    def get(self, corpus_id: str) -> Corpus:
+        record = self._db.run(lambda session: Corpora(session).get(corpus_id))
         if record is None:
             raise NotFoundError(
                 f"No corpus has the id '{corpus_id}'; list them with TrainingService.ListCorpora.",
@@ -87,4 +86,4 @@ class CorpusStore:
     def delete(self, corpus_id: str) -> None:
         record = self.get(corpus_id)
         shutil.rmtree((self._data_dir / record.local_path).parent, ignore_errors=True)
-        run(self._db, lambda repos: repos.corpora.delete(corpus_id))
+        self._db.run(lambda session: Corpora(session).delete(corpus_id))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.orm import Session
 from torch import Tensor
 
 from inference_service.engine.engine import Engine
@@ -45,8 +46,6 @@ from inference_service.host import ModelHost
 from inference_service.sae.catalog import SaeCatalog
 from inference_service.sae.hook_sites import hidden_size
 from inference_service.storage.database import Database
-from inference_service.storage.records import TrainingRunRecord, TrainingState
-from inference_service.storage.repositories import run
 from inference_service.training.activations import (
     ActivationSource,
     BatchStream,
@@ -64,6 +63,7 @@ from inference_service.training.corpus import (
     tokenize_windows,
 )
 from inference_service.training.output import write_output
+from inference_service.training.repository import TrainingMetrics, TrainingRuns
 from inference_service.training.sites import CaptureSite, capture, capture_site
 from inference_service.training.trainer import (
     Metrics,
@@ -72,6 +72,7 @@ from inference_service.training.trainer import (
     TrainerHooks,
     total_steps,
 )
+from inference_service.training.types import TrainingRun, TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,12 @@ class TrainingManager:
 
     def recover(self) -> int:
         """Marks runs cut short by the last stop as interrupted (resumable)."""
-        return run(self._db, lambda repos: repos.training_runs.mark_interrupted())
+        return self._db.run(lambda session: TrainingRuns(session).mark_interrupted())
 
     # ---- reading ---------------------------------------------------------------------
 
-    def get(self, run_id: str) -> TrainingRunRecord:
-        record = run(self._db, lambda repos: repos.training_runs.get(run_id))
+    def get(self, run_id: str) -> TrainingRun:
+        record = self._db.run(lambda session: TrainingRuns(session).get(run_id))
         if record is None:
             raise NotFoundError(
                 f"No training run has the id '{run_id}'; list them with "
@@ -134,19 +135,24 @@ class TrainingManager:
             )
         return record
 
-    def list(self, limit: int, offset: int) -> tuple[list[TrainingRunRecord], int]:
-        def read(repos: Any) -> tuple[list[TrainingRunRecord], int]:
-            return list(repos.training_runs.list(limit, offset)), repos.training_runs.count()
+    def list(self, limit: int, offset: int) -> tuple[list[TrainingRun], int]:
+        def read(session: Session) -> tuple[list[TrainingRun], int]:
+            runs = TrainingRuns(session)
+            return list(runs.list(limit, offset)), runs.count()
 
-        return run(self._db, read)
+        return self._db.run(read)
 
     def metrics(self, run_id: str, after_step: int, limit: int) -> list[Metrics]:
         self.get(run_id)
         self._flush_metrics(run_id)
-        return run(self._db, lambda repos: repos.training_metrics.list(run_id, after_step, limit))
+        return self._db.run(
+            lambda session: TrainingMetrics(session).list(run_id, after_step, limit)
+        )
 
     def _stored_metrics(self, run_id: str, after_step: int) -> list[Metrics]:
-        return run(self._db, lambda repos: repos.training_metrics.list(run_id, after_step, 10_000))
+        return self._db.run(
+            lambda session: TrainingMetrics(session).list(run_id, after_step, 10_000)
+        )
 
     @property
     def active_run_id(self) -> str | None:
@@ -155,16 +161,15 @@ class TrainingManager:
 
     # ---- lifecycle -----------------------------------------------------------------
 
-    def start(self, name: str, config: TrainingConfig) -> TrainingRunRecord:
+    def start(self, name: str, config: TrainingConfig) -> TrainingRun:
         engine = self._engine()
         resolved = resolve(config, self._facts(engine, config))
         self._check_sources(engine, resolved)
         run_id = uuid.uuid4().hex
         with self._lock:
             self._refuse_if_busy()
-            record = run(
-                self._db,
-                lambda repos: repos.training_runs.create(
+            record = self._db.run(
+                lambda session: TrainingRuns(session).create(
                     record_id=run_id,
                     name=name.strip() or _default_name(resolved),
                     model=engine.description.id,
@@ -175,7 +180,7 @@ class TrainingManager:
             self._launch(record, resume=False)
         return self.get(run_id)
 
-    def resume(self, run_id: str, *, from_scratch: bool) -> TrainingRunRecord:
+    def resume(self, run_id: str, *, from_scratch: bool) -> TrainingRun:
         record = self.get(run_id)
         if record.state not in (
             TrainingState.STOPPED,
@@ -198,12 +203,12 @@ class TrainingManager:
             self._refuse_if_busy()
             if from_scratch:
                 shutil.rmtree(self._run_dir(run_id) / "checkpoints", ignore_errors=True)
-                run(self._db, lambda repos: repos.training_metrics.delete_for_run(run_id))
+                self._db.run(lambda session: TrainingMetrics(session).delete_for_run(run_id))
             self._update(run_id, state=TrainingState.QUEUED, error="", stage="queued")
             self._launch(self.get(run_id), resume=not from_scratch)
         return self.get(run_id)
 
-    def stop(self, run_id: str) -> TrainingRunRecord:
+    def stop(self, run_id: str) -> TrainingRun:
         record = self.get(run_id)
         with self._lock:
             active = self._active if self._active and self._active.run_id == run_id else None
@@ -229,7 +234,7 @@ class TrainingManager:
             else 0
         )
         shutil.rmtree(folder, ignore_errors=True)
-        run(self._db, lambda repos: repos.training_runs.delete(run_id))
+        self._db.run(lambda session: TrainingRuns(session).delete(run_id))
         self._wake(run_id)
         return freed
 
@@ -249,7 +254,7 @@ class TrainingManager:
             if active.thread is not None:
                 active.thread.join(timeout_s)
 
-    async def watch(self, run_id: str) -> AsyncIterator[tuple[TrainingRunRecord, list[Metrics]]]:
+    async def watch(self, run_id: str) -> AsyncIterator[tuple[TrainingRun, list[Metrics]]]:
         """The run and its stored metrics, then each change, until it finishes."""
         event = asyncio.Event()
         self._watchers.setdefault(run_id, set()).add(event)
@@ -313,7 +318,7 @@ class TrainingManager:
                 param="id",
             )
 
-    def _launch(self, record: TrainingRunRecord, *, resume: bool) -> None:
+    def _launch(self, record: TrainingRun, *, resume: bool) -> None:
         active = _Active(record.id)
         active.thread = threading.Thread(
             target=self._execute,
@@ -328,7 +333,7 @@ class TrainingManager:
         return self._root / "runs" / run_id
 
     def _update(self, run_id: str, **fields: Any) -> None:
-        run(self._db, lambda repos: repos.training_runs.update(run_id, **fields))
+        self._db.run(lambda session: TrainingRuns(session).update(run_id, **fields))
         self._wake(run_id)
 
     def _wake(self, run_id: str) -> None:
@@ -343,7 +348,7 @@ class TrainingManager:
         with self._lock:
             pending, self._pending_metrics = self._pending_metrics, []
         if pending:
-            run(self._db, lambda repos: repos.training_metrics.add(run_id, pending))
+            self._db.run(lambda session: TrainingMetrics(session).add(run_id, pending))
 
     def _execute(self, active: _Active, resume: bool) -> None:
         run_id = active.run_id
@@ -537,7 +542,7 @@ class TrainingManager:
 
     def _save(
         self,
-        record: TrainingRunRecord,
+        record: TrainingRun,
         config: TrainingConfig,
         outcome: Any,
         sites: list[CaptureSite],

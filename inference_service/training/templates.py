@@ -12,10 +12,10 @@ import uuid
 from typing import Any
 
 from inference_service.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-from inference_service.storage.database import Database
-from inference_service.storage.records import TrainingTemplateRecord
-from inference_service.storage.repositories import RecordExistsError, run
+from inference_service.storage.database import Database, RecordExistsError
 from inference_service.training.config import TrainingConfig
+from inference_service.training.repository import TrainingTemplates
+from inference_service.training.types import TrainingTemplate
 
 SCHEMA = "millm.training_template/v1"
 _MAX_NAME = 64
@@ -36,12 +36,11 @@ class TemplateStore:
 
     def create(
         self, name: str, description: str, config: TrainingConfig, favourite: bool
-    ) -> TrainingTemplateRecord:
+    ) -> TrainingTemplate:
         name = _check_name(name)
         try:
-            return run(
-                self._db,
-                lambda repos: repos.training_templates.create(
+            return self._db.run(
+                lambda session: TrainingTemplates(session).create(
                     record_id=uuid.uuid4().hex,
                     name=name,
                     description=description,
@@ -54,8 +53,8 @@ class TemplateStore:
                 f"A template named '{name}' exists; pick another name.", param="name"
             ) from None
 
-    def get(self, template_id: str) -> TrainingTemplateRecord:
-        record = run(self._db, lambda repos: repos.training_templates.get(template_id))
+    def get(self, template_id: str) -> TrainingTemplate:
+        record = self._db.run(lambda session: TrainingTemplates(session).get(template_id))
         if record is None:
             raise NotFoundError(f"No training template has the id '{template_id}'.", param="id")
         return record
@@ -63,8 +62,8 @@ class TemplateStore:
     def config(self, template_id: str) -> TrainingConfig:
         return TrainingConfig.from_json(self.get(template_id).config)
 
-    def list(self) -> list[TrainingTemplateRecord]:
-        return list(run(self._db, lambda repos: repos.training_templates.list()))
+    def list(self) -> list[TrainingTemplate]:
+        return list(self._db.run(lambda session: TrainingTemplates(session).list()))
 
     def update(
         self,
@@ -74,13 +73,12 @@ class TemplateStore:
         description: str | None = None,
         favourite: bool | None = None,
         config: TrainingConfig | None = None,
-    ) -> TrainingTemplateRecord:
+    ) -> TrainingTemplate:
         self.get(template_id)  # NotFoundError before anything else
         new_name = None if name is None else _check_name(name)
         try:
-            run(
-                self._db,
-                lambda repos: repos.training_templates.update(
+            self._db.run(
+                lambda session: TrainingTemplates(session).update(
                     template_id,
                     name=new_name,
                     description=description,
@@ -95,10 +93,10 @@ class TemplateStore:
         return self.get(template_id)
 
     def delete(self, template_id: str) -> None:
-        if not run(self._db, lambda repos: repos.training_templates.delete(template_id)):
+        if not self._db.run(lambda session: TrainingTemplates(session).delete(template_id)):
             raise NotFoundError(f"No training template has the id '{template_id}'.", param="id")
 
-    def duplicate(self, template_id: str, name: str = "") -> TrainingTemplateRecord:
+    def duplicate(self, template_id: str, name: str = "") -> TrainingTemplate:
         source = self.get(template_id)
         return self.create(
             name or f"{source.name} (copy)"[:_MAX_NAME],
@@ -118,7 +116,7 @@ class TemplateStore:
         }
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
-    def import_json(self, text: str, name: str = "") -> TrainingTemplateRecord:
+    def import_json(self, text: str, name: str = "") -> TrainingTemplate:
         document = _parse(text)
         config = TrainingConfig.from_json(document["config"], param="json.config")
         return self.create(

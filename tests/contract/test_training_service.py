@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from inference_service.sae.formats import load_sae
-from inference_service.storage.records import TrainingState
-from inference_service.storage.repositories import run as db_run
+from inference_service.training.repository import TrainingRuns
 from inference_service.training.sites import capture, capture_site
+from inference_service.training.types import TrainingState
 from millm.v1 import inference_service_pb2 as ipb
 from millm.v1 import inference_service_pb2_grpc as ipb_grpc
 from millm.v1 import sae_service_pb2 as spb
@@ -183,7 +183,7 @@ async def test_stop_then_resume_after_a_crash_gives_the_uninterrupted_weights(
     checkpoints = sorted((server.training._run_dir(run_id) / "checkpoints").glob("step_*.pt"))
     if len(checkpoints) > 1 and int(checkpoints[-1].stem[5:]) % 4:
         checkpoints[-1].unlink()
-    db_run(server.db, lambda repos: repos.training_runs.update(run_id, state=TrainingState.RUNNING))
+    server.db.run(lambda session: TrainingRuns(session).update(run_id, state=TrainingState.RUNNING))
     assert server.training.recover() == 1
     interrupted = (await stub.GetTrainingRun(pb.GetTrainingRunRequest(id=run_id))).run
     assert interrupted.state == tpb.TRAINING_STATE_INTERRUPTED

@@ -8,8 +8,14 @@ so after any crash: size_bytes == number of operations.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from inference_service.storage import Database, ModelFormat, transaction
+from inference_service.models.repository import ModelRecords
+from inference_service.models.types import ModelFormat
+from inference_service.operations.repository import Operations
+from inference_service.storage import Database
+
+DATA = Path("/data")
 
 
 def main() -> None:
@@ -17,10 +23,10 @@ def main() -> None:
     i = 0
     while True:
         i += 1
-        with transaction(db) as tx:
-            tx.operations.create(id=f"op-{i:08d}", kind="training", target="crash@main")
-            tx.model_records.upsert(
-                repo_id="crash", revision="main", format=ModelFormat.GGUF, local_dir="crash",
+        with db.session() as session:
+            Operations(session).create(id=f"op-{i:08d}", kind="training", target="crash@main")
+            ModelRecords(session, DATA).upsert(
+                repo_id="crash", revision="main", format=ModelFormat.GGUF, local_dir=DATA / "crash",
                 size_bytes=i,
             )  # fmt: skip
         print(i, flush=True)

@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import threading
 
-from inference_service.storage import Database, OperationKind, run, transaction
+from inference_service.operations.repository import Operations
+from inference_service.operations.types import OperationKind
+from inference_service.storage import Database
 
 UPDATES = 150
 
 
 def test_two_threads_update_progress(database: Database) -> None:
-    with transaction(database) as tx:
-        tx.operations.create(id="a", kind=OperationKind.MODEL_DOWNLOAD, target="a")
-        tx.operations.create(id="b", kind=OperationKind.MODEL_DOWNLOAD, target="b")
+    with database.session() as session:
+        Operations(session).create(id="a", kind=OperationKind.MODEL_DOWNLOAD, target="a")
+        Operations(session).create(id="b", kind=OperationKind.MODEL_DOWNLOAD, target="b")
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
@@ -18,11 +20,11 @@ def test_two_threads_update_progress(database: Database) -> None:
         try:
             start.wait()
             for done in range(1, UPDATES + 1):
-                with transaction(database) as tx:
+                with database.session() as session:
                     # Write then read in one transaction: on SQLite the write lock is
                     # taken at BEGIN, so this waits instead of failing with SQLITE_BUSY.
-                    tx.operations.update_progress(op_id, bytes_done=done, bytes_total=UPDATES)
-                    op = tx.operations.get(op_id)
+                    Operations(session).update_progress(op_id, bytes_done=done, bytes_total=UPDATES)
+                    op = Operations(session).get(op_id)
                     assert op is not None and op.bytes_done == done
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
@@ -34,6 +36,6 @@ def test_two_threads_update_progress(database: Database) -> None:
         t.join(timeout=60)
     assert errors == []
     for op_id in ("a", "b"):
-        op = run(database, lambda tx, i=op_id: tx.operations.get(i))
+        op = database.run(lambda session, i=op_id: Operations(session).get(i))
         assert op is not None
         assert (op.bytes_done, op.bytes_total) == (UPDATES, UPDATES)

@@ -9,9 +9,12 @@ import time
 
 from sqlalchemy import select, text
 
-from inference_service.storage import Database, transaction
+from inference_service.models.repository import ModelRecords
+from inference_service.operations.repository import Operations
+from inference_service.storage import Database
 from inference_service.storage.tables import OperationRow
 from tests.conftest import REPO_ROOT
+from tests.unit.storage.crash_writer import DATA
 
 
 def test_kill_9_loses_no_commit_and_no_half_transaction(database: Database) -> None:
@@ -52,9 +55,9 @@ def test_kill_9_loses_no_commit_and_no_half_transaction(database: Database) -> N
     if survivor.dialect == "sqlite":
         with survivor.engine.connect() as connection:
             assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
-    with transaction(survivor) as tx:
-        record = tx.model_records.get("crash@main")
-        count = tx.operations.count()
+    with survivor.session() as session:
+        record = ModelRecords(session, DATA).get("crash@main")
+        count = Operations(session).count()
     with survivor.session() as session:
         ids = list(session.scalars(select(OperationRow.id).order_by(OperationRow.id)))
     survivor.close()

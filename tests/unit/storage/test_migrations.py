@@ -6,9 +6,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from inference_service.storage import Database, resolve_url, transaction
+from inference_service.models.repository import ModelRecords
+from inference_service.models.types import ModelFormat
+from inference_service.storage import Database, resolve_url
 from inference_service.storage.database import MIGRATIONS_DIR
-from inference_service.storage.records import ModelFormat
 from inference_service.storage.tables import TableBase
 
 HEAD = "0004"
@@ -42,15 +43,15 @@ def test_migrated_schema_matches_tables(database: Database) -> None:
         assert compare_metadata(context, TableBase.metadata) == []
 
 
-def test_second_migrate_is_a_no_op(database: Database) -> None:
-    with transaction(database) as tx:
-        tx.model_records.upsert(
-            repo_id="a/b", revision="main", format=ModelFormat.GGUF, local_dir="models/a"
+def test_second_migrate_is_a_no_op(database: Database, tmp_path: Path) -> None:
+    with database.session() as session:
+        ModelRecords(session, tmp_path).upsert(
+            repo_id="a/b", revision="main", format=ModelFormat.GGUF, local_dir=tmp_path / "models/a"
         )
     database.migrate()
     assert database.current_revision() == HEAD
-    with transaction(database) as tx:
-        assert len(tx.model_records.list()) == 1
+    with database.session() as session:
+        assert len(ModelRecords(session, tmp_path).list()) == 1
 
 
 def test_one_version_script_per_head() -> None:

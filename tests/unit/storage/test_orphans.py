@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from inference_service.storage import Database, transaction
+from inference_service.models.repository import ModelRecords
+from inference_service.models.types import CachedModelState, ModelFormat
+from inference_service.sae.repository import SaeRecords
+from inference_service.sae.types import SaeState
+from inference_service.storage import Database
 from inference_service.storage.orphans import sweep_orphans
-from inference_service.storage.records import ModelFormat, ModelState, SaeState
 
 
 def _folder(path: Path, size: int = 10) -> Path:
@@ -20,8 +23,8 @@ def test_sweep_removes_unowned_partial_folders_and_keeps_owned_ones(
     database: Database, tmp_path: Path, caplog
 ) -> None:
     data = tmp_path / "data"
-    with transaction(database) as repos:
-        repos.sae_records.create(
+    with database.session() as session:
+        SaeRecords(session).create(
             record_id="owned-import",
             name="owned",
             source_key="local:abc",
@@ -31,7 +34,7 @@ def test_sweep_removes_unowned_partial_folders_and_keeps_owned_ones(
             local_dir="saes/local/owned-import",
             spec={},
         )
-        repos.sae_records.create(
+        SaeRecords(session).create(
             record_id="owned-download",
             name="dl",
             source_key="hub:acme/saes",
@@ -41,12 +44,12 @@ def test_sweep_removes_unowned_partial_folders_and_keeps_owned_ones(
             local_dir="saes/hub/acme--saes/0123abc/blocks.0",
             spec={},
         )
-        repos.model_records.upsert(
+        ModelRecords(session, data).upsert(
             repo_id="acme/tiny",
             revision="main",
             format=ModelFormat.SAFETENSORS,
-            local_dir="",  # a download not finished yet has no folder on record
-            state=ModelState.DOWNLOADING,
+            local_dir=None,  # a download not finished yet has no folder on record
+            state=CachedModelState.DOWNLOADING,
         )
     owned = [
         _folder(data / "saes" / "local" / "owned-import"),
