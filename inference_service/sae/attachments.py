@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import psutil
 import torch
@@ -32,43 +31,23 @@ from inference_service.errors import (
     SaeAlreadyAttachedError,
 )
 from inference_service.sae.architectures import Sae
-from inference_service.sae.hook_sites import DecoderLayers, HookSite
+from inference_service.sae.hook_sites import DecoderLayers, HiddenEdit, HookSite, hook_hidden_state
 
 log = logging.getLogger(__name__)
 
-# An edit maps the hidden state at a site, [batch, positions, d_in], to its
-# replacement, or to None to leave it alone.
-HiddenEdit = Callable[[Tensor], Tensor | None]
-
 
 class SiteHook:
-    """The forward hook at one site. It reads `edit` once per call; whoever
-    changes it swaps the reference, so a forward pass sees one edit or the other."""
+    """The edit at one site. The hook calls it once per forward pass and it reads
+    `edit` once; whoever changes it swaps the reference, so a forward pass sees
+    one edit or the other."""
 
     def __init__(self, site: HookSite) -> None:
         self.site = site
         self.edit: HiddenEdit | None = None
 
-    def on_output(self, module: Any, args: Any, output: Any) -> Any:
+    def __call__(self, hidden: Tensor) -> Tensor | None:
         edit = self.edit
-        if edit is None:
-            return None  # output untouched
-        # Decoder layers return a tensor on current transformers, a tuple on older ones.
-        hidden = output[0] if isinstance(output, tuple) else output
-        changed = edit(hidden)
-        if changed is None:
-            return None
-        return (changed, *output[1:]) if isinstance(output, tuple) else changed
-
-    def on_input(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        edit = self.edit
-        if edit is None:
-            return None
-        if args:
-            changed = edit(args[0])
-            return None if changed is None else ((changed, *args[1:]), kwargs)
-        changed = edit(kwargs["hidden_states"])
-        return None if changed is None else (args, {**kwargs, "hidden_states": changed})
+        return None if edit is None else edit(hidden)
 
 
 @dataclass
@@ -139,13 +118,9 @@ class SaeAttachments:
             attached_at_unix_ms=int(time.time() * 1000),
         )
         module = layers.layers[site.layer]
-
-        def install() -> RemovableHandle:
-            if site.point == "resid_pre":
-                return module.register_forward_pre_hook(hook.on_input, with_kwargs=True)
-            return module.register_forward_hook(hook.on_output)
-
-        attachment._handle = await engine.call_on_lane(install)
+        attachment._handle = await engine.call_on_lane(
+            lambda: hook_hidden_state(module, site.end, hook)
+        )
         self._by_site[site] = attachment
         log.info("attached SAE %s at %s (%d bytes)", sae_id, site.hook_name, sae.nbytes)
         return attachment

@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from inference_service.errors import (
     IncompatibleSaeError,
     InvalidArgumentError,
-    LayerOutOfRangeError,
     MillmError,
     OutOfMemoryError,
     UnsupportedError,
 )
-from inference_service.sae.hook_sites import HookSite, module_name, trained_site
+from inference_service.sae.hook_sites import (
+    HookSite,
+    layer_out_of_range,
+    module_name,
+    trained_site,
+)
 from inference_service.sae.spec import SaeSpec
 
 # Float32 weights: W_enc and W_dec, plus the per-feature and per-input vectors.
@@ -109,14 +113,8 @@ def check_compatibility(
                 "its features may mean little there."
             )
         )
-    if site is not None and not 0 <= site.layer < model.num_layers:
-        errors.append(
-            LayerOutOfRangeError(
-                f"Layer {site.layer} does not exist. Model has {model.num_layers} layers "
-                f"(0-{model.num_layers - 1}).",
-                param="hook_name",
-            )
-        )
+    if site is not None and (out := layer_out_of_range(site.layer, model.num_layers, "hook_name")):
+        errors.append(out)
     if spec.d_in is not None and spec.d_in != model.d_model:
         where = site.hook_name if site is not None else "the residual stream"
         errors.append(

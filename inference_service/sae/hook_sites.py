@@ -1,4 +1,6 @@
-"""Hook sites: where in the model an SAE reads (and later steers) the hidden state.
+"""Hook sites: where in the model an SAE reads (and steers) the hidden state, and
+the one adapter that hooks a module's input or output, for attaching SAEs and for
+training's harvest alike.
 
 Names follow SAELens (`blocks.L.hook_resid_post` is the output of decoder layer
 L, `blocks.L.hook_resid_pre` its input). Hugging Face module style is accepted
@@ -10,14 +12,20 @@ supported; other SAELens sites are refused with the list of what works.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from inference_service.errors import InvalidArgumentError, UnsupportedError
+from inference_service.errors import InvalidArgumentError, LayerOutOfRangeError, UnsupportedError
 
 Point = Literal["resid_post", "resid_pre"]
+End = Literal["input", "output"]
+# An edit maps the hidden state at a site, [batch, positions, d_in], to its
+# replacement, or to None to leave it alone.
+HiddenEdit = Callable[[Tensor], Tensor | None]
 
 _SAELENS_NAME = re.compile(r"blocks\.(\d+)\.hook_([a-z_.]+)")
 _MODULE_NAME = re.compile(r"(?P<path>[A-Za-z_][\w.]*?)\.(?P<layer>\d+)(?::(?P<end>input|output))?")
@@ -35,6 +43,11 @@ class HookSite:
     @property
     def hook_name(self) -> str:
         return f"blocks.{self.layer}.hook_{self.point}"
+
+    @property
+    def end(self) -> End:
+        """Which end of decoder layer `layer` the site is."""
+        return "input" if self.point == "resid_pre" else "output"
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,40 @@ def module_name(layers_path: str, site: HookSite) -> str:
     """The site in Hugging Face module style: `model.layers.9` or `model.layers.9:input`."""
     suffix = ":input" if site.point == "resid_pre" else ""
     return f"{layers_path}.{site.layer}{suffix}"
+
+
+def layer_out_of_range(layer: int, count: int, param: str) -> LayerOutOfRangeError | None:
+    """The error for a site at a layer the model does not have; None when it has it."""
+    if 0 <= layer < count:
+        return None
+    return LayerOutOfRangeError(
+        f"Layer {layer} does not exist. Model has {count} layers (0-{count - 1}).", param=param
+    )
+
+
+def hook_hidden_state(module: nn.Module, end: End, edit: HiddenEdit) -> RemovableHandle:
+    """Calls `edit` with the hidden state at the module's input or output on every
+    forward pass; what it returns replaces that hidden state (None: left alone)."""
+    if end == "output":
+
+        def on_output(_module: Any, _args: Any, output: Any) -> Any:
+            # Decoder layers return a tensor on current transformers, a tuple on older ones.
+            hidden = output[0] if isinstance(output, tuple) else output
+            changed = edit(hidden)
+            if changed is None:
+                return None
+            return (changed, *output[1:]) if isinstance(output, tuple) else changed
+
+        return module.register_forward_hook(on_output)
+
+    def on_input(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args:
+            changed = edit(args[0])
+            return None if changed is None else ((changed, *args[1:]), kwargs)
+        changed = edit(kwargs["hidden_states"])
+        return None if changed is None else (args, {**kwargs, "hidden_states": changed})
+
+    return module.register_forward_pre_hook(on_input, with_kwargs=True)
 
 
 def hidden_size(model: nn.Module) -> int:

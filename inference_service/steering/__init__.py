@@ -1,1 +1,1 @@
-"""Steering: SAE features turned up or down in the residual stream (DESIGN section 3)."""
+"""Steering: SAE features turned up or down in the residual stream (docs/steering.md)."""

@@ -1,7 +1,7 @@
 """A steering set made ready for one attached SAE: the edit applied at its hook site.
 
-The math is DESIGN section 3, with `h` the hidden state at the site and `f_i` the
-SAE's activation of feature i:
+The math is docs/steering.md's, with `h` the hidden state at the site and `f_i`
+the SAE's activation of feature i:
 
     add       h += s * W_dec[i]          (W_dec[i] / ||W_dec[i]|| when normalised)
     clamp     h += (c - f_i) * W_dec[i]  (sets feature i to c)
@@ -9,9 +9,9 @@ SAE's activation of feature i:
 
 `h` itself is never replaced by the SAE's reconstruction, so only the steered
 features move. All add rows fold into one precomputed vector (one addition per
-position); clamp and multiply need f_i, which for ReLU and JumpReLU SAEs comes from
-column i of W_enc alone. TopK, gated and run-time-normalised SAEs need the full
-encode to know f_i, and get it.
+position); clamp and multiply need f_i, which for columnwise architectures (ReLU,
+JumpReLU) comes from column i of W_enc alone. The others, and run-time-normalised
+SAEs, need the full encode to know f_i, and get it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from torch import Tensor
 
 from inference_service.sae.architectures import Sae
 from inference_service.steering.types import SteeringSet
-
-# Architectures whose f_i depends on column i of W_enc only.
-_COLUMNWISE = ("standard", "jumprelu")
 
 
 class CompiledSteering:
@@ -48,22 +45,19 @@ class CompiledSteering:
         if encoded:
             index = torch.tensor([f.index for f in encoded], device=w.W_dec.device)
             self._index = index
-            self._rows = w.W_dec[index].float()  # [n, d_in]
+            # The selected features as an SAE of their own, in float32.
+            self._selected = w.features(index).to(w.W_dec.device, torch.float32)
+            self._rows = sae.architecture.steering_rows(self._selected, sae.spec)  # [n, d_in]
             self._is_clamp = torch.tensor(
                 [f.mode == "clamp" for f in encoded], device=w.W_dec.device
             )
             self._amount = torch.tensor(
                 [f.strength for f in encoded], dtype=torch.float32, device=w.W_dec.device
             )
-            spec = sae.spec
-            self._columnwise = spec.architecture in _COLUMNWISE and spec.normalize_activations in (
+            self._columnwise = sae.architecture.columnwise and sae.spec.normalize_activations in (
                 "none",
                 "expected_average_only_in",
             )
-            if self._columnwise:
-                self._enc_cols = w.W_enc[:, index].float()  # [d_in, n]
-                self._enc_bias = w.b_enc[index].float()  # [n]
-                self._threshold = w.threshold[index].float() if w.threshold is not None else None
 
     @property
     def is_identity(self) -> bool:
@@ -98,9 +92,5 @@ class CompiledSteering:
             return self.sae.encode(h.float())[..., self._index]
         x = h.float()
         if self.sae.spec.apply_b_dec_to_input:
-            x = x - self.sae.weights.b_dec.float()
-        pre = x @ self._enc_cols + self._enc_bias  # [B, T, n]
-        f = torch.relu(pre)
-        if self._threshold is not None:
-            f = f * (pre > self._threshold)
-        return f
+            x = x - self._selected.b_dec
+        return self.sae.architecture.encode(x, self._selected, self.sae.spec)  # [B, T, n]

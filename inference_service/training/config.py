@@ -12,16 +12,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from inference_service.errors import InvalidArgumentError
+from inference_service.sae.architectures import ARCHITECTURES, TRAINABLE
 
-Architecture = Literal["standard", "jumprelu", "topk", "batchtopk"]
-ARCHITECTURES: tuple[Architecture, ...] = ("standard", "jumprelu", "topk", "batchtopk")
 NORMALIZATIONS = ("none", "constant_norm")
 DECODER_NORMS = ("unit", "none")
 # SAELens can load transcoders only with these activations.
-TRANSCODER_ARCHITECTURES = ("standard", "jumprelu")
+TRANSCODER_ARCHITECTURES = tuple(
+    name for name in TRAINABLE if ARCHITECTURES[name].transcoder_names is not None
+)
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,10 @@ class ModelFacts:
 
 def resolve(config: TrainingConfig, facts: ModelFacts) -> TrainingConfig:
     """The config with derived values filled in, or InvalidArgumentError naming the field."""
-    _check_choice("architecture", config.architecture, ARCHITECTURES)
+    _check_choice("architecture", config.architecture, TRAINABLE)
+    architecture = ARCHITECTURES[config.architecture]
     _check_choice("normalize_activations", config.normalize_activations, NORMALIZATIONS)
-    decoder_norm = config.decoder_norm or ("none" if config.architecture == "standard" else "unit")
+    decoder_norm = config.decoder_norm or architecture.default_decoder_norm
     _check_choice("decoder_norm", decoder_norm, DECODER_NORMS)
     if not config.hook_name:
         raise InvalidArgumentError(
@@ -166,7 +168,7 @@ def resolve(config: TrainingConfig, facts: ModelFacts) -> TrainingConfig:
         )
     d_sae = config.d_sae or config.expansion_factor * facts.d_in
     _check_range("d_sae", d_sae, 1, 1 << 20)
-    if config.architecture in ("topk", "batchtopk"):
+    if architecture.keeps_top_k:
         _check_range("k", config.k, 1, d_sae, why=f"k must be between 1 and the width ({d_sae})")
     _check_positive("learning_rate", config.learning_rate)
     _check_positive("l1_coefficient", config.l1_coefficient)

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from inference_service.sae.architectures import Sae, SaeWeights
+from inference_service.sae.architectures import ARCHITECTURES, Sae, SaeWeights, get_architecture
 from inference_service.sae.formats.saelens import WRITTEN_SAE_LENS_VERSION, save
 from inference_service.sae.spec import SaeSpec
 from inference_service.training.config import TrainingConfig
@@ -46,7 +46,7 @@ def folded_tensors(sae: TrainableSae, scale_in: float, scale_out: float) -> dict
             raise ValueError("an SAE reads and writes one site, so it has one scale")
         if sae.W_skip is not None:
             tensors["W_skip"] = sae.W_skip * (scale_in / scale_out)
-        threshold = sae.inference_threshold()
+        threshold = sae.architecture.saved_threshold(sae)
         if threshold is not None:
             tensors["threshold"] = threshold
     return {name: t.detach().float().contiguous() for name, t in tensors.items()}
@@ -54,11 +54,12 @@ def folded_tensors(sae: TrainableSae, scale_in: float, scale_out: float) -> dict
 
 def saved_architecture(config: TrainingConfig) -> str:
     """The SAELens architecture name of the saved SAE (BatchTopK is saved as JumpReLU)."""
-    jump = config.architecture in ("jumprelu", "batchtopk")
+    architecture = ARCHITECTURES[config.architecture]
     if config.is_transcoder:
-        name = "skip_transcoder" if config.skip else "transcoder"
-        return f"jumprelu_{name}" if jump else name
-    return "jumprelu" if jump else config.architecture
+        assert architecture.transcoder_names is not None  # resolve() checked it
+        plain, skip = architecture.transcoder_names
+        return skip if config.skip else plain
+    return architecture.saved_as
 
 
 def write_output(
@@ -98,7 +99,7 @@ def write_output(
             hook_name=hook_name,
             layer=None,
             model_name=model_name,
-            k=config.k if architecture == "topk" else None,
+            k=config.k if get_architecture(architecture).keeps_top_k else None,
             apply_b_dec_to_input=True,
             metadata=metadata,
         )

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from inference_service.errors import InvalidArgumentError, UnsupportedError
-from inference_service.sae.hook_sites import find_decoder_layers, parse_hook_site
+from inference_service.sae.hook_sites import (
+    End,
+    find_decoder_layers,
+    hook_hidden_state,
+    layer_out_of_range,
+    parse_hook_site,
+)
 
 _MLP_NAME = re.compile(r"blocks\.(\d+)\.hook_mlp_(in|out)")
 
@@ -30,7 +36,7 @@ _MLP_NAME = re.compile(r"blocks\.(\d+)\.hook_mlp_(in|out)")
 class CaptureSite:
     hook_name: str  # SAELens style, as saved with the SAE
     module: str  # the module whose input or output is read
-    end: Literal["input", "output"]
+    end: End
     layer: int
 
 
@@ -45,7 +51,7 @@ def capture_site(model: nn.Module, text: str, param: str) -> CaptureSite:
                 f"Layer {layer} of this model has no 'mlp' module, so {text} cannot be read.",
                 param=param,
             )
-        end: Literal["input", "output"] = "input" if match.group(2) == "in" else "output"
+        end: End = "input" if match.group(2) == "in" else "output"
         return CaptureSite(text, f"{layers.path}.{layer}.mlp", end, layer)
     try:
         site = parse_hook_site(text, layers.path)
@@ -55,16 +61,12 @@ def capture_site(model: nn.Module, text: str, param: str) -> CaptureSite:
             param=param,
         ) from None
     _check_layer(site.layer, len(layers), param)
-    end = "input" if site.point == "resid_pre" else "output"
-    return CaptureSite(site.hook_name, f"{layers.path}.{site.layer}", end, site.layer)
+    return CaptureSite(site.hook_name, f"{layers.path}.{site.layer}", site.end, site.layer)
 
 
 def _check_layer(layer: int, count: int, param: str) -> None:
-    if layer >= count:
-        raise InvalidArgumentError(
-            f"Layer {layer} does not exist. Model has {count} layers (0-{count - 1}).",
-            param=param,
-        )
+    if error := layer_out_of_range(layer, count, param):
+        raise error
 
 
 class _Captured(Exception):
@@ -78,24 +80,14 @@ def capture(model: nn.Module, sites: list[CaptureSite], input_ids: Tensor) -> li
     found: dict[int, Tensor] = {}
     handles = []
 
-    def keep(index: int, value: Any) -> None:
-        hidden = value[0] if isinstance(value, tuple) else value
+    def keep(index: int, hidden: Tensor) -> None:
         found[index] = hidden.detach().float().cpu()
         if len(found) == len(sites):
             raise _Captured
 
     for index, site in enumerate(sites):
         module = model.get_submodule(site.module)
-        if site.end == "output":
-            hook = module.register_forward_hook(lambda _m, _a, out, i=index: keep(i, out))
-        else:
-            hook = module.register_forward_pre_hook(
-                lambda _m, args, kwargs, i=index: keep(
-                    i, args[0] if args else kwargs["hidden_states"]
-                ),
-                with_kwargs=True,
-            )
-        handles.append(hook)
+        handles.append(hook_hidden_state(module, site.end, partial(keep, index)))
     try:
         model(input_ids=input_ids.to(next(model.parameters()).device), use_cache=False)
     except _Captured:

@@ -248,7 +248,10 @@ async def test_bad_configs_are_refused_with_the_field_named(stub):
         start(hook_name="blocks.3.hook_attn_z"), INVALID, "INVALID_ARGUMENT", "hook_mlp_in"
     )
     await _expect_error(
-        start(hook_name="blocks.40.hook_resid_post"), INVALID, "INVALID_ARGUMENT", "30 layers"
+        start(hook_name="blocks.40.hook_resid_post"),
+        grpc.StatusCode.OUT_OF_RANGE,
+        "LAYER_OUT_OF_RANGE",
+        "Layer 40 does not exist. Model has 30 layers (0-29).",
     )
     await _expect_error(
         start(corpus=tpb.CorpusSource(path="../escape.jsonl")),

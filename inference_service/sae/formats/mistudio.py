@@ -128,6 +128,7 @@ def spec_from_config(cfg: Mapping[str, Any], folder_name: str = "") -> SaeSpec:
     if hook_name is None and layer is not None:
         hook_name = f"blocks.{layer}.hook_resid_post"
     metadata = cfg.get("metadata")
+    topk = get_architecture(architecture).keeps_top_k
     return SaeSpec(
         format="mistudio",
         architecture=architecture,
@@ -137,11 +138,10 @@ def spec_from_config(cfg: Mapping[str, Any], folder_name: str = "") -> SaeSpec:
         layer=layer,
         model_name=cfg.get("model_name"),
         dtype=normalize_dtype(cfg.get("dtype", "float32")),
-        k=k if architecture == "topk" else None,
+        k=k if topk else None,
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)),
         normalize_activations=check_normalization(cfg.get("normalize_activations", "none")),
-        rescale_acts_by_decoder_norm=architecture == "topk"
-        and bool(cfg.get("rescale_acts_by_decoder_norm")),
+        rescale_acts_by_decoder_norm=topk and bool(cfg.get("rescale_acts_by_decoder_norm")),
         metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
     )
 
@@ -186,7 +186,7 @@ def _layout(spec: SaeSpec, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, t
             "decoder_bias": (d_in,),
         }
         optional = {"decoder.weight": (d_in, d_sae), "decoder.bias": (d_in,)}
-    if spec.architecture == "jumprelu":
+    if "threshold" in get_architecture(spec.architecture).extra_tensors:
         logged = PREFIX + "activation.log_threshold" in shapes
         expected["activation.log_threshold" if logged else "threshold"] = (d_sae,)
     for name, shape in optional.items():

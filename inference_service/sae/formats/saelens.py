@@ -255,7 +255,7 @@ def spec_from_config(
     raw_metadata = sae_cfg.get("metadata")
     metadata = dict(raw_metadata) if isinstance(raw_metadata, Mapping) else {}
 
-    architecture = get_architecture(str(sae_cfg.get("architecture", "standard"))).name
+    architecture = get_architecture(str(sae_cfg.get("architecture", "standard")))
     hook_name = metadata.pop("hook_name", None)
     if not hook_name and _HOOK_FOLDER.match(folder_name.rsplit("/", 1)[-1]):
         # SAELens releases name each SAE's folder after its hook.
@@ -267,10 +267,10 @@ def spec_from_config(
     if reshape != "none":
         metadata["reshape_activations"] = reshape
 
-    topk = architecture == "topk"
+    topk = architecture.keeps_top_k
     return SaeSpec(
         format="saelens" if v6 else "saelens_legacy",
-        architecture=architecture,
+        architecture=architecture.name,
         d_in=positive_int(sae_cfg, "d_in", source),
         d_sae=positive_int(sae_cfg, "d_sae", source),
         hook_name=hook_name or None,
@@ -380,7 +380,7 @@ def save(sae: Sae, folder: Path) -> list[Path]:
         "normalize_activations": spec.normalize_activations,
         "reshape_activations": reshape,
     }
-    if spec.architecture == "topk":
+    if get_architecture(spec.architecture).keeps_top_k:
         cfg["k"] = spec.k
         cfg["rescale_acts_by_decoder_norm"] = spec.rescale_acts_by_decoder_norm
     cfg["metadata"] = metadata

@@ -13,6 +13,8 @@ import torch
 from inference_service.errors import UnsupportedError
 from inference_service.sae.architectures import (
     ARCHITECTURES,
+    LOADABLE,
+    TRAINABLE,
     Sae,
     SaeWeights,
     get_architecture,
@@ -166,7 +168,13 @@ def test_encode_runs_in_the_weights_dtype() -> None:
 
 
 def test_registry_entries() -> None:
-    assert set(ARCHITECTURES) == {"standard", "jumprelu", "topk", "gated"}
+    assert LOADABLE == ("standard", "jumprelu", "topk", "gated")
+    assert TRAINABLE == ("standard", "jumprelu", "topk", "batchtopk")
+    assert ARCHITECTURES["batchtopk"].saved_as == "jumprelu"
+    assert [name for name, arch in ARCHITECTURES.items() if arch.columnwise] == [
+        "standard",
+        "jumprelu",
+    ]
     assert ARCHITECTURES["gated"].saelens_keys() == {
         "W_enc": "W_enc",
         "b_enc": "b_gate",

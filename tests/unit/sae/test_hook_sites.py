@@ -19,6 +19,7 @@ from inference_service.sae.hook_sites import (
     HookSite,
     find_decoder_layers,
     hidden_size,
+    hook_hidden_state,
     module_name,
     parse_hook_site,
 )
@@ -112,12 +113,7 @@ def test_site_hook_sees_and_replaces_the_residual_stream(build, point: str) -> N
     # Layer 1 of 3: not the last, whose hidden_states entry has the final norm applied.
     site = HookSite(1, point)  # type: ignore[arg-type]
     hook = SiteHook(site)
-    module = layers.layers[1]
-    handle = (
-        module.register_forward_pre_hook(hook.on_input, with_kwargs=True)
-        if point == "resid_pre"
-        else module.register_forward_hook(hook.on_output)
-    )
+    handle = hook_hidden_state(layers.layers[1], site.end, hook)
     try:
         with torch.inference_mode():
             assert torch.equal(model(ids).logits, expected)  # no edit: untouched

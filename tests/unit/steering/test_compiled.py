@@ -1,4 +1,4 @@
-"""The steering math of DESIGN section 3 on small SAEs, against direct computation."""
+"""The steering math of docs/steering.md on small SAEs, against direct computation."""
 
 from __future__ import annotations
 

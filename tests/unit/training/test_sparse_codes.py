@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from inference_service.sae.architectures.sparse_codes import topk_of_batch, topk_per_row
 from inference_service.training.config import ModelFacts, resolve, with_defaults
-from inference_service.training.sparse_codes import topk_of_batch, topk_per_row
 from inference_service.training.trainable import TrainableSae
 from tests.unit.training.synthetic import D_IN, sparse_mixture
 
@@ -47,7 +47,7 @@ def dense_batch_topk(acts: torch.Tensor, k: int) -> torch.Tensor:
 def dense_loss(sae: TrainableSae, x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     """The textbook dense TopK/BatchTopK loss with AuxK, written independently."""
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-    keep = dense_topk if sae.architecture == "topk" else dense_batch_topk
+    keep = dense_topk if sae.architecture.name == "topk" else dense_batch_topk
     f = keep(torch.relu(pre), K)
     x_hat = f @ sae.W_dec + sae.b_dec
     mse = (x_hat - x).pow(2).sum(-1).mean()

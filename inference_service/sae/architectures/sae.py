@@ -1,4 +1,4 @@
-"""SAE tensors and the math on them, one registry entry per architecture.
+"""An SAE ready to run: input normalisation around its architecture's encode and decode.
 
 The math follows SAELens v6 (`sae_lens/saes/*_sae.py`) term for term:
 
@@ -18,64 +18,19 @@ alone is only defined for SAEs whose normalisation is the identity at run time
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from inference_service.errors import UnsupportedError
+from inference_service.sae.architectures.base import SaeWeights, dtype_name
+from inference_service.sae.architectures.registry import expected_shapes, get_architecture
 from inference_service.sae.spec import SaeSpec
 
 # SAELens adds this to the standard deviation in layer_norm's input half only.
 LAYER_NORM_EPS = 1e-5
 # Normalisations that change x at run time and so need an InputNorm to undo.
 RUN_TIME_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm")
-
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    for name, candidate in TORCH_DTYPES.items():
-        if candidate == dtype:
-            return name
-    raise UnsupportedError(
-        f"SAE dtype {dtype} is not supported; supported: {', '.join(TORCH_DTYPES)}"
-    )
-
-
-@dataclass
-class SaeWeights:
-    """The tensors of one SAE, oriented as SAELens stores them."""
-
-    W_enc: Tensor  # [d_in, d_sae]
-    b_enc: Tensor  # [d_sae]; for gated SAEs the gate-path bias (SAELens' b_gate)
-    W_dec: Tensor  # [d_sae, d_in]
-    b_dec: Tensor  # [d_in]
-    threshold: Tensor | None = None  # [d_sae], jumprelu
-    b_mag: Tensor | None = None  # [d_sae], gated
-    r_mag: Tensor | None = None  # [d_sae], gated: log of the magnitude-path rescale
-
-    def tensors(self) -> dict[str, Tensor]:
-        """The tensors that are set, by field name."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                out[f.name] = value
-        return out
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors().values())
-
-    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> SaeWeights:
-        moved = {name: t.to(device=device, dtype=dtype) for name, t in self.tensors().items()}
-        return SaeWeights(**moved)
 
 
 @dataclass(frozen=True)
@@ -93,102 +48,6 @@ class InputNorm:
         return y * self.std + self.mean
 
 
-Encoder = Callable[[Tensor, SaeWeights, SaeSpec], Tensor]
-Decoder = Callable[[Tensor, SaeWeights, SaeSpec], Tensor]
-
-
-def _encode_standard(sae_in: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
-    return torch.relu(sae_in @ w.W_enc + w.b_enc)
-
-
-def _encode_jumprelu(sae_in: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
-    assert w.threshold is not None
-    hidden_pre = sae_in @ w.W_enc + w.b_enc  # [..., d_sae]
-    # ReLU first, as SAELens does: it matters for features with a negative threshold.
-    return torch.relu(hidden_pre) * (hidden_pre > w.threshold).to(hidden_pre.dtype)
-
-
-def _encode_topk(sae_in: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
-    assert spec.k is not None
-    hidden_pre = sae_in @ w.W_enc + w.b_enc  # [..., d_sae]
-    if spec.rescale_acts_by_decoder_norm:
-        # Rank features as if every decoder row had unit norm.
-        hidden_pre = hidden_pre * w.W_dec.norm(dim=-1)
-    values, indices = hidden_pre.topk(spec.k, dim=-1, sorted=False)  # [..., k]
-    return torch.zeros_like(hidden_pre).scatter_(-1, indices, values.relu())
-
-
-def _encode_gated(sae_in: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
-    assert w.b_mag is not None and w.r_mag is not None
-    active = (sae_in @ w.W_enc + w.b_enc > 0).to(sae_in.dtype)  # [..., d_sae]
-    magnitude = torch.relu(sae_in @ (w.W_enc * w.r_mag.exp()) + w.b_mag)  # [..., d_sae]
-    return active * magnitude
-
-
-def _decode_linear(f: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
-    return f @ w.W_dec + w.b_dec
-
-
-def _decode_topk(f: Tensor, w: SaeWeights, spec: SaeSpec) -> Tensor:
-    if spec.rescale_acts_by_decoder_norm:
-        f = f * (1 / w.W_dec.norm(dim=-1))  # undo the ranking rescale of encode
-    return f @ w.W_dec + w.b_dec
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """One entry of the registry, keyed like SAELens' `register_sae_class`."""
-
-    name: str
-    encode: Encoder  # sae_in [..., d_in] (normalised, b_dec applied) -> features [..., d_sae]
-    decode: Decoder = _decode_linear  # features [..., d_sae] -> [..., d_in], before norm_out
-    extra_tensors: tuple[str, ...] = ()  # SaeWeights fields beyond W_enc/b_enc/W_dec/b_dec
-    saelens_names: Mapping[str, str] = field(default_factory=dict)  # where SAELens differs
-
-    def saelens_keys(self) -> dict[str, str]:
-        """SaeWeights field -> tensor name in SAELens' sae_weights.safetensors."""
-        names = ("W_enc", "b_enc", "W_dec", "b_dec", *self.extra_tensors)
-        return {name: self.saelens_names.get(name, name) for name in names}
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        Architecture("standard", _encode_standard),
-        Architecture("jumprelu", _encode_jumprelu, extra_tensors=("threshold",)),
-        Architecture("topk", _encode_topk, decode=_decode_topk),
-        Architecture(
-            "gated",
-            _encode_gated,
-            extra_tensors=("b_mag", "r_mag"),
-            saelens_names={"b_enc": "b_gate"},
-        ),
-    )
-}
-
-
-def get_architecture(name: str) -> Architecture:
-    try:
-        return ARCHITECTURES[name]
-    except KeyError:
-        raise UnsupportedError(
-            f"SAE architecture {name!r} is not supported; supported: {', '.join(ARCHITECTURES)}"
-        ) from None
-
-
-def expected_shapes(architecture: str, d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
-    """SaeWeights field -> shape, for the tensors `architecture` uses."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "W_enc": (d_in, d_sae),
-        "b_enc": (d_sae,),
-        "W_dec": (d_sae, d_in),
-        "b_dec": (d_in,),
-    }
-    for name in get_architecture(architecture).extra_tensors:
-        shapes[name] = (d_sae,)
-    return shapes
-
-
 def weight_problems(spec: SaeSpec, weights: SaeWeights) -> list[str]:
     """What is wrong with `weights` for `spec`, in words; empty when they fit."""
     d_in = spec.d_in if spec.d_in is not None else weights.W_enc.shape[0]
@@ -203,9 +62,7 @@ def weight_problems(spec: SaeSpec, weights: SaeWeights) -> list[str]:
                 f"{name} has shape {list(tensor.shape)}, expected {list(expected[name])}"
             )
     problems += [f"{name} is missing" for name in expected if getattr(weights, name) is None]
-    if spec.architecture == "topk" and (spec.k is None or not 0 < spec.k <= d_sae):
-        problems.append(f"k must be between 1 and d_sae={d_sae}, got {spec.k}")
-    return problems
+    return problems + get_architecture(spec.architecture).spec_problems(spec, d_sae)
 
 
 class Sae:
@@ -225,7 +82,7 @@ class Sae:
         )
         self.weights = weights
         self.log_sparsity = log_sparsity
-        self.architecture = ARCHITECTURES[spec.architecture]
+        self.architecture = get_architecture(spec.architecture)
 
     def __repr__(self) -> str:
         s = self.spec
