@@ -45,9 +45,7 @@ async def served() -> AsyncIterator[Served]:
     slot = ActiveSaeSlot()
     slot.swap(active_sae(d_sae=D_SAE))
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    pb_grpc.add_MonitoringServiceServicer_to_server(
-        MonitoringServicer(hub, slot.get), server
-    )
+    pb_grpc.add_MonitoringServiceServicer_to_server(MonitoringServicer(hub, slot.get), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
