@@ -318,7 +318,9 @@ async def test_attach_and_detach_consequences_run_in_one_order(channel, server, 
     steering = pb_grpc.SteeringServiceStub(channel)
     profiles = ppb_grpc.ProfileServiceStub(channel)
     monitoring = mpb_grpc.MonitoringServiceStub(channel)
-    folder = write_sae(tmp_path_factory.mktemp("sae") / "with-stats", _sae())
+    # Weights of its own: an import of weights already cached would reuse that folder.
+    own = orthonormal_sae(d_sae=D_SAE, hook_name=HOOK, b_enc=torch.full((D_SAE,), -1e-3))
+    folder = write_sae(tmp_path_factory.mktemp("sae") / "with-stats", own)
     feature_max = torch.arange(D_SAE, dtype=torch.float32) * 1.5
     save_file({"max_activation": feature_max}, str(folder / FEATURE_STATS_FILE))
     try:
