@@ -107,13 +107,13 @@ class InferenceServer:
         )
         self.catalog.reconcile()
         # What forward passes, steering and monitoring know of the attached SAE.
-        active_sae = ActiveSaeSlot()
+        self.active_sae = ActiveSaeSlot()
         self.monitor = MonitorHub(
             asyncio.get_running_loop(),
             history_frames=settings.monitor_history_frames,
             subscriber_queue_frames=settings.monitor_queue_frames,
         )
-        self.steering_state = SteeringState(active_sae.get)
+        self.steering_state = SteeringState(self.active_sae.get)
         self.profiles = ProfileManager(
             self.db, self.steering_state, served_model=self._served_model_id
         )
@@ -126,7 +126,7 @@ class InferenceServer:
                 hub_endpoint=settings.hf_endpoint or None,
             ),
             self.host,
-            active_sae,
+            self.active_sae,
             Followers(
                 forget_compiled_steering=self.steering.forget,
                 reset_monitor=self.monitor.reset,
@@ -167,7 +167,7 @@ class InferenceServer:
             ProfileServicer(self.profiles), self._server
         )
         monitoring_service_pb2_grpc.add_MonitoringServiceServicer_to_server(
-            MonitoringServicer(self.monitor, active_sae.get), self._server
+            MonitoringServicer(self.monitor, self.active_sae.get), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.host, self.catalog), self._server

@@ -74,9 +74,6 @@ class SaeManager:
         # Attach and detach one at a time: each awaits the lane between its steps.
         self._lock = asyncio.Lock()
 
-    def active(self) -> ActiveSae | None:
-        return self._slot.get()
-
     def attached_hook(self, sae_id: str) -> str:
         attachment = self.attachments.for_sae(sae_id)
         return attachment.site.hook_name if attachment is not None else ""

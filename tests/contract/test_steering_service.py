@@ -304,7 +304,7 @@ async def test_attach_and_detach_consequences_run_in_one_order(channel, server, 
 
     def recorded(name: str, call):
         def record(*args):
-            active = server.saes.active()
+            active = server.active_sae.get()
             on_loop = threading.current_thread() is loop_thread
             calls.append((name, args, active.sae_id if active else None, on_loop))
             return call(*args)
@@ -355,7 +355,7 @@ async def test_attach_and_detach_consequences_run_in_one_order(channel, server, 
         state = (await steering.GetSteering(pb.GetSteeringRequest())).state
         assert state.active_profile == "kept" and not state.live.features
         assert state.max_activations[FEATURE] == pytest.approx(float(feature_max[FEATURE]))
-        assert server.saes.active().feature_max is not None
+        assert server.active_sae.get().feature_max is not None
     finally:
         server.saes._followers = followers
         config = mpb.MonitoringConfig(record_history=False, top_k=10)
