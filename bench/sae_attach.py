@@ -38,7 +38,7 @@ from inference_service.engine.types import (
     SamplingOptions,
 )
 from inference_service.sae.architectures import Sae, SaeWeights
-from inference_service.sae.attachments import SaeAttachments
+from inference_service.sae.attachments import SaeAttachments, release_memory
 from inference_service.sae.formats import load_sae, save_sae
 from inference_service.sae.hook_sites import HookSite, find_decoder_layers
 from inference_service.sae.spec import SaeSpec
@@ -101,6 +101,7 @@ async def main() -> None:
     idle_s = await attach()
     rss["after attach"] = rss_mib()
     await attachments.detach(engine, SITE)
+    release_memory(engine.loaded_model.device)
     rss["after detach"] = rss_mib()
 
     running = asyncio.create_task(generate(engine, prompt, tokens))

@@ -32,12 +32,13 @@ from inference_service.engine.types import (
     SamplingOptions,
 )
 from inference_service.monitoring.types import Selection
+from inference_service.sae.active import ActiveSae, ActiveSaeSlot
 from inference_service.sae.architectures import Sae, SaeWeights
 from inference_service.sae.attachments import SaeAttachments
 from inference_service.sae.hook_sites import HookSite, find_decoder_layers
 from inference_service.sae.spec import SaeSpec
 from inference_service.steering.runtime import PassContext, SteeringRuntime
-from inference_service.steering.state import SteeringState, SteeringTarget
+from inference_service.steering.state import SteeringState
 from inference_service.steering.types import SteeringChoice, SteeringFeature, SteeringSet
 
 DATA_DIR = Path(__file__).resolve().parents[1] / ".cache" / "millm"
@@ -82,9 +83,13 @@ async def measure(
     layers = find_decoder_layers(engine.loaded_model.model)
     attachments = SaeAttachments()
     sae = random_sae(d_sae)
-    target = SteeringTarget("bench", "bench", "", SITE.hook_name, d_sae, "smollm2")
-    state = SteeringState(lambda: target if attachments.list() else None)
-    runtime = SteeringRuntime(state, attachments, lambda name: SteeringSet())
+    slot = ActiveSaeSlot()
+    runtime = SteeringRuntime(SteeringState(slot.get), lambda name: SteeringSet())
+
+    async def detach() -> None:
+        if slot.get() is not None:
+            slot.swap(None)
+            await attachments.detach(engine, SITE)
 
     def context(steering: SteeringSet | None, selection: Selection = NO_SELECTION) -> PassContext:
         choice = (
@@ -110,15 +115,16 @@ async def measure(
     for _ in range(reps):
         for name, make in configs.items():
             if make is None:
-                if attachments.list():
-                    await attachments.detach(engine, SITE)
+                await detach()
                 results[name].append(await run(engine, prompt, tokens, None))
                 continue
-            if not attachments.list():
-                await attachments.attach(engine, layers, "bench", SITE, lambda device: sae)
+            if slot.get() is None:
+                attached = await attachments.attach(
+                    engine, layers, "bench", SITE, lambda device: sae
+                )
+                slot.swap(ActiveSae("bench", "bench", "", "smollm2", attached.hook, sae))
             results[name].append(await run(engine, prompt, tokens, make()))
-    if attachments.list():
-        await attachments.detach(engine, SITE)
+    await detach()
     return results
 
 

@@ -10,7 +10,6 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from torch import Tensor
 
 from inference_service.config import InferenceSettings
 from inference_service.host import ModelHost, ModelState
@@ -21,8 +20,9 @@ from inference_service.monitoring.hub import MonitorHub
 from inference_service.operations.manager import OperationsManager
 from inference_service.operations.store import DatabaseOperationStore
 from inference_service.profiles import ProfileManager
+from inference_service.sae.active import ActiveSaeSlot
 from inference_service.sae.catalog import SaeCatalog
-from inference_service.sae.manager import SaeManager
+from inference_service.sae.manager import Followers, SaeManager
 from inference_service.servicers.inference import InferenceServicer
 from inference_service.servicers.models import ModelServicer
 from inference_service.servicers.monitoring import MonitoringServicer
@@ -33,12 +33,11 @@ from inference_service.servicers.steering import SteeringServicer
 from inference_service.servicers.training import TrainingServicer
 from inference_service.shutdown import ShutdownGate
 from inference_service.steering.runtime import SteeringRuntime
-from inference_service.steering.state import SteeringState, SteeringTarget
+from inference_service.steering.state import SteeringState
 from inference_service.storage.database import Database, resolve_url
 from inference_service.storage.orphans import sweep_orphans
 from inference_service.training.corpora import CorpusStore
 from inference_service.training.manager import TrainingManager
-from inference_service.training.output import read_feature_stats
 from inference_service.training.templates import TemplateStore
 from millm.v1 import (
     inference_service_pb2,
@@ -108,6 +107,18 @@ class InferenceServer:
             self.db, settings.data_dir, self.operations, hub_endpoint=settings.hf_endpoint or None
         )
         self.catalog.reconcile()
+        # What forward passes, steering and monitoring know of the attached SAE.
+        self.active_sae = ActiveSaeSlot()
+        self.monitor = MonitorHub(
+            asyncio.get_running_loop(),
+            history_frames=settings.monitor_history_frames,
+            subscriber_queue_frames=settings.monitor_queue_frames,
+        )
+        self.steering_state = SteeringState(self.active_sae.get)
+        self.profiles = ProfileManager(
+            self.db, self.steering_state, served_model=self._served_model_id
+        )
+        self.steering = SteeringRuntime(self.steering_state, self.profiles.resolve, self.monitor)
         self.saes = SaeManager(
             SaeCatalog(
                 self.db,
@@ -116,22 +127,15 @@ class InferenceServer:
                 hub_endpoint=settings.hf_endpoint or None,
             ),
             self.host,
+            self.active_sae,
+            Followers(
+                forget_compiled_steering=self.steering.forget,
+                reset_monitor=self.monitor.reset,
+                forget_steering=self.steering_state.forget_target,
+                restore_profile=self.profiles.restore_active,
+            ),
         )
         self.saes.catalog.reconcile()
-        self.monitor = MonitorHub(
-            asyncio.get_running_loop(),
-            history_frames=settings.monitor_history_frames,
-            subscriber_queue_frames=settings.monitor_queue_frames,
-        )
-        self.steering_state = SteeringState(self.saes.steering_target)
-        self.profiles = ProfileManager(
-            self.db, self.steering_state, served_model=self._served_model_id
-        )
-        self.steering = SteeringRuntime(
-            self.steering_state, self.saes.attachments, self.profiles.resolve, self.monitor
-        )
-        self._feature_max: Tensor | None = None  # the attached SAE's, if it has statistics
-        self.saes.on_attachment_change(self._on_sae_change)
         corpora = CorpusStore(self.db, settings.data_dir, settings.training_max_corpus_bytes)
         self.training = TrainingManager(
             self.db,
@@ -158,13 +162,13 @@ class InferenceServer:
             InferenceServicer(self.host, self.steering), self._server
         )
         steering_service_pb2_grpc.add_SteeringServiceServicer_to_server(
-            SteeringServicer(self.steering_state, self._observed_max), self._server
+            SteeringServicer(self.steering_state, self.monitor), self._server
         )
         profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(
             ProfileServicer(self.profiles), self._server
         )
         monitoring_service_pb2_grpc.add_MonitoringServiceServicer_to_server(
-            MonitoringServicer(self.monitor, self._attached_d_sae), self._server
+            MonitoringServicer(self.monitor, self.active_sae.get), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(ModelManager(self.host, self.catalog), self.catalog), self._server
@@ -198,35 +202,6 @@ class InferenceServer:
     def _served_model_id(self) -> str | None:
         engine = self.host.engine
         return engine.description.id if engine is not None else None
-
-    def _attached_d_sae(self) -> int | None:
-        target = self.saes.steering_target()
-        return target.d_sae if target is not None else None
-
-    def _observed_max(self, indices: list[int]) -> dict[int, float]:
-        """Each feature's typical maximum activation: from the SAE's own statistics
-        (written by training) where it has them, else the largest monitoring has seen."""
-        if not indices:
-            return {}
-        stats, _ = self.monitor.statistics(indices, len(indices))
-        found = {s.index: s.max for s in stats if s.count}
-        stored = self._feature_max
-        if stored is not None:
-            found.update({i: float(stored[i]) for i in indices if 0 <= i < len(stored)})
-        return found
-
-    def _on_sae_change(self, target: SteeringTarget | None) -> None:
-        """Runs after every attach, detach and model change (in a worker thread on attach)."""
-        self.steering.forget()
-        self.monitor.reset(target.d_sae if target is not None else None)
-        self._feature_max = None
-        if target is not None:
-            stats = read_feature_stats(self.saes.catalog.get(target.sae_id).folder)
-            self._feature_max = None if stats is None else stats["max_activation"]
-        if target is None:
-            self.steering_state.forget_target()
-        else:
-            self.profiles.restore_active()  # a saved active profile for this SAE comes back
 
     def _on_model_state(self, state: ModelState) -> None:
         self.saes.on_model_state(state)  # attachments go with the model they sat on

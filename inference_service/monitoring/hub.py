@@ -1,11 +1,12 @@
 """The monitoring hub: fans captures out to live subscribers and records the history.
 
-Lane side (the worker thread): `wants_capture`, `publish`, `reset`. They never
+Lane side (the worker thread): `wants_capture`, `publish`. They never
 wait on the event loop or on a subscriber: a frame crosses to the loop with
 `call_soon_threadsafe` into the subscriber's bounded queue, and a subscriber
 whose queue (counting frames still in transit) is full loses the frame, counted.
 
-Loop side: `subscribe`, the configuration, history, statistics, export, clear.
+Loop side: `subscribe`, the configuration, history, statistics, export, clear,
+and `reset` (from `SaeManager` when the attached SAE changes).
 The subscriber list and each subscriber's wishes are immutable values swapped
 by reference, so the lane reads them without locks; history and statistics sit
 behind one short lock.

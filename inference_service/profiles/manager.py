@@ -39,7 +39,8 @@ from inference_service.profiles.types import (
     validate_description,
     validate_name,
 )
-from inference_service.steering.state import SteeringState, SteeringTarget
+from inference_service.sae.active import ActiveSae
+from inference_service.steering.state import SteeringState
 from inference_service.steering.types import SteeringFeature, SteeringSet, validate_features
 from inference_service.storage import Database, RecordNotFoundError
 
@@ -61,7 +62,7 @@ class ProfileManager:
         cache_ttl_s: float = DEFAULT_TTL_S,
     ) -> None:
         """`served_model` names the served model when no SAE is attached (the attached
-        SAE's target names it otherwise); it only completes import reports.
+        SAE names it otherwise); it only completes import reports.
         `cache_ttl_s` bounds how long another replica's changes stay unseen."""
         self._steering = steering_state
         self._served_model = served_model
@@ -236,7 +237,7 @@ class ProfileManager:
 
     # ---- internals -------------------------------------------------------------------
 
-    def _check_applicable(self, profile: Profile, target: SteeringTarget) -> None:
+    def _check_applicable(self, profile: Profile, target: ActiveSae) -> None:
         if profile.sae.weights_sha256 != target.weights_sha256:
             raise IncompatibleSaeError(
                 f"Profile '{profile.name}' steers SAE '{profile.sae.name}' (weights "
@@ -271,7 +272,7 @@ class ProfileManager:
         self._steering.activate(profile.name, profile.steering)
 
     def _mismatches(
-        self, document: schema.ProfileDocument, target: SteeringTarget | None
+        self, document: schema.ProfileDocument, target: ActiveSae | None
     ) -> Iterator[str]:
         served = target.model_name if target is not None else None
         if served is None and self._served_model is not None:
@@ -310,7 +311,7 @@ class ProfileManager:
                 )
 
 
-def _sae_of(target: SteeringTarget) -> ProfileSae:
+def _sae_of(target: ActiveSae) -> ProfileSae:
     return ProfileSae(
         sae_id=target.sae_id,
         name=target.sae_name,

@@ -1,10 +1,11 @@
 """SAEs attached to the served model, keyed by hook site.
 
 Attaching loads the weights off the lane (generation keeps running), then
-installs the site's hook on the lane between two forward passes, so a running
-generation sees the SAE from its next step on. The hook changes nothing until
-something edits the hidden state (steering, later): with an SAE attached and no
-edit, the model's outputs are bit-identical to the model without it.
+installs the site's hook on the lane between two forward passes. The hook changes
+nothing until something edits the hidden state (steering, or monitoring reading
+it): with an SAE attached and no edit, the model's outputs are bit-identical to
+the model without it. What forward passes see is `sae.active.ActiveSae`, which
+`SaeManager` swaps in after the hook is installed.
 
 One SAE at a time for now; the data model is keyed by site so several can follow.
 """
@@ -18,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import psutil
 import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
@@ -63,14 +63,6 @@ class Attachment:
     _handle: RemovableHandle | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
-class Detached:
-    attachment: Attachment
-    freed_bytes: int
-    rss_before_bytes: int
-    rss_after_bytes: int
-
-
 class SaeAttachments:
     def __init__(self) -> None:
         self._by_site: dict[HookSite, Attachment] = {}
@@ -101,7 +93,7 @@ class SaeAttachments:
         try:
             sae = await asyncio.to_thread(load, device)
         except (torch.OutOfMemoryError, MemoryError) as exc:
-            _release_memory(device)
+            release_memory(device)
             raise OutOfMemoryError(
                 f"Not enough memory on {device} to load the SAE ({exc.__class__.__name__}); "
                 "detach or unload something, or use a smaller SAE."
@@ -125,22 +117,21 @@ class SaeAttachments:
         log.info("attached SAE %s at %s (%d bytes)", sae_id, site.hook_name, sae.nbytes)
         return attachment
 
-    async def detach(self, engine: Engine | None, site: HookSite | None) -> Detached:
-        """Removes the hook between forward passes and drops the weights."""
-        attachment = self._pick(site)
-        rss_before = psutil.Process().memory_info().rss
+    async def detach(self, engine: Engine | None, site: HookSite | None) -> Attachment:
+        """Removes the hook between forward passes and drops the record's weights.
+
+        Memory comes back once the last other reference goes too: call
+        `release_memory` after that (`SaeManager.detach` does)."""
+        attachment = self.pick(site)
         handle = attachment._handle
         if handle is not None and engine is not None:
             await engine.call_on_lane(handle.remove)
         del self._by_site[attachment.site]
-        freed = attachment.sae_bytes
-        device = torch.device(attachment.device)
         # The caller keeps the record, never the tensors: drop them here.
         attachment.sae = None
         attachment._handle = None
-        _release_memory(device)
         log.info("detached SAE %s from %s", attachment.sae_id, attachment.site.hook_name)
-        return Detached(attachment, freed, rss_before, psutil.Process().memory_info().rss)
+        return attachment
 
     def clear(self) -> None:
         """Forgets everything: the model the hooks sat on is being replaced or unloaded."""
@@ -148,7 +139,8 @@ class SaeAttachments:
             log.info("SAE attachments cleared with the model")
         self._by_site.clear()
 
-    def _pick(self, site: HookSite | None) -> Attachment:
+    def pick(self, site: HookSite | None) -> Attachment:
+        """The attachment at `site`, or the only one when `site` is None."""
         if site is not None:
             if site not in self._by_site:
                 raise NotFoundError(f"No SAE is attached at {site.hook_name}.", param="hook_name")
@@ -158,7 +150,8 @@ class SaeAttachments:
         return next(iter(self._by_site.values()))
 
 
-def _release_memory(device: torch.device) -> None:
+def release_memory(device: torch.device) -> None:
+    """Hands freed tensors back: to the CUDA driver, or the C heap to the OS."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

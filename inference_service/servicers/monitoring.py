@@ -12,6 +12,7 @@ from inference_service.errors import MillmError
 from inference_service.monitoring.hub import MonitorHub, MonitoringConfig, Subscription
 from inference_service.monitoring.statistics import FeatureStats
 from inference_service.monitoring.types import Selection, validate_selection
+from inference_service.sae.active import ActiveSae
 from inference_service.servicers import steering_convert
 from millm.v1 import monitoring_service_pb2 as pb
 from millm.v1 import monitoring_service_pb2_grpc as pb_grpc
@@ -24,11 +25,15 @@ DEFAULT_STATISTICS_LIMIT = 20
 
 
 class MonitoringServicer(pb_grpc.MonitoringServiceServicer):
-    """`d_sae` returns the attached SAE's feature count, or None when none is attached."""
+    """`active` reads the attached SAE (`ActiveSaeSlot.get`), whose width bounds selections."""
 
-    def __init__(self, hub: MonitorHub, d_sae: Callable[[], int | None]) -> None:
+    def __init__(self, hub: MonitorHub, active: Callable[[], ActiveSae | None]) -> None:
         self._hub = hub
-        self._d_sae = d_sae
+        self._active = active
+
+    def _d_sae(self) -> int | None:
+        active = self._active()
+        return active.d_sae if active is not None else None
 
     async def Monitor(
         self, request_iterator: AsyncIterator[pb.MonitorRequest], context: grpc.aio.ServicerContext

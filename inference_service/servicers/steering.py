@@ -2,38 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import grpc
 
+from inference_service.monitoring.hub import MonitorHub
+from inference_service.sae.active import ActiveSae
 from inference_service.servicers import steering_convert
 from inference_service.steering.state import SteeringState
 from millm.v1 import steering_service_pb2 as pb
 from millm.v1 import steering_service_pb2_grpc as pb_grpc
 
-# Feature index -> the largest activation seen for it, where known.
-MaxActivations = Callable[[list[int]], dict[int, float]]
-
 
 class SteeringServicer(pb_grpc.SteeringServiceServicer):
-    def __init__(self, state: SteeringState, max_activations: MaxActivations) -> None:
+    def __init__(self, state: SteeringState, monitor: MonitorHub) -> None:
         self._state = state
-        self._max_activations = max_activations
+        self._monitor = monitor
 
     def _message(self) -> pb.SteeringState:
         state = self._state
-        target = state.target()
+        active = state.target()
         profile = state.active_profile
-        indices = [f.index for f in state.effective().features] + [
-            f.index for f in state.live.features
-        ]
+        effective = state.effective_for(active)
+        indices = {f.index for f in effective.features} | {f.index for f in state.live.features}
         return pb.SteeringState(
             live=steering_convert.steering_set_message(state.live),
             active_profile=profile.name if profile is not None else "",
-            effective=steering_convert.steering_set_message(state.effective()),
-            sae_id=target.sae_id if target is not None else "",
-            d_sae=target.d_sae if target is not None else 0,
-            max_activations=self._max_activations(sorted(set(indices))) if target else {},
+            effective=steering_convert.steering_set_message(effective),
+            sae_id=active.sae_id if active is not None else "",
+            d_sae=active.d_sae if active is not None else 0,
+            max_activations=_max_activations(active, self._monitor, sorted(indices))
+            if active is not None
+            else {},
         )
 
     async def GetSteering(
@@ -59,3 +57,18 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     ) -> pb.SetSteeringEnabledResponse:
         self._state.set_enabled(request.enabled)
         return pb.SetSteeringEnabledResponse(state=self._message())
+
+
+def _max_activations(
+    active: ActiveSae, monitor: MonitorHub, indices: list[int]
+) -> dict[int, float]:
+    """Each feature's typical maximum activation: from the SAE's own statistics
+    (written by training) where it has them, else the largest monitoring has seen."""
+    if not indices:
+        return {}
+    stats, _ = monitor.statistics(indices, len(indices))
+    found = {s.index: s.max for s in stats if s.count}
+    stored = active.feature_max
+    if stored is not None:
+        found.update({i: float(stored[i]) for i in indices if 0 <= i < len(stored)})
+    return found

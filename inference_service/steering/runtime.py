@@ -7,6 +7,9 @@ the feature activations. The engine composes the plans of all rows of a batched
 pass into one edit (engine.row_edits). The request's steering is fixed when it comes
 from the request itself or a profile; otherwise it follows the global steering,
 read again before every pass, so changes apply from the next decode step.
+
+The attached SAE is read once per pass (`sae.active`): a pass planned before an
+attach or detach swaps it completes with the SAE it started with.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from inference_service.monitoring.types import (
     select_tokens,
     validate_selection,
 )
-from inference_service.sae.attachments import Attachment, SaeAttachments
+from inference_service.sae.active import ActiveSae
 from inference_service.steering.compiled import CompiledSteering
 from inference_service.steering.state import SteeringState
 from inference_service.steering.types import (
@@ -54,21 +57,15 @@ class SteeringRuntime:
     def __init__(
         self,
         state: SteeringState,
-        attachments: SaeAttachments,
         resolve_profile: Callable[[str], SteeringSet],
         sink: ActivationSink | None = None,
     ) -> None:
         self.state = state
-        self._attachments = attachments
         self._resolve_profile = resolve_profile
         self.sink = sink
         self._compiled: OrderedDict[tuple[int, int], CompiledSteering] = OrderedDict()
-        # The lane reads the cache while an attach or detach (another thread) clears it.
+        # The lane reads the cache while an attach or detach (the event loop) clears it.
         self._lock = threading.Lock()
-
-    def attachment(self) -> Attachment | None:
-        attached = self._attachments.list()
-        return attached[0] if attached else None
 
     def resolve(self, choice: SteeringChoice) -> SteeringSet | None:
         """The fixed steering of a choice, validated; None means: follow the global one."""
@@ -97,15 +94,14 @@ class SteeringRuntime:
             validate_selection(selection, target.d_sae)
         return PassContext(self, request_id, source, fixed, selection, token_text)
 
-    def compiled(self, steering: SteeringSet, attachment: Attachment) -> CompiledSteering:
-        key = (id(steering), id(attachment))
+    def compiled(self, steering: SteeringSet, active: ActiveSae) -> CompiledSteering:
+        key = (id(steering), id(active))
         with self._lock:
             found = self._compiled.get(key)
-            if found is not None and found.steering is steering and found.sae is attachment.sae:
+            if found is not None and found.steering is steering and found.sae is active.sae:
                 self._compiled.move_to_end(key)
                 return found
-        assert attachment.sae is not None
-        compiled = CompiledSteering(steering, attachment.sae)
+        compiled = CompiledSteering(steering, active.sae)
         with self._lock:
             self._compiled[key] = compiled
             while len(self._compiled) > _COMPILED_CACHE:
@@ -113,7 +109,7 @@ class SteeringRuntime:
         return compiled
 
     def forget(self) -> None:
-        """The attachment changed: compiled sets hold the old SAE's tensors, which
+        """The attached SAE changed: compiled sets hold the old SAE's tensors, which
         must not outlive a detach."""
         with self._lock:
             self._compiled.clear()
@@ -146,11 +142,12 @@ class PassContext:
     def plan(self, token_ids: Sequence[int], start_position: int) -> RowEdit | None:
         """What this request does at the hook in its next pass, which reads `token_ids`
         from `start_position` on; None when it does nothing there."""
-        attachment = self._runtime.attachment()
-        if attachment is None or attachment.sae is None:
+        state = self._runtime.state
+        active = state.target()  # once: this whole pass uses this SAE
+        if active is None:
             return None
-        steering = self._fixed if self._fixed is not None else self._runtime.state.effective()
-        compiled = self._runtime.compiled(steering, attachment)
+        steering = self._fixed if self._fixed is not None else state.effective_for(active)
+        compiled = self._runtime.compiled(steering, active)
         sink = self._runtime.sink
         publish = sink is not None and sink.wants_capture()
         if compiled.is_identity and not (publish or not self._selection.empty):
@@ -160,10 +157,10 @@ class PassContext:
         if publish or not self._selection.empty:
 
             def observe(out: Tensor) -> None:  # out [1, T, d_in], after steering
-                self._capture(attachment, out[0], ids, start_position, publish)
+                self._capture(active, out[0], ids, start_position, publish)
 
         return RowEdit(
-            attachment.hook,
+            active.hook,
             add=compiled.add_vector,
             transform=compiled.apply_encoded if compiled.encodes else None,
             observe=observe,
@@ -171,18 +168,17 @@ class PassContext:
 
     def _capture(
         self,
-        attachment: Attachment,
+        active: ActiveSae,
         hidden: Tensor,
         ids: tuple[int, ...],
         start: int,
         publish: bool,
     ) -> None:
-        assert attachment.sae is not None
-        acts = attachment.sae.encode(hidden.float()).cpu()  # [T, d_sae]
+        acts = active.sae.encode(hidden.float()).cpu()  # [T, d_sae]
         capture = Capture(
             request_id=self.request_id,
             source=self._source,
-            hook_name=attachment.site.hook_name,
+            hook_name=active.hook_name,
             positions=tuple(range(start, start + len(ids))),
             token_ids=ids,
             tokens=tuple(self._token_text(ids)),

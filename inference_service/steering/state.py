@@ -1,8 +1,9 @@
-"""The global steering: live features, the active profile, and the SAE they steer.
+"""The global steering: live features and the active profile, for the attached SAE.
 
 Requests without steering of their own follow `effective()`: the active profile
 when one is active, else the live features. Every change swaps an immutable
 `SteeringSet` by reference, so a forward pass reads one version or the next.
+What is attached is read from `sae.active`, never kept here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from inference_service.errors import NoSaeAttachedError
+from inference_service.sae.active import ActiveSae
 from inference_service.steering.types import (
     NO_STEERING,
     SteeringFeature,
@@ -21,36 +23,26 @@ from inference_service.steering.types import (
 
 
 @dataclass(frozen=True)
-class SteeringTarget:
-    """The attached SAE and served model that steering acts on."""
-
-    sae_id: str
-    sae_name: str
-    weights_sha256: str
-    hook_name: str
-    d_sae: int
-    model_name: str
-
-
-@dataclass(frozen=True)
 class ActiveProfile:
     name: str
     steering: SteeringSet
 
 
 class SteeringState:
-    def __init__(self, target: Callable[[], SteeringTarget | None]) -> None:
-        self._target = target
+    def __init__(self, active: Callable[[], ActiveSae | None]) -> None:
+        """`active` reads the attached SAE (`ActiveSaeSlot.get`)."""
+        self._target = active
         self._lock = threading.Lock()
         self._live = SteeringSet((), enabled=True)
         self._profile: ActiveProfile | None = None
 
     # ---- reading ---------------------------------------------------------------------
 
-    def target(self) -> SteeringTarget | None:
+    def target(self) -> ActiveSae | None:
+        """The attached SAE that steering acts on, if any."""
         return self._target()
 
-    def require_target(self) -> SteeringTarget:
+    def require_target(self) -> ActiveSae:
         target = self._target()
         if target is None:
             raise NoSaeAttachedError(
@@ -69,7 +61,11 @@ class SteeringState:
 
     def effective(self) -> SteeringSet:
         """What a request without its own steering gets now."""
-        if self._target() is None:
+        return self.effective_for(self._target())
+
+    def effective_for(self, active: ActiveSae | None) -> SteeringSet:
+        """What a request without its own steering gets in a pass that uses `active`."""
+        if active is None:
             return NO_STEERING
         profile = self._profile
         return profile.steering if profile is not None else self._live

@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from inference_service.sae.architectures import ARCHITECTURES, Sae, SaeWeights, get_architecture
+from inference_service.sae.feature_stats import FEATURE_STATS_FILE
 from inference_service.sae.formats.saelens import WRITTEN_SAE_LENS_VERSION, save
 from inference_service.sae.spec import SaeSpec
 from inference_service.training.config import TrainingConfig
 from inference_service.training.metrics import FeatureStatistics
 from inference_service.training.trainable import TrainableSae
 
-FEATURE_STATS_FILE = "feature_stats.safetensors"
 RUN_FILE = "training_run.json"
 # SAELens adds this before the log so never-firing features get a finite value.
 _LOG_FLOOR = 1e-10
@@ -149,8 +149,3 @@ def _write_transcoder(
 
 def _save_sparsity(folder: Path, log_sparsity: Tensor) -> None:
     save_file({"sparsity": log_sparsity.contiguous()}, str(folder / "sparsity.safetensors"))
-
-
-def read_feature_stats(folder: Path) -> dict[str, Tensor] | None:
-    path = folder / FEATURE_STATS_FILE
-    return load_file(str(path)) if path.is_file() else None

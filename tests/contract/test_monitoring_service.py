@@ -18,9 +18,11 @@ from grpc_status import rpc_status
 from inference_service.interceptors import ErrorInterceptor
 from inference_service.monitoring.hub import MonitorHub
 from inference_service.monitoring.types import Selection
+from inference_service.sae.active import ActiveSaeSlot
 from inference_service.servicers.monitoring import MonitoringServicer
 from millm.v1 import monitoring_service_pb2 as pb
 from millm.v1 import monitoring_service_pb2_grpc as pb_grpc
+from tests.fixtures.saes import active_sae
 from tests.unit.monitoring.helpers import make_capture, sparse_activations
 
 D_SAE = 100
@@ -30,7 +32,7 @@ D_SAE = 100
 class Served:
     hub: MonitorHub
     stub: pb_grpc.MonitoringServiceStub
-    sae: dict[str, int | None]  # what the servicer's d_sae() returns
+    slot: ActiveSaeSlot  # what the servicer reads the attached SAE from
 
     async def publish(self, acts: torch.Tensor, request_id: str) -> None:
         """Publishes from another thread, as the worker lane does."""
@@ -40,15 +42,14 @@ class Served:
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
     hub = MonitorHub(asyncio.get_running_loop(), history_frames=50, subscriber_queue_frames=16)
-    sae: dict[str, int | None] = {"d_sae": D_SAE}
+    slot = ActiveSaeSlot()
+    slot.swap(active_sae(d_sae=D_SAE))
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    pb_grpc.add_MonitoringServiceServicer_to_server(
-        MonitoringServicer(hub, lambda: sae["d_sae"]), server
-    )
+    pb_grpc.add_MonitoringServiceServicer_to_server(MonitoringServicer(hub, slot.get), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield Served(hub, pb_grpc.MonitoringServiceStub(channel), sae)
+    yield Served(hub, pb_grpc.MonitoringServiceStub(channel), slot)
     await channel.close()
     await server.stop(0)
 
@@ -137,7 +138,7 @@ async def test_monitor_keeps_streaming_after_the_client_stops_writing(served):
 
 
 async def test_monitor_before_an_sae_is_attached_gets_frames_once_one_is(served):
-    served.sae["d_sae"] = None
+    served.slot.swap(None)
     call = served.stub.Monitor()
     await call.write(pb.MonitorRequest(features=[2, 5000], top_k=1))  # 5000: unknown yet
     await until(lambda: served.hub.subscriber_count == 1)

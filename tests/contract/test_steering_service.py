@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 import weakref
+from dataclasses import fields
 
 import grpc
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from inference_service.sae.architectures import Sae
+from inference_service.sae.feature_stats import FEATURE_STATS_FILE
+from inference_service.sae.manager import Followers
 from millm.v1 import inference_service_pb2 as ipb
 from millm.v1 import inference_service_pb2_grpc as ipb_grpc
 from millm.v1 import monitoring_service_pb2 as mpb
@@ -286,3 +291,77 @@ async def test_monitor_stream_sees_generations_and_embeddings(channel, attached)
             break
     call.cancel()
     assert sources[0] == "embed" and "generate" in sources
+
+
+async def test_attach_and_detach_consequences_run_in_one_order(channel, server, tmp_path_factory):
+    """Attach: compiled steering and monitoring start over, the SAE comes with the
+    feature statistics training left, a profile saved as active for it comes back.
+    Detach: the live steering and the profile stop. Every step but the database read
+    runs on the event loop, after the snapshot swap."""
+    loop_thread = threading.current_thread()
+    followers = server.saes._followers
+    calls: list[tuple[str, tuple, str | None, bool]] = []
+
+    def recorded(name: str, call):
+        def record(*args):
+            active = server.active_sae.get()
+            on_loop = threading.current_thread() is loop_thread
+            calls.append((name, args, active.sae_id if active else None, on_loop))
+            return call(*args)
+
+        return record
+
+    server.saes._followers = Followers(
+        **{f.name: recorded(f.name, getattr(followers, f.name)) for f in fields(Followers)}
+    )
+    saes = spb_grpc.SaeServiceStub(channel)
+    steering = pb_grpc.SteeringServiceStub(channel)
+    profiles = ppb_grpc.ProfileServiceStub(channel)
+    monitoring = mpb_grpc.MonitoringServiceStub(channel)
+    # Weights of its own: an import of weights already cached would reuse that folder.
+    own = orthonormal_sae(d_sae=D_SAE, hook_name=HOOK, b_enc=torch.full((D_SAE,), -1e-3))
+    folder = write_sae(tmp_path_factory.mktemp("sae") / "with-stats", own)
+    feature_max = torch.arange(D_SAE, dtype=torch.float32) * 1.5
+    save_file({"max_activation": feature_max}, str(folder / FEATURE_STATS_FILE))
+    try:
+        sae = (await saes.ImportSae(spb.ImportSaeRequest(path=str(folder)))).sae
+        await saes.AttachSae(spb.AttachSaeRequest(id=sae.id))
+        await profiles.CreateProfile(ppb.CreateProfileRequest(name="kept", features=[strong()]))
+        await profiles.ActivateProfile(ppb.ActivateProfileRequest(name="kept"))
+        await steering.SetSteering(pb.SetSteeringRequest(features=[strong(5.0)]))
+        config = mpb.MonitoringConfig(record_history=True, top_k=3)
+        await monitoring.SetMonitoringConfig(mpb.SetMonitoringConfigRequest(config=config))
+        await generate(channel, tokens=2)
+        assert server.steering._compiled and server.monitor.history()
+
+        calls.clear()
+        await saes.DetachSae(spb.DetachSaeRequest())
+        assert calls == [
+            ("forget_compiled_steering", (), None, True),
+            ("reset_monitor", (None,), None, True),
+            ("forget_steering", (), None, True),
+        ]
+        state = (await steering.GetSteering(pb.GetSteeringRequest())).state
+        assert (state.sae_id, state.active_profile, len(state.live.features)) == ("", "", 0)
+        assert not server.steering._compiled and not server.monitor.history()
+
+        calls.clear()
+        await saes.AttachSae(spb.AttachSaeRequest(id=sae.id))
+        assert calls == [
+            ("forget_compiled_steering", (), None, True),
+            ("reset_monitor", (D_SAE,), None, True),
+            ("restore_profile", (), sae.id, False),  # reads the database off the loop
+        ]
+        state = (await steering.GetSteering(pb.GetSteeringRequest())).state
+        assert state.active_profile == "kept" and not state.live.features
+        assert state.max_activations[FEATURE] == pytest.approx(float(feature_max[FEATURE]))
+        assert server.active_sae.get().feature_max is not None
+    finally:
+        server.saes._followers = followers
+        config = mpb.MonitoringConfig(record_history=False, top_k=10)
+        await monitoring.SetMonitoringConfig(mpb.SetMonitoringConfigRequest(config=config))
+        await monitoring.ClearMonitoringHistory(mpb.ClearMonitoringHistoryRequest())
+        await profiles.DeactivateProfile(ppb.DeactivateProfileRequest())
+        await profiles.DeleteProfile(ppb.DeleteProfileRequest(name="kept"))
+        if server.saes.attachments.list():
+            await saes.DetachSae(spb.DetachSaeRequest())

@@ -32,14 +32,14 @@ from inference_service.monitoring.types import Selection
 from inference_service.sae.attachments import SaeAttachments
 from inference_service.sae.hook_sites import HookSite, find_decoder_layers
 from inference_service.steering.runtime import SteeringRuntime
-from inference_service.steering.state import SteeringState, SteeringTarget
+from inference_service.steering.state import SteeringState
 from inference_service.steering.types import (
     FOLLOW_GLOBAL,
     SteeringChoice,
     SteeringFeature,
     SteeringSet,
 )
-from tests.fixtures.saes import orthonormal_sae
+from tests.fixtures.saes import active_sae, orthonormal_sae
 
 SITE = HookSite(10, "resid_post")  # mid-model: steered rows go through batched attention after
 D_SAE = 64
@@ -94,13 +94,11 @@ async def rig(loaded, settings):
     sae = orthonormal_sae(d_sae=D_SAE, hook_name=SITE.hook_name, b_enc=b_enc)
     engine = Engine(loaded, settings.model_copy(update={"max_batch_size": 8}))
     attachments = SaeAttachments()
-    await attachments.attach(
+    attachment = await attachments.attach(
         engine, find_decoder_layers(loaded.model), "sae-test", SITE, lambda device: sae
     )
-    target = SteeringTarget("sae-test", "test", "", SITE.hook_name, D_SAE, "smollm2")
-    runtime = SteeringRuntime(
-        SteeringState(lambda: target if attachments.list() else None), attachments, _no_profiles
-    )
+    active = active_sae(sae, hook=attachment.hook)
+    runtime = SteeringRuntime(SteeringState(lambda: active), _no_profiles)
     yield engine, runtime
     await attachments.detach(engine, SITE)
     engine.shutdown()

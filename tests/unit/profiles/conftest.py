@@ -1,22 +1,25 @@
 """Profiles over a real database (SQLite and PostgreSQL) and a real SteeringState.
 
 The attached SAE is the one faked part: attaching a real one needs the model, and
-the profile code only reads its identity (`SteeringTarget`).
+the profile code only reads its identity (a small random `ActiveSae` stands in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from inference_service.profiles import ProfileManager
-from inference_service.steering.state import SteeringState, SteeringTarget
+from inference_service.sae.active import ActiveSae
+from inference_service.steering.state import SteeringState
 from inference_service.storage import Database, resolve_url
+from tests.fixtures.saes import active_sae
 
 MODEL = "smollm2-135m-instruct"
-SAE_A = SteeringTarget(
+SAE_A = active_sae(
     sae_id="sae-a",
     sae_name="smol-l9",
     weights_sha256="a" * 64,
@@ -24,7 +27,7 @@ SAE_A = SteeringTarget(
     d_sae=1024,
     model_name=MODEL,
 )
-SAE_B = SteeringTarget(
+SAE_B = active_sae(
     sae_id="sae-b",
     sae_name="smol-l3-topk",
     weights_sha256="b" * 64,
@@ -34,13 +37,18 @@ SAE_B = SteeringTarget(
 )
 
 
-class Attachment:
-    """What `SaeManager.steering_target` would return: settable by the test."""
+def narrower(active: ActiveSae, d_sae: int) -> ActiveSae:
+    """`active` with another width, as a forced import can meet."""
+    return replace(active, sae=active_sae(d_sae=d_sae).sae)
 
-    def __init__(self, target: SteeringTarget | None = SAE_A) -> None:
+
+class Attachment:
+    """What `ActiveSaeSlot.get` would return: settable by the test."""
+
+    def __init__(self, target: ActiveSae | None = SAE_A) -> None:
         self.target = target
 
-    def __call__(self) -> SteeringTarget | None:
+    def __call__(self) -> ActiveSae | None:
         return self.target
 
 

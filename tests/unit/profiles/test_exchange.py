@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import grpc
 import pytest
@@ -13,7 +12,7 @@ from inference_service.profiles import ProfileExistsError, ProfileManager
 from inference_service.profiles import schema as profile_schema
 from inference_service.steering.state import SteeringState
 from inference_service.steering.types import SteeringFeature, SteeringSet
-from tests.unit.profiles.conftest import MODEL, SAE_A, SAE_B, Attachment
+from tests.unit.profiles.conftest import MODEL, SAE_A, SAE_B, Attachment, narrower
 
 FEATURES = [
     SteeringFeature(7, "add", 8.0, label="ALL CAPS «loud»"),
@@ -171,7 +170,7 @@ def test_each_kind_of_mismatch_is_reported(
     message = _mismatch(manager, _doc(exported, sae__d_sae=2048))
     assert "sae.d_sae: the profile's SAE has 2048 features, the attached SAE has 1024" in message
 
-    attachment.target = replace(SAE_A, d_sae=900)
+    attachment.target = narrower(SAE_A, 900)
     message = _mismatch(manager, exported)
     assert "features[2].index 1000 is out of range for the attached SAE (0 to 899)" in message
 
@@ -217,7 +216,7 @@ def test_forced_profile_out_of_range_cannot_be_activated(
     manager: ProfileManager, exported: str, attachment: Attachment
 ) -> None:
     manager.delete("yelling")
-    attachment.target = replace(SAE_A, d_sae=900)
+    attachment.target = narrower(SAE_A, 900)
     _, mismatches = manager.import_json(exported, force=True)
     assert mismatches == (
         "sae.d_sae: the profile's SAE has 1024 features, the attached SAE has 900",

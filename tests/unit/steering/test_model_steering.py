@@ -20,18 +20,19 @@ from inference_service.engine.types import (
 )
 from inference_service.errors import NoSaeAttachedError, ProfileNotFoundError
 from inference_service.monitoring.types import Selection
+from inference_service.sae.active import ActiveSaeSlot
 from inference_service.sae.architectures import Sae
 from inference_service.sae.attachments import SaeAttachments
 from inference_service.sae.hook_sites import HookSite, find_decoder_layers
 from inference_service.steering.runtime import SteeringRuntime
-from inference_service.steering.state import SteeringState, SteeringTarget
+from inference_service.steering.state import SteeringState
 from inference_service.steering.types import (
     FOLLOW_GLOBAL,
     SteeringChoice,
     SteeringFeature,
     SteeringSet,
 )
-from tests.fixtures.saes import orthonormal_sae
+from tests.fixtures.saes import active_sae, orthonormal_sae
 
 SITE = HookSite(29, "resid_post")  # the last layer: its edits reach the logits directly
 D_SAE = 64
@@ -58,10 +59,11 @@ async def rig(loaded, settings, sae):
     attachment = await attachments.attach(
         engine, find_decoder_layers(loaded.model), "sae-test", SITE, lambda device: sae
     )
-    target = SteeringTarget("sae-test", "test", "", SITE.hook_name, D_SAE, "smollm2")
-    state = SteeringState(lambda: target if attachments.list() else None)
-    runtime = SteeringRuntime(state, attachments, _no_profiles)
+    slot = ActiveSaeSlot()
+    slot.swap(active_sae(sae, hook=attachment.hook))
+    runtime = SteeringRuntime(SteeringState(slot.get), _no_profiles)
     yield engine, runtime, attachment
+    slot.swap(None)
     await attachments.detach(engine, SITE)
     engine.shutdown()
 
@@ -251,7 +253,7 @@ async def test_request_checks(rig, loaded):
 
 def test_steering_without_an_sae_is_a_failed_precondition():
     state = SteeringState(lambda: None)
-    runtime = SteeringRuntime(state, SaeAttachments(), _no_profiles)
+    runtime = SteeringRuntime(state, _no_profiles)
     with pytest.raises(NoSaeAttachedError, match="attach one first"):
         _context(runtime, SteeringChoice("features", steering=SteeringSet((SteeringFeature(1),))))
     with pytest.raises(NoSaeAttachedError):
