@@ -120,7 +120,7 @@ def test_get_unknown_names_the_profile_and_how_to_list(manager: ProfileManager) 
     assert caught.value.code is grpc.StatusCode.NOT_FOUND
     assert caught.value.reason == "PROFILE_NOT_FOUND"
     assert "'ghost'" in caught.value.message
-    assert "/api/v1/profiles" in caught.value.message
+    assert "ProfileService.ListProfiles" in caught.value.message
 
 
 # ---- names -------------------------------------------------------------------------------
