@@ -31,9 +31,10 @@ test-fast: bootstrap ## Unit tests only
 test-ui: bootstrap ## The admin UI in headless Chromium (screenshots in test-artifacts/ui/)
 	@$(PY) -m pytest -q tests/ui
 
-lint: bootstrap ## ruff lint and format check
+lint: bootstrap ## ruff lint and format check, mypy on both processes
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy inference_service openai_bridge
 
 fmt: bootstrap ## Format Python and protos
 	@$(VENV)/bin/ruff format .

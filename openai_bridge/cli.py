@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from types import FrameType
 
 import uvicorn
@@ -30,7 +31,7 @@ def main() -> None:
         ws_ping_timeout=settings.ws_ping_timeout_s,
         # uvicorn waits for open connections without limit by default; a stream whose
         # client never reads would hold a stop open for minutes.
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
     _DrainingServer(config, draining).run()
 

@@ -7,6 +7,7 @@ missing and a download cut short by a crash shows as interrupted.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -179,7 +180,7 @@ class ModelCatalog:
             kept = (CachedModelState.READY, CachedModelState.MISSING)
             if listed.state not in kept or listed.local_dir is None:
                 continue
-            model = self._run(lambda models, i=listed.id: models.get(i))
+            model = self._run(functools.partial(ModelRecords.get, model_id=listed.id))
             if model is None or model.local_dir is None:
                 continue
             folder = model.local_dir
@@ -187,7 +188,9 @@ class ModelCatalog:
             wanted = CachedModelState.READY if present else CachedModelState.MISSING
             if wanted != model.state:
                 log.info("model %s is %s on disk", model.id, wanted)
-                self._run(lambda models, m=model, w=wanted: models.set_state(m.id, w))
+                self._run(
+                    functools.partial(ModelRecords.set_state, model_id=model.id, state=wanted)
+                )
 
 
 def _parameter_count(folder: Path) -> int | None:

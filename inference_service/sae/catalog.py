@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from sqlalchemy.orm import Session
 
 from inference_service.errors import (
     CorruptedFileError,
@@ -279,9 +280,7 @@ class SaeCatalog:
             return running
 
         def work(context: OperationContext) -> None:
-            self._db.run(
-                lambda session: SaeRecords(session).set_state(sae_id, SaeState.DOWNLOADING)
-            )
+            self._set_state(sae_id, SaeState.DOWNLOADING)
             fetch_verified(
                 repo_id=ref.repo_id,
                 revision=ref.revision,
@@ -301,9 +300,7 @@ class SaeCatalog:
                 snapshot.state == OperationState.FAILED
                 and snapshot.error_reason == "CORRUPTED_FILE"
             ):
-                self._db.run(
-                    lambda session: SaeRecords(session).set_state(sae_id, SaeState.CORRUPTED)
-                )
+                self._set_state(sae_id, SaeState.CORRUPTED)
 
         return self._operations.start(OperationKind.SAE_DOWNLOAD, sae_id, work, on_finished)
 
@@ -311,7 +308,7 @@ class SaeCatalog:
         try:
             spec = read_spec(folder)
         except MillmError:
-            self._db.run(lambda session: SaeRecords(session).set_state(sae_id, SaeState.CORRUPTED))
+            self._set_state(sae_id, SaeState.CORRUPTED)
             raise
         self._db.run(
             lambda session: SaeRecords(session).mark_ready(
@@ -407,6 +404,12 @@ class SaeCatalog:
         shutil.rmtree(self._data_dir / record.local_dir, ignore_errors=True)
         self._db.run(lambda session: SaeRecords(session).delete(record.id))
 
+    def _set_state(self, sae_id: str, state: SaeState) -> None:
+        def write(session: Session) -> None:
+            SaeRecords(session).set_state(sae_id, state)
+
+        self._db.run(write)
+
     def reconcile(self) -> None:
         """Checks every SAE that should be on disk: present and parsable, or not."""
         for record in self._db.run(lambda session: SaeRecords(session).list()):
@@ -424,9 +427,7 @@ class SaeCatalog:
                     wanted = SaeState.CORRUPTED
             if wanted is not record.state:
                 log.info("SAE %s is %s on disk", record.id, wanted.value)
-                self._db.run(
-                    lambda session, r=record, w=wanted: SaeRecords(session).set_state(r.id, w),
-                )
+                self._set_state(record.id, wanted)
 
 
 def _new_id() -> str:

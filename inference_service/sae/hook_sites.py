@@ -153,8 +153,8 @@ def parse_hook_site(text: str, layers_path: str) -> HookSite:
             )
         return HookSite(int(match.group(1)), point)  # type: ignore[arg-type]
     if (match := _MODULE_NAME.fullmatch(text)) and match.group("path") == layers_path:
-        point = "resid_pre" if match.group("end") == "input" else "resid_post"
-        return HookSite(int(match.group("layer")), point)
+        end: Point = "resid_pre" if match.group("end") == "input" else "resid_post"
+        return HookSite(int(match.group("layer")), end)
     raise InvalidArgumentError(
         f"'{text}' is not a hook site of this model. Use SAELens style "
         f"(blocks.9.hook_resid_post, blocks.9.hook_resid_pre) or the layer's module path "

@@ -20,6 +20,8 @@ from inference_service.engine.types import (
     ToolCalls,
     ToolSpec,
 )
+from inference_service.errors import InvalidArgumentError
+from inference_service.hub.files import WeightFormat
 from inference_service.models.catalog import CachedModel
 from inference_service.models.manager import LoadEstimate, LoadSpec
 from inference_service.operations.types import OperationSnapshot
@@ -213,7 +215,7 @@ def operation(snapshot: OperationSnapshot) -> operation_pb2.Operation:
     return message
 
 
-_WEIGHT_FORMATS = {
+_WEIGHT_FORMATS: dict[str, int] = {
     "safetensors": model_service_pb2.WEIGHT_FORMAT_SAFETENSORS,
     "pytorch": model_service_pb2.WEIGHT_FORMAT_PYTORCH,
     "gguf": model_service_pb2.WEIGHT_FORMAT_GGUF,
@@ -226,12 +228,24 @@ _CACHED_STATES = {
 }
 
 
-_WEIGHT_FORMAT_NAMES = {v: k for k, v in _WEIGHT_FORMATS.items()}
+# The formats a download can ask for; a GGUF file is served, never downloaded.
+_DOWNLOADABLE: dict[int, WeightFormat] = {
+    model_service_pb2.WEIGHT_FORMAT_SAFETENSORS: "safetensors",
+    model_service_pb2.WEIGHT_FORMAT_PYTORCH: "pytorch",
+}
 
 
-def weight_format(value: int) -> str | None:
+def weight_format(value: int) -> WeightFormat | None:
     """The domain name of a requested WeightFormat; None for 'no preference'."""
-    return _WEIGHT_FORMAT_NAMES.get(value)
+    if value == model_service_pb2.WEIGHT_FORMAT_UNSPECIFIED:
+        return None
+    if value not in _DOWNLOADABLE:
+        raise InvalidArgumentError(
+            "A download takes safetensors or pytorch weights; leave `format` unset"
+            " to take what the repository has.",
+            param="format",
+        )
+    return _DOWNLOADABLE[value]
 
 
 def cached_model(model: CachedModel, *, loaded: bool) -> model_service_pb2.CachedModel:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from inference_service.sae.attachments import Attachment
-from inference_service.sae.catalog import CachedSae
+from inference_service.sae.catalog import CachedSae, Layout
 from inference_service.sae.compatibility import Compatibility, Issue
 from inference_service.sae.preview import Candidate
 from inference_service.sae.registry import Release
@@ -22,11 +22,14 @@ _STATES = {
     "corrupted": pb.SAE_STATE_CORRUPTED,
     "missing": pb.SAE_STATE_MISSING,
 }
-_LAYOUTS = {pb.SAE_LAYOUT_UNSPECIFIED: "saelens", pb.SAE_LAYOUT_SAELENS: "saelens"}
+_LAYOUTS: dict[int, Layout] = {
+    pb.SAE_LAYOUT_UNSPECIFIED: "saelens",
+    pb.SAE_LAYOUT_SAELENS: "saelens",
+}
 _LAYOUTS[pb.SAE_LAYOUT_MISTUDIO] = "mistudio"
 
 
-def layout(value: int) -> str:
+def layout(value: int) -> Layout:
     return _LAYOUTS.get(value, "saelens")
 
 

@@ -58,7 +58,7 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
         self, request: pb.ListTrainingRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTrainingRunsResponse:
         limit, offset = page_bounds(request.page_size, request.page_token)
-        records, total = await asyncio.to_thread(self._runs.list, limit, offset)
+        records, total = await asyncio.to_thread(self._runs.list_runs, limit, offset)
         return pb.ListTrainingRunsResponse(
             runs=[convert.run_message(r) for r in records],
             next_page_token=next_page_token(offset, limit, total - offset),

@@ -91,7 +91,10 @@ class TrainingConfig:
                     f"Training setting {name} must be a {expected.__name__}, got {value!r}.",
                     param=f"{param}.{name}",
                 )
-        return cls(**{k: float(v) if type(defaults[k]) is float else v for k, v in data.items()})
+        values: dict[str, Any] = {
+            k: float(v) if type(defaults[k]) is float else v for k, v in data.items()
+        }
+        return cls(**values)
 
     def overlay(self, changes: dict[str, Any]) -> TrainingConfig:
         return dataclasses.replace(self, **changes)

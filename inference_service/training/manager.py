@@ -135,7 +135,7 @@ class TrainingManager:
             )
         return record
 
-    def list(self, limit: int, offset: int) -> tuple[list[TrainingRun], int]:
+    def list_runs(self, limit: int, offset: int) -> tuple[list[TrainingRun], int]:
         def read(session: Session) -> tuple[list[TrainingRun], int]:
             runs = TrainingRuns(session)
             return list(runs.list(limit, offset)), runs.count()

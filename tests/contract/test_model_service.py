@@ -124,6 +124,12 @@ async def test_bad_requests(channel):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.DownloadModel(pb.DownloadModelRequest(repo_id="no-slash"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # was a KeyError: a 500
+        await stub.DownloadModel(
+            pb.DownloadModelRequest(repo_id="acme/small", format=pb.WEIGHT_FORMAT_GGUF)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "safetensors or pytorch" in caught.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetModel(pb.GetModelRequest(id="acme/none@main"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -59,7 +59,7 @@ def topk_per_row(scores: Tensor, k: int) -> SparseCodes:
     _, indices = scores.topk(k, dim=-1, sorted=False)
     indices, _ = indices.sort(dim=-1)
     offsets = torch.arange(scores.shape[0], device=scores.device).unsqueeze(1) * scores.shape[1]
-    return SparseCodes.from_flat((indices + offsets).flatten(), tuple(scores.shape))
+    return SparseCodes.from_flat((indices + offsets).flatten(), (scores.shape[0], scores.shape[1]))
 
 
 def topk_of_batch(scores: Tensor, k: int) -> SparseCodes:
@@ -67,7 +67,7 @@ def topk_of_batch(scores: Tensor, k: int) -> SparseCodes:
     keep = min(k * scores.shape[0], scores.numel())
     _, flat = scores.flatten().topk(keep, sorted=False)
     flat, _ = flat.sort()
-    return SparseCodes.from_flat(flat, tuple(scores.shape))
+    return SparseCodes.from_flat(flat, (scores.shape[0], scores.shape[1]))
 
 
 class _Gather(torch.autograd.Function):
