@@ -19,7 +19,7 @@ from inference_service.errors import InvalidArgumentError, MillmError, ModelNotF
 from inference_service.host import LOADING_RETRY_AFTER_S, ModelHost, ModelState
 from inference_service.logs import request_id_var
 from inference_service.monitoring.types import Selection, Source
-from inference_service.servicers import convert, steering_convert
+from inference_service.servicers import inference_convert, steering_convert
 from inference_service.steering.runtime import PassContext, SteeringRuntime
 from millm.v1 import inference_service_pb2 as pb
 from millm.v1 import inference_service_pb2_grpc as pb_grpc
@@ -70,8 +70,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         which on the event loop would stall every other stream and health check."""
         which = start.WhichOneof("input")
         if which == "chat":
-            turns = convert.chat_turns(start.chat)
-            options = convert.chat_options(start.chat)
+            turns = inference_convert.chat_turns(start.chat)
+            options = inference_convert.chat_options(start.chat)
             await engine.check_prompt_chars(chat_chars(turns, options.tools), param="messages")
             return tuple(await engine.render_chat_async(turns, options))
         if which == "prompt":
@@ -93,7 +93,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         start = first.start
         engine = self._engine_for(start.model)
-        tools = convert.tools(start.chat)
+        tools = inference_convert.tools(start.chat)
         validate_tools(tools)
         prompt_ids = await self._prompt_ids(engine, start)
         grammar = await _grammar(engine, start, tools)
@@ -105,7 +105,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         request = GenerationRequest(
             request_id=request_id_var.get(),
             prompt_token_ids=prompt_ids,
-            sampling=convert.sampling_options(start.sampling),
+            sampling=inference_convert.sampling_options(start.sampling),
             observer=observer,
             grammar=grammar,
         )
@@ -123,7 +123,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 )
             )
             async for event in handle.events():
-                yield convert.generate_response(event)
+                yield inference_convert.generate_response(event)
         finally:
             # Runs on normal end, on error and when the client cancels the call.
             handle.cancel()
@@ -162,7 +162,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.TokenizeResponse:
         engine = self._engine_for(request.model)
         if request.WhichOneof("input") == "chat":
-            ids = await engine.render_chat_async(convert.chat_turns(request.chat))
+            ids = await engine.render_chat_async(inference_convert.chat_turns(request.chat))
         else:
             ids = await engine.encode_text_async(
                 request.text, add_special_tokens=request.add_special_tokens
@@ -185,17 +185,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if engine is not None:
             response.queue_depth = engine.queue_depth
             response.max_queue = engine.max_queue
-            response.batch.CopyFrom(convert.batch_status(engine.batch_stats()))
+            response.batch.CopyFrom(inference_convert.batch_status(engine.batch_stats()))
             if self._host.state is ModelState.READY:
-                response.model.CopyFrom(convert.model_info(engine.description))
+                response.model.CopyFrom(inference_convert.model_info(engine.description))
         device = engine.loaded_model.device if engine is not None else None
-        response.memory.CopyFrom(convert.memory_status(memory_usage(device)))
+        response.memory.CopyFrom(inference_convert.memory_status(memory_usage(device)))
         return response
 
 
 async def _grammar(engine: Engine, start: pb.GenerateStart, tools: tuple[ToolSpec, ...]) -> Any:
     """The request's compiled constraint, or None."""
-    constraint = convert.output_constraint(start.constraint)
+    constraint = inference_convert.output_constraint(start.constraint)
     if constraint is None:
         return None
     if isinstance(constraint, ToolCalls) and not tools:

@@ -9,7 +9,7 @@ import grpc
 from inference_service.errors import InvalidArgumentError
 from inference_service.models.catalog import CachedModel, ModelCatalog
 from inference_service.models.manager import ModelManager
-from inference_service.servicers import convert
+from inference_service.servicers import models_convert, operations_convert
 from inference_service.servicers.paging import next_page_token, page_bounds
 from millm.v1 import model_service_pb2 as pb
 from millm.v1 import model_service_pb2_grpc as pb_grpc
@@ -21,7 +21,7 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         self._catalog = catalog
 
     def _message(self, model: CachedModel) -> pb.CachedModel:
-        return convert.cached_model(model, loaded=self._models.is_loaded(model))
+        return models_convert.cached_model(model, loaded=self._models.is_loaded(model))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -54,23 +54,25 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             repo_id,
             request.revision or "main",
             request.token or None,
-            convert.weight_format(request.format),
+            models_convert.weight_format(request.format),
         )
-        return pb.DownloadModelResponse(operation=convert.operation(snapshot))
+        return pb.DownloadModelResponse(operation=operations_convert.operation(snapshot))
 
     async def EstimateModelMemory(
         self, request: pb.EstimateModelMemoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.EstimateModelMemoryResponse:
         estimate = await self._models.estimate(
-            convert.load_spec(request.id, request.spec), request.sae_bytes
+            models_convert.load_spec(request.id, request.spec), request.sae_bytes
         )
-        return convert.memory_estimate(estimate)
+        return models_convert.memory_estimate(estimate)
 
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadModelResponse:
         loaded = await self._models.load(
-            convert.load_spec(request.id, request.spec, allow_overcommit=request.allow_overcommit)
+            models_convert.load_spec(
+                request.id, request.spec, allow_overcommit=request.allow_overcommit
+            )
         )
         return pb.LoadModelResponse(
             model=self._message(loaded.model), load_s=loaded.load_s, warning=loaded.warning or ""

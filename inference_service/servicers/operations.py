@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from inference_service.operations.manager import OperationsManager
-from inference_service.servicers import convert
+from inference_service.servicers import operations_convert
 from inference_service.servicers.paging import next_page_token, page_bounds
 from millm.v1 import operations_service_pb2 as pb
 from millm.v1 import operations_service_pb2_grpc as pb_grpc
@@ -21,7 +21,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
         self, request: pb.GetOperationRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetOperationResponse:
         return pb.GetOperationResponse(
-            operation=convert.operation(self._operations.get(request.id))
+            operation=operations_convert.operation(self._operations.get(request.id))
         )
 
     async def ListOperations(
@@ -32,7 +32,7 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
             limit=limit + 1, offset=offset, unfinished_only=request.unfinished_only
         )
         return pb.ListOperationsResponse(
-            operations=[convert.operation(s) for s in items[:limit]],
+            operations=[operations_convert.operation(s) for s in items[:limit]],
             next_page_token=next_page_token(offset, limit, len(items)),
         )
 
@@ -40,11 +40,11 @@ class OperationsServicer(pb_grpc.OperationsServiceServicer):
         self, request: pb.WatchOperationRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchOperationResponse]:
         async for snapshot in self._operations.watch(request.id):
-            yield pb.WatchOperationResponse(operation=convert.operation(snapshot))
+            yield pb.WatchOperationResponse(operation=operations_convert.operation(snapshot))
 
     async def CancelOperation(
         self, request: pb.CancelOperationRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelOperationResponse:
         return pb.CancelOperationResponse(
-            operation=convert.operation(self._operations.cancel(request.id))
+            operation=operations_convert.operation(self._operations.cancel(request.id))
         )

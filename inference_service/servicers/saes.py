@@ -11,7 +11,7 @@ from inference_service.errors import InvalidArgumentError
 from inference_service.sae import registry
 from inference_service.sae.catalog import CachedSae, HubRef
 from inference_service.sae.manager import SaeManager
-from inference_service.servicers import convert, sae_convert
+from inference_service.servicers import operations_convert, sae_convert
 from inference_service.servicers.paging import next_page_token, page_bounds
 from millm.v1 import sae_pb2
 from millm.v1 import sae_service_pb2 as pb
@@ -68,7 +68,7 @@ class SaeServicer(pb_grpc.SaeServiceServicer):
         snapshot = await asyncio.to_thread(
             self._catalog.start_download, ref, request.token or None, release
         )
-        return pb.DownloadSaeResponse(operation=convert.operation(snapshot))
+        return pb.DownloadSaeResponse(operation=operations_convert.operation(snapshot))
 
     async def ImportSae(
         self, request: pb.ImportSaeRequest, context: grpc.aio.ServicerContext
@@ -167,7 +167,7 @@ class SaeServicer(pb_grpc.SaeServiceServicer):
                 commit_message=request.commit_message,
             )
         )
-        return pb.UploadSaeResponse(operation=convert.operation(snapshot))
+        return pb.UploadSaeResponse(operation=operations_convert.operation(snapshot))
 
     def _message(self, cached: CachedSae) -> sae_pb2.Sae:
         return sae_convert.sae(cached, attached_hook_name=self._manager.attached_hook(cached.id))
