@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18millm/v1/operation.proto\x12\x08millm.v1\"\xe4\x02\n\tOperation\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.millm.v1.OperationKind\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.millm.v1.OperationState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x12\n\nbytes_done\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x07 \x01(\x04\x12\x13\n\x0b\x62ytes_per_s\x18\x08 \x01(\x01\x12\x12\n\x05\x65ta_s\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rerror_message\x18\n \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x0b \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x0c \x01(\x03\x12\x1a\n\x12updated_at_unix_ms\x18\r \x01(\x03\x12\x1b\n\x13\x66inished_at_unix_ms\x18\x0e \x01(\x03\x42\x08\n\x06_eta_s*\x92\x01\n\rOperationKind\x12\x1e\n\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dOPERATION_KIND_MODEL_DOWNLOAD\x10\x01\x12\x1f\n\x1bOPERATION_KIND_SAE_DOWNLOAD\x10\x02\x12\x1d\n\x19OPERATION_KIND_SAE_UPLOAD\x10\x03*\xc5\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OPERATION_STATE_PENDING\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18millm/v1/operation.proto\x12\x08millm.v1\"\xe4\x02\n\tOperation\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.millm.v1.OperationKind\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.millm.v1.OperationState\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x12\n\nbytes_done\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x07 \x01(\x04\x12\x13\n\x0b\x62ytes_per_s\x18\x08 \x01(\x01\x12\x12\n\x05\x65ta_s\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rerror_message\x18\n \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x0b \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x0c \x01(\x03\x12\x1a\n\x12updated_at_unix_ms\x18\r \x01(\x03\x12\x1b\n\x13\x66inished_at_unix_ms\x18\x0e \x01(\x03\x42\x08\n\x06_eta_s*\xb9\x01\n\rOperationKind\x12\x1e\n\x1aOPERATION_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dOPERATION_KIND_MODEL_DOWNLOAD\x10\x01\x12\x1f\n\x1bOPERATION_KIND_SAE_DOWNLOAD\x10\x02\x12\x1d\n\x19OPERATION_KIND_SAE_UPLOAD\x10\x03\x12%\n!OPERATION_KIND_FEATURE_STATISTICS\x10\x04*\xc5\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OPERATION_STATE_PENDING\x10\x01\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x02\x12\x1d\n\x19OPERATION_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x04\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'millm.v1.operation_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OPERATIONKIND']._serialized_start=398
-  _globals['_OPERATIONKIND']._serialized_end=544
-  _globals['_OPERATIONSTATE']._serialized_start=547
-  _globals['_OPERATIONSTATE']._serialized_end=744
+  _globals['_OPERATIONKIND']._serialized_end=583
+  _globals['_OPERATIONSTATE']._serialized_start=586
+  _globals['_OPERATIONSTATE']._serialized_end=783
   _globals['_OPERATION']._serialized_start=39
   _globals['_OPERATION']._serialized_end=395
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,8 @@ class _OperationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operati
     """Downloading an SAE from the Hugging Face Hub."""
     OPERATION_KIND_SAE_UPLOAD: _OperationKind.ValueType  # 3
     """Uploading an SAE to a Hugging Face Hub repository."""
+    OPERATION_KIND_FEATURE_STATISTICS: _OperationKind.ValueType  # 4
+    """Reading a corpus through the model and an SAE for feature statistics."""
 
 class OperationKind(_OperationKind, metaclass=_OperationKindEnumTypeWrapper):
     """OperationKind says what an operation does."""
@@ -43,6 +45,8 @@ OPERATION_KIND_SAE_DOWNLOAD: OperationKind.ValueType  # 2
 """Downloading an SAE from the Hugging Face Hub."""
 OPERATION_KIND_SAE_UPLOAD: OperationKind.ValueType  # 3
 """Uploading an SAE to a Hugging Face Hub repository."""
+OPERATION_KIND_FEATURE_STATISTICS: OperationKind.ValueType  # 4
+"""Reading a corpus through the model and an SAE for feature statistics."""
 Global___OperationKind: _TypeAlias = OperationKind  # noqa: Y015
 
 class _OperationState:
