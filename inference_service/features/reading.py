@@ -41,7 +41,7 @@ class SaeReader:
         hidden = self.engine.run_background(lambda model: capture(model, [self.site], token_ids))[0]
         with torch.inference_mode():
             acts = self.sae.encode(hidden.to(self.sae.weights.W_enc.device)).float().cpu()
-        acts[:, 0] = 0
+            acts[:, 0] = 0
         return acts
 
 
