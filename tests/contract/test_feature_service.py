@@ -6,7 +6,9 @@ same windows through the model (training's `capture`) and the SAE's encode.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import grpc
@@ -18,11 +20,12 @@ from grpc_status import rpc_status
 from inference_service.features.lens import decoder_row_logits
 from inference_service.features.reading import corpus_windows
 from inference_service.sae.architectures import Sae, SaeWeights
+from inference_service.sae.feature_stats import CORPUS_STATISTICS_FILE
 from inference_service.training.corpus import read_documents
 from inference_service.training.sites import capture, capture_site
 from millm.v1 import feature_service_pb2 as pb
 from millm.v1 import feature_service_pb2_grpc as pb_grpc
-from millm.v1 import operation_pb2
+from millm.v1 import operation_pb2, sae_pb2
 from millm.v1 import operations_service_pb2 as opb
 from millm.v1 import operations_service_pb2_grpc as opb_grpc
 from millm.v1 import sae_service_pb2 as spb
@@ -192,6 +195,12 @@ async def test_statistics_equal_a_direct_computation(server, channel, stub, uppe
     q = shown.statistics.quantiles
     assert len(q) == 3 and q[0] <= q[1] <= q[2] <= shown.statistics.max_activation
     assert shown.suggested_strength == pytest.approx(q[2])
+    # The statistics travel with the SAE when it is exported.
+    saes = spb_grpc.SaeServiceStub(channel)
+    request = spb.ExportSaeRequest(id=sae_id, layout=sae_pb2.SAE_LAYOUT_SAELENS)
+    data = b"".join([c.data async for c in saes.ExportSae(request)])
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert CORPUS_STATISTICS_FILE in archive.namelist()
 
 
 # ---- logit lens -------------------------------------------------------------------------------
