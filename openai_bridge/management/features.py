@@ -114,9 +114,7 @@ async def delete_feature_label(
     id: str, index: FeatureIndexPath, management: Management
 ) -> JSONResponse:
     # An empty label and notes is how the service removes one.
-    request = fpb.SetFeatureLabelRequest(sae_id=id, index=index)
-    response = await management.unary(management.stubs.features.SetFeatureLabel, request)
-    return JSONResponse(proto_json.to_json(response))
+    return await set_feature_label(id, index, FeatureLabelBody(), management)
 
 
 # ---------------------------------------------------------------- labels
