@@ -9,23 +9,31 @@ import json
 import pytest
 from playwright.sync_api import expect
 
+from tests.fixtures.corpus import write_jsonl
 from tests.ui.steps import Api, open_tab, unexpected_errors, wait_until
 
 pytestmark = pytest.mark.e2e
 
 # Small enough for a 2-core machine, large enough that most features of a random
-# SAE fire somewhere.
+# SAE fire somewhere; read from an uploaded corpus, which the built-in sample (the
+# model's own writing, generated on first use) would take minutes to match.
 STATISTICS_TOKENS = 2000
 
 
 def test_find_label_and_steer_with_a_feature(ui_stack, page, tmp_path, artifacts_dir):
     api = Api(ui_stack.http_url)
     sae = api.attach_random_sae(tmp_path / "features", "features-sae", d_sae=64)
+    corpus = api.http.post(
+        "/api/v1/training/corpora?name=features.jsonl",
+        content=write_jsonl(tmp_path / "features.jsonl", count=200).read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    ).json()["corpus"]
     page.goto(ui_stack.http_url + "/#features")
     panel = open_tab(page, "features")
     expect(panel.get_by_label("SAE", exact=True)).to_have_value(sae["id"])
 
     # Statistics: an operation whose progress shows until it succeeds.
+    panel.get_by_label("Corpus", exact=True).select_option(corpus["id"])
     panel.get_by_label("Tokens at most").fill(str(STATISTICS_TOKENS))
     panel.get_by_role("button", name="Compute statistics").click()
     row = panel.locator(".operation")
