@@ -44,7 +44,8 @@ def test_find_label_and_steer_with_a_feature(ui_stack, page, tmp_path, artifacts
         "the statistics to finish",
         timeout_s=240,
     )
-    assert api.get(f"/operations/{operation_id}")["state"] == "succeeded"
+    finished = api.get(f"/operations/{operation_id}")
+    assert finished["state"] == "succeeded", finished["error_message"]
     expect(row).to_contain_text("succeeded")
 
     # Search by text: ranked features, the text's tokens shaded by the picked one.
