@@ -245,7 +245,7 @@ export function lineChart(points, { title, width = 360, height = 160, log = fals
  * A histogram: one bar per bin between `edges` (one more than `counts`), with the
  * first and last edge under the axis.
  */
-export function histogram(edges, counts, { title, width = 360, height = 140 }) {
+export function histogram(edges, counts, { title, width = 720, height = 180 }) {
   const total = counts.reduce((a, b) => a + b, 0);
   const figure = h("figure", { class: "chart" }, h("figcaption", {}, title, h("span", { class: "mono value" }, `${formatNumber(total)} activations`)));
   const summary = counts.map((c, i) => `${formatNumber(edges[i])}–${formatNumber(edges[i + 1])}: ${c}`).join(", ");

@@ -248,7 +248,7 @@ export default {
     root = panel;
     els.sae = h("div");
     els.work = h("div", { hidden: true },
-      h("div", { class: "card" }, h("h2", {}, "Find features"), h("div", { class: "finders" }, textSearch(), contrastSearch(), labelSearch())),
+      h("div", { class: "card" }, h("h2", {}, "Find features"), h("div", { class: "finders wide" }, textSearch(), contrastSearch(), labelSearch())),
       dashboard.el);
     root.append(h("div", { class: "card" }, h("h2", {}, "Features"), els.sae, operations.el), els.work);
     // Attaching elsewhere changes which SAE is the default and which can be steered.
