@@ -7,6 +7,7 @@ residual stream does after the last layer: logits = lm_head(final_norm(W_dec[i])
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +44,9 @@ def final_norm(model: nn.Module) -> nn.Module:
 @torch.inference_mode()
 def decoder_row_logits(model: nn.Module, row: Tensor) -> Tensor:
     """[d_model] decoder row -> [vocab] logits through the final norm and unembedding."""
-    unembedding = model.get_output_embeddings()
+    language_model: Any = model  # a transformers PreTrainedModel
+    unembedding = language_model.get_output_embeddings()
+    assert isinstance(unembedding, nn.Linear), "a language model's head is a Linear layer"
     weight = unembedding.weight
     normed = final_norm(model)(row.to(device=weight.device, dtype=weight.dtype).view(1, 1, -1))
     return unembedding(normed).view(-1).float().cpu()

@@ -371,7 +371,7 @@ class FeatureManager:
         """[T_i, d_sae] per non-empty text. Texts of a pass are right-padded: the model
         is causal, so padding after a text changes nothing of the text itself."""
         rows = [ids for ids in self._encode(ready.reader.engine, texts) if ids]
-        out = []
+        out: list[Tensor] = []
         for start in range(0, len(rows), 8):
             group = rows[start : start + 8]
             width = max(len(r) for r in group)
@@ -409,7 +409,7 @@ class FeatureManager:
 
     def export_labels(self, sae_id: str) -> bytes:
         sha, _ = self._labelled(sae_id)
-        labels = self._db.run(lambda session: FeatureLabels(session).list(sha))
+        labels = self._db.run(lambda session: FeatureLabels(session).all_of(sha))
         return label_files.export_labels(sha, labels)
 
     def import_labels(

@@ -28,7 +28,7 @@ class FeatureLabels:
         )
         return {row.feature_index: _label(row) for row in rows}
 
-    def list(self, sha: str) -> list[FeatureLabel]:
+    def all_of(self, sha: str) -> list[FeatureLabel]:
         rows = self._session.scalars(
             select(FeatureLabelRow)
             .where(FeatureLabelRow.sae_sha256 == sha)
