@@ -5,7 +5,10 @@ built-in model, over the model's own kind of text, through the real code path
     PYTHONPATH=.:gen/python .venv/bin/python bench/feature_stats.py [--tokens 8192]
 
 Prints tokens/s for the whole path (model forward to the site, encode, accumulate),
-the accumulator's share, and the peak RSS of the process.
+the accumulator's share, and the peak RSS of the process; then the latency of the two
+searches on the same SAE (median of 5): features firing on one ~100-token text, and a
+contrast of 16 texts with their upper-case copies (groups of 8 a pass, as the service
+reads them). Both are the domain path without gRPC or HTTP in front.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +28,7 @@ from inference_service.config import InferenceSettings
 from inference_service.engine.engine import Engine
 from inference_service.engine.loader import load_model
 from inference_service.features.reading import SaeReader, corpus_windows
+from inference_service.features.search import ContrastMeasure, contrast, text_hits
 from inference_service.features.statistics import StatisticsAccumulator
 from inference_service.training.self_corpus import prompt_pool
 from inference_service.training.sites import capture_site
@@ -35,6 +42,45 @@ def _documents(n: int) -> list[str]:
     # Prompt text repeated in varied order: the throughput does not depend on the words.
     pool = prompt_pool()
     return [" ".join(pool[i % len(pool) : i % len(pool) + 40]) for i in range(n)]
+
+
+def _median_ms(work: Callable[[], object], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def _activations(reader: SaeReader, rows: list[list[int]]) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for start in range(0, len(rows), 8):
+        group = rows[start : start + 8]
+        width = max(len(r) for r in group)
+        acts = reader.activations(torch.tensor([r + [r[-1]] * (width - len(r)) for r in group]))
+        out.extend(acts[i, : len(r)] for i, r in enumerate(group))
+    return out
+
+
+def search_latency(reader: SaeReader, tokenizer: Any) -> None:
+    pool = prompt_pool()
+    text_ids = tokenizer(" ".join(pool[:12]))["input_ids"][:100]
+    texts = [" ".join(pool[i : i + 3]) for i in range(0, 48, 3)]
+    lower = [tokenizer(t)["input_ids"] for t in texts]
+    upper = [tokenizer(t.upper())["input_ids"] for t in texts]
+
+    def by_text() -> None:
+        text_hits(reader.activations(torch.tensor([text_ids]))[0], 20)
+
+    def by_contrast() -> None:
+        contrast(
+            _activations(reader, upper), _activations(reader, lower), ContrastMeasure.AUROC, 20
+        )
+
+    words = sum(len(r) for r in lower) + sum(len(r) for r in upper)
+    print(f"search by text ({len(text_ids)} tokens): {_median_ms(by_text):.0f} ms")
+    print(f"contrast (16 + 16 texts, {words} tokens): {_median_ms(by_contrast):.0f} ms")
 
 
 async def main() -> None:
@@ -72,6 +118,7 @@ async def main() -> None:
     print(f"  model + encode: {reader_s:.1f} s, accumulate: {accumulate_s:.1f} s")
     print(f"  accumulator alone: {tokens / accumulate_s:.0f} tokens/s")
     print(f"peak RSS: {peak_mib:.0f} MiB")
+    await asyncio.to_thread(search_latency, reader, tokenizer)
     engine.shutdown()
 
 
