@@ -124,8 +124,10 @@ class SaeCatalog:
         assert cached.spec is not None  # a ready SAE has one
         sae = load_sae(cached.folder, device=device, dtype=torch.float32).owned()
         if sae.spec.hook_name is None:  # known from the imported folder's path alone
-            site = {"hook_name": cached.spec.hook_name, "layer": cached.spec.layer}
-            sae = Sae(dataclasses.replace(sae.spec, **site), sae.weights, sae.log_sparsity)
+            spec = dataclasses.replace(
+                sae.spec, hook_name=cached.spec.hook_name, layer=cached.spec.layer
+            )
+            sae = Sae(spec, sae.weights, sae.log_sparsity)
         return sae
 
     def require_ready(self, sae_id: str) -> CachedSae:
