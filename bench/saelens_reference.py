@@ -3,10 +3,12 @@
 Trains `sae_lens.saes.topk_sae.TopKTrainingSAE` with `sae_lens.training.sae_trainer.SAETrainer`
 on an in-memory activation tensor (no TransformerLens model, no dataset, no wandb, nothing
 written to disk), then scores it with sae-lens's inference `TopKSAE`. Every setting not taken
-as an argument keeps the sae-lens default: Adam(0.9, 0.999), constant LR (optional linear
-warm-up), grad-norm clip 1.0, decoder rows initialised to norm 0.1 with W_enc = W_dec.T,
-zero biases, b_dec subtracted from the input, TopK-AuxK loss (coefficient 1) on features dead
-for more than 1000 steps, and `rescale_acts_by_decoder_norm=True` during training.
+as an argument keeps the sae-lens default, which is what it recommends for TopK: Adam(0.9,
+0.999), constant LR (optional linear warm-up), grad-norm clip 1.0, b_dec subtracted from the
+input, TopK-AuxK loss (coefficient 1) on features dead for more than 1000 steps, and
+`rescale_acts_by_decoder_norm=True` during training. Its own initialisation (decoder rows of
+norm 0.1, W_enc = W_dec.T, zero biases) is replaced by `start` when given, so that two
+trainers can be compared from the same weights.
 
 The returned weights have the decoder norms folded in exactly as sae-lens does when it saves an
 inference SAE (`process_state_dict_for_saving_inference`), so W_dec rows have unit norm and
@@ -19,7 +21,7 @@ Self-check: .venv/bin/python bench/saelens_reference.py
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -62,12 +64,12 @@ def train_saelens_topk(
     total_tokens: int,
     seed: int,
     lr_warm_up_steps: int = 0,
-    b_dec_start: torch.Tensor | None = None,
+    start: Mapping[str, torch.Tensor] | None = None,
 ) -> SaeLensResult:
     """Train for `total_tokens // batch_size` steps over `train` in row order (wrapping).
 
-    `b_dec_start` replaces sae-lens's zero start for b_dec (older sae-lens runners
-    offered the activations' mean as `b_dec_init_method="mean"`)."""
+    `start`: W_enc, b_enc, W_dec and b_dec to begin from instead of sae-lens's own
+    initialisation."""
     if train.ndim != 2 or not 0 < batch_size <= train.shape[0]:
         raise ValueError("train must be [N, d_in] with N >= batch_size > 0")
     train = train.detach().to("cpu", torch.float32).contiguous()
@@ -75,9 +77,10 @@ def train_saelens_topk(
     if steps < 1:
         raise ValueError("total_tokens must cover at least one batch")
     sae = _new_sae(train.shape[1], d_sae, k, seed)
-    if b_dec_start is not None:
+    if start is not None:
         with torch.no_grad():
-            sae.b_dec.copy_(b_dec_start)
+            for name in _WEIGHTS:
+                getattr(sae, name).copy_(start[name])
     cfg = SAETrainerConfig(
         # fit() loops while samples < total, so a multiple of batch_size gives exactly `steps`.
         total_training_samples=steps * batch_size,

@@ -31,7 +31,8 @@ class RowEdit:
     hook: Any  # an object whose `edit` the forward hook reads (sae.attachments.SiteHook)
     add: Tensor | None = None  # [d], added at every position of the row (float32)
     transform: RowTransform | None = None  # edits that read feature values, run before `add`
-    observe: Callable[[Tensor], None] | None = None  # sees the row's edited state [1, T, d]
+    # Sees the row's state before and after the edits, [1, T, d] each.
+    observe: Callable[[Tensor, Tensor], None] | None = None
 
 
 def install(edits: Sequence[RowEdit | None]) -> Callable[[], None]:
@@ -72,7 +73,7 @@ def _batched_edit(batch: int, rows: list[tuple[int, RowEdit]]) -> Callable[[Tens
         if adds is not None:
             out = out + adds.to(h.dtype).unsqueeze(1)
         for r, observe in observers:
-            observe(out[r : r + 1])
+            observe(h[r : r + 1], out[r : r + 1])
         return out if out is not h else None
 
     return edit

@@ -282,7 +282,9 @@ class MonitorHub:
             return frame
 
         if config.record_history:
-            summary = CaptureSummary.of(capture.activations)  # outside the lock
+            # Statistics describe the model, not the steering: a clamp to 80 must not
+            # become the feature's observed maximum (and its suggested strength).
+            summary = CaptureSummary.of(capture.unedited)  # outside the lock
             frame = frame_for(config.selection)
             with self._lock:
                 if self._stats is None or self._stats.d_sae != d_sae:

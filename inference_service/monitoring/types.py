@@ -34,6 +34,9 @@ class TokenActivations:
     token: str
     features: tuple[FeatureValue, ...]  # the selected features, in the order asked
     top: tuple[FeatureValue, ...]  # most active first
+    # The selected features before steering edited the hidden state; empty when
+    # steering left it unchanged (then `features` are the unedited values).
+    unedited_features: tuple[FeatureValue, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ def validate_selection(selection: Selection, d_sae: int | None) -> Selection:
 
 @dataclass(frozen=True)
 class Capture:
-    """One forward pass of one request, as the hook saw it (after steering)."""
+    """One forward pass of one request, as the hook saw it: the SAE's encoding of
+    the hidden state after the request's steering, and of the state before it."""
 
     request_id: str
     source: Source
@@ -92,8 +96,15 @@ class Capture:
     positions: tuple[int, ...]  # sequence positions of the rows of `activations`
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]  # display text per position
-    activations: Tensor  # [positions, d_sae], float32, on the CPU
+    activations: Tensor  # [positions, d_sae], float32, on the CPU, after steering
     captured_at_unix_ms: int
+    # The same before steering; None when steering left the hidden state unchanged.
+    unedited_activations: Tensor | None = None
+
+    @property
+    def unedited(self) -> Tensor:
+        """[positions, d_sae]: what the model's own state activates, steering or not."""
+        return self.activations if self.unedited_activations is None else self.unedited_activations
 
     def frame(self, selection: Selection) -> ActivationFrame:
         return ActivationFrame(
@@ -106,9 +117,11 @@ class Capture:
 
 
 def select_tokens(capture: Capture, selection: Selection) -> tuple[TokenActivations, ...]:
-    """Per position: the selected features' values and the top-k active features."""
+    """Per position: the selected features' values (after the edit and, when steering
+    edited the state, before it) and the top-k active features."""
     acts = capture.activations  # [T, d_sae]
-    chosen = acts[:, list(selection.features)].tolist() if selection.features else None
+    chosen = _selected(acts, selection.features)
+    unedited = _selected(capture.unedited_activations, selection.features)
     top_values: list[list[float]] = []
     top_indices: list[list[int]] = []
     if selection.top_k:
@@ -117,11 +130,6 @@ def select_tokens(capture: Capture, selection: Selection) -> tuple[TokenActivati
         top_values, top_indices = values.tolist(), indices.tolist()
     out = []
     for row, position in enumerate(capture.positions):
-        features = (
-            tuple(FeatureValue(i, v) for i, v in zip(selection.features, chosen[row], strict=True))
-            if chosen is not None
-            else ()
-        )
         top = (
             tuple(
                 FeatureValue(i, v)
@@ -132,6 +140,21 @@ def select_tokens(capture: Capture, selection: Selection) -> tuple[TokenActivati
             else ()
         )
         out.append(
-            TokenActivations(position, capture.token_ids[row], capture.tokens[row], features, top)
+            TokenActivations(
+                position,
+                capture.token_ids[row],
+                capture.tokens[row],
+                chosen[row] if chosen else (),
+                top,
+                unedited[row] if unedited else (),
+            )
         )
     return tuple(out)
+
+
+def _selected(acts: Tensor | None, features: tuple[int, ...]) -> list[tuple[FeatureValue, ...]]:
+    """Per row of acts [T, d_sae], the values of `features`; empty without either."""
+    if acts is None or not features:
+        return []
+    rows = acts[:, list(features)].tolist()  # [T, n]
+    return [tuple(FeatureValue(i, v) for i, v in zip(features, row, strict=True)) for row in rows]

@@ -122,7 +122,14 @@ class SaeCatalog:
     def load(self, sae_id: str, device: torch.device) -> Sae:
         """The SAE's weights on `device`, every tensor shape checked."""
         cached = self.require_ready(sae_id)
-        return load_sae(cached.folder, device=device, dtype=torch.float32).owned()
+        assert cached.spec is not None  # a ready SAE has one
+        sae = load_sae(cached.folder, device=device, dtype=torch.float32).owned()
+        if sae.spec.hook_name is None:  # known from the imported folder's path alone
+            spec = dataclasses.replace(
+                sae.spec, hook_name=cached.spec.hook_name, layer=cached.spec.layer
+            )
+            sae = Sae(spec, sae.weights, sae.log_sparsity)
+        return sae
 
     def require_ready(self, sae_id: str) -> CachedSae:
         """The SAE, if its files are downloaded and valid; else an error saying what to do."""
@@ -173,6 +180,9 @@ class SaeCatalog:
         cached = self._register(
             sae_id,
             target,
+            # Read from the source: Gemma Scope and bare miStudio folders name their
+            # hook only by their path (layer_N/...), which the copy does not keep.
+            spec,
             name=name.strip() or source.name,
             source_key=f"local:{sha}",
             source={"kind": "local", "folder_name": source.name},
@@ -192,6 +202,7 @@ class SaeCatalog:
         return self._register(
             sae_id,
             folder,
+            read_spec(folder),
             name=name,
             source_key=f"trained:{run_id}",
             source={"kind": "trained", "run_id": run_id},
@@ -202,13 +213,13 @@ class SaeCatalog:
         self,
         sae_id: str,
         folder: Path,
+        spec: SaeSpec,
         *,
         name: str,
         source_key: str,
         source: dict[str, Any],
         sha: str,
     ) -> CachedSae:
-        spec = read_spec(folder)
         record = self._db.run(
             lambda session: SaeRecords(session).create(
                 record_id=sae_id,

@@ -91,6 +91,7 @@ def token_activations(value: TokenActivations) -> pb.TokenActivations:
         token=value.token,
         features=_values(value.features),
         top=_values(value.top),
+        unedited_features=_values(value.unedited_features),
     )
 
 

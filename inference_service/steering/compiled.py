@@ -4,8 +4,14 @@ The math is docs/steering.md's, with `h` the hidden state at the site and `f_i`
 the SAE's activation of feature i:
 
     add       h += s * W_dec[i]          (W_dec[i] / ||W_dec[i]|| when normalised)
-    clamp     h += (c - f_i) * W_dec[i]  (sets feature i to c)
-    multiply  h += (m - 1) * f_i * W_dec[i]
+    clamp     h += (c - f_i) * d_i       (sets feature i to c)
+    multiply  h += (m - 1) * f_i * d_i
+
+where d_i is how far the SAE's own decode moves per unit of f_i (the
+architecture's `steering_rows`; W_dec[i] except for TopK with
+rescale_acts_by_decoder_norm), undone by the input normalisation as decode is
+(divided by the rescale coefficient, or times the standard deviation), so that
+clamp and multiply move h exactly as decoding the edited latent would.
 
 `h` itself is never replaced by the SAE's reconstruction, so only the steered
 features move. All add rows fold into one precomputed vector (one addition per
@@ -19,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from inference_service.sae.architectures import Sae
+from inference_service.sae.architectures import InputNorm, Sae
 from inference_service.steering.types import SteeringSet
 
 
@@ -82,15 +88,19 @@ class CompiledSteering:
 
     def apply_encoded(self, h: Tensor) -> Tensor:
         """The clamp and multiply edits alone (the adds come after them)."""
-        f = self._selected_activations(h)  # [B, T, n]
+        f, norm = self._selected_activations(h)  # [B, T, n]
         # clamp: c - f; multiply: (m - 1) * f
         coeff = torch.where(self._is_clamp, self._amount - f, (self._amount - 1.0) * f)
-        return h + (coeff @ self._rows).to(h.dtype)  # [B, T, d_in]
+        change = coeff @ self._rows  # [B, T, d_in], in the SAE's normalised space
+        if norm is not None:
+            change = norm.undo_change(change)
+        return h + change.to(h.dtype)
 
-    def _selected_activations(self, h: Tensor) -> Tensor:
+    def _selected_activations(self, h: Tensor) -> tuple[Tensor, InputNorm | None]:
         if not self._columnwise:
-            return self.sae.encode(h.float())[..., self._index]
+            f, norm = self.sae.encode_with_norm(h.float())
+            return f[..., self._index].float(), norm
         x = h.float()
         if self.sae.spec.apply_b_dec_to_input:
             x = x - self._selected.b_dec
-        return self.sae.architecture.encode(x, self._selected, self.sae.spec)  # [B, T, n]
+        return self.sae.architecture.encode(x, self._selected, self.sae.spec), None

@@ -155,9 +155,11 @@ class PassContext:
         ids = tuple(token_ids)
         observe = None
         if publish or not self._selection.empty:
+            edits = not compiled.is_identity
 
-            def observe(out: Tensor) -> None:  # out [1, T, d_in], after steering
-                self._capture(active, out[0], ids, start_position, publish)
+            def observe(before: Tensor, after: Tensor) -> None:  # [1, T, d_in] each
+                unedited = before[0] if edits else None
+                self._capture(active, after[0], unedited, ids, start_position, publish)
 
         return RowEdit(
             active.hook,
@@ -170,11 +172,15 @@ class PassContext:
         self,
         active: ActiveSae,
         hidden: Tensor,
+        unedited: Tensor | None,
         ids: tuple[int, ...],
         start: int,
         publish: bool,
     ) -> None:
+        """`hidden` is the state after this request's steering; `unedited` the state
+        before it, None when the steering left it unchanged."""
         acts = active.sae.encode(hidden.float()).cpu()  # [T, d_sae]
+        unedited_acts = None if unedited is None else active.sae.encode(unedited.float()).cpu()
         capture = Capture(
             request_id=self.request_id,
             source=self._source,
@@ -183,6 +189,7 @@ class PassContext:
             token_ids=ids,
             tokens=tuple(self._token_text(ids)),
             activations=acts,
+            unedited_activations=unedited_acts,
             captured_at_unix_ms=int(time.time() * 1000),
         )
         if not self._selection.empty:

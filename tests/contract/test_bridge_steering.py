@@ -674,6 +674,7 @@ async def test_monitoring_config_history_statistics_export_and_clear(bridge):
                         "token": "Hi",
                         "features": [{"index": 123, "value": 0.5}],
                         "top": [{"index": 7, "value": 9.5}, {"index": 123, "value": 0.5}],
+                        "unedited_features": [],
                     }
                 ],
                 "captured_at_unix_ms": 1_700_000_002_000,
@@ -734,6 +735,7 @@ async def test_live_stream_relays_control_messages_and_frames(bridge):
                         "token": "Hi",
                         "features": [{"index": 123, "value": 0.5}],
                         "top": [{"index": 7, "value": 9.5}, {"index": 123, "value": 0.5}],
+                        "unedited_features": [],
                     }
                 ],
                 "captured_at_unix_ms": 1_700_000_002_000,
@@ -1073,6 +1075,7 @@ def token_json(position: int, token_id: int, text: str, value: float) -> dict:
         "token": text,
         "features": [{"index": 123, "value": value}],
         "top": [{"index": 7, "value": 9.5}, {"index": 123, "value": value}],
+        "unedited_features": [],
     }
 
 
@@ -1152,7 +1155,7 @@ async def test_streamed_chunks_carry_their_deltas_activations(bridge):
         '"model":"smollm2","system_fingerprint":null,"choices":[{"text":" THERE","index":0,'
         '"logprobs":null,"finish_reason":null}],"usage":null,"millm":{"activations":[{'
         '"position":2,"token_id":11,"token":"HELLO","features":[{"index":123,"value":3.0}],'
-        '"top":[{"index":7,"value":9.5},{"index":123,"value":3.0}]}]}}'
+        '"top":[{"index":7,"value":9.5},{"index":123,"value":3.0}],"unedited_features":[]}]}}'
     )
 
 

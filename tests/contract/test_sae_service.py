@@ -8,6 +8,7 @@ import weakref
 import zipfile
 
 import grpc
+import numpy as np
 import pytest
 import torch
 from google.rpc import error_details_pb2, status_pb2
@@ -347,6 +348,35 @@ async def test_import_checks_the_folder(stub, saes):
         grpc.StatusCode.INVALID_ARGUMENT,
         "UNSUPPORTED",
     )
+
+
+def _gemma_scope_folder(folder):
+    """A Gemma Scope SAE (params.npz, no config): only its path says layer 5."""
+    folder.mkdir(parents=True)
+    sae = random_sae(architecture="jumprelu", seed=7)
+    np.savez(folder / "params.npz", **{n: t.numpy() for n, t in sae.weights.tensors().items()})
+    return folder
+
+
+def _bare_mistudio_folder(folder):
+    """A miStudio checkpoint without its config.json: only its path says layer 5."""
+    write_sae(folder, random_sae(seed=8), layout="mistudio")
+    (folder / "config.json").unlink()
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "path"),
+    [
+        (_gemma_scope_folder, "layer_5/width_16k/average_l0_20"),
+        (_bare_mistudio_folder, "layer_5"),
+    ],
+)
+async def test_a_hook_known_only_from_the_path_survives_the_import(stub, tmp_path, make, path):
+    imported = await _import(stub, make(tmp_path / path))
+    assert imported.hook_name == "blocks.5.hook_resid_post"
+    attached = await stub.AttachSae(pb.AttachSaeRequest(id=imported.id))  # no hook_name
+    assert attached.attachment.hook_name == "blocks.5.hook_resid_post"
 
 
 async def test_bad_layer_and_hook_names(stub, saes):

@@ -122,9 +122,18 @@ class Architecture:
         return f @ w.W_dec + w.b_dec
 
     def steering_rows(self, selected: SaeWeights, spec: SaeSpec) -> Tensor:
-        """[n, d_in]: the directions steering's clamp and multiply move h along, per
-        unit of change in each selected feature's activation: its decoder row."""
-        return selected.W_dec
+        """[n, d_in]: how far this architecture's decode moves per unit of each selected
+        feature's activation, the direction steering's clamp and multiply move h along.
+
+        Decode is affine in the features, so this is the decode of each one-hot latent
+        without b_dec: the decoder row itself, or (TopK with rescale_acts_by_decoder_norm)
+        the row over its norm. Setting f_i to f_i' then moves h by (f_i' - f_i) * row,
+        exactly what decoding the edited latent changes.
+        """
+        n = selected.W_dec.shape[0]
+        one_hot = torch.eye(n, dtype=selected.W_dec.dtype, device=selected.W_dec.device)
+        unbiased = dataclasses.replace(selected, b_dec=torch.zeros_like(selected.b_dec))
+        return self.decode(one_hot, unbiased, spec)
 
     def spec_problems(self, spec: SaeSpec, d_sae: int) -> list[str]:
         """What is wrong with the spec's architecture settings, in words."""

@@ -47,6 +47,13 @@ class InputNorm:
         assert self.mean is not None and self.std is not None
         return y * self.std + self.mean
 
+    def undo_change(self, dy: Tensor) -> Tensor:
+        """How far `undo`'s output moves when its input moves by dy (undo is affine)."""
+        if self.coeff is not None:
+            return dy / self.coeff.to(dy.dtype)
+        assert self.std is not None
+        return dy * self.std.to(dy.dtype)
+
 
 def weight_problems(spec: SaeSpec, weights: SaeWeights) -> list[str]:
     """What is wrong with `weights` for `spec`, in words; empty when they fit."""

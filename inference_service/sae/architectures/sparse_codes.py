@@ -6,8 +6,9 @@ and back again: four of its five large matmuls work on zeros. Here only the
 encoder's forward pass stays dense (every pre-activation is needed to choose the
 top k); the decoder, its gradient, and the gradients that flow back into the
 encoder touch only the kept entries, as sparse-dense products on a CSR pattern.
-On two CPU cores that makes a 4,096-token step at d_sae 4,608 several times
-faster (bench/training.py measures it against sae-lens's dense trainer).
+A CSR product costs several times a dense one per entry, so this pays only when
+few entries are kept; training/trainable.py chooses by the kept fraction, with
+the measurements behind the rule.
 
 Both autograd functions here are exact: they compute what the dense expressions
 compute, in a different summation order (tests compare them with the dense path).

@@ -38,11 +38,6 @@ class TopK(Architecture):
             f = f * (1 / w.W_dec.norm(dim=-1))  # undo the ranking rescale of encode
         return f @ w.W_dec + w.b_dec
 
-    # Steering's clamp and multiply use the raw decoder rows (the inherited
-    # steering_rows) even with rescale_acts_by_decoder_norm, where decode scales
-    # f_i by 1 / ||W_dec[i]|| first. That is a known mistake kept for now; its
-    # fix is a steering_rows override here.
-
     def spec_problems(self, spec: SaeSpec, d_sae: int) -> list[str]:
         if spec.k is None or not 0 < spec.k <= d_sae:
             return [f"k must be between 1 and d_sae={d_sae}, got {spec.k}"]

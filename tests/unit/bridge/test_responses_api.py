@@ -504,6 +504,7 @@ def test_millm_activations_streamed_and_compare_reshaped(http, fake):
         "token": "Hi",
         "features": [],
         "top": [{"index": 7, "value": 1.5}],
+        "unedited_features": [],
     }
     # After the text it belongs to.
     assert streamed[4]["delta"] == "Hi"

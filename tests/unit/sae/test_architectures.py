@@ -5,9 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-# Imported once per module: sae_lens takes about ten seconds to import.
-import sae_lens
 import torch
 
 from inference_service.errors import UnsupportedError
@@ -16,79 +13,12 @@ from inference_service.sae.architectures import (
     LOADABLE,
     TRAINABLE,
     Sae,
-    SaeWeights,
     get_architecture,
     weight_problems,
 )
-from inference_service.sae.spec import SaeSpec
+from tests.fixtures.saelens_pairs import D_IN, D_SAE, SAELENS_CLASSES, K, inputs, saelens_pair
 
-D_IN, D_SAE, K = 32, 128, 8
 TOLERANCE = 1e-5
-
-# architecture -> (SAELens class, its config class, extra config fields)
-SAELENS_CLASSES = {
-    "standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig, {}),
-    "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig, {}),
-    "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig, {"k": K}),
-    "topk_rescaled": (
-        sae_lens.TopKSAE,
-        sae_lens.TopKSAEConfig,
-        {"k": K, "rescale_acts_by_decoder_norm": True},
-    ),
-    "gated": (sae_lens.GatedSAE, sae_lens.GatedSAEConfig, {}),
-}
-
-
-def _random_state(reference: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Random values for every tensor of `reference`, biases and thresholds included."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {
-        name: torch.randn(tuple(t.shape), generator=generator) * 0.3
-        for name, t in reference.state_dict().items()
-    }
-    if "threshold" in state:
-        # Mostly positive with a few negative thresholds, so both JumpReLU branches run.
-        state["threshold"] = state["threshold"].abs() - 0.05
-    return state
-
-
-def _pair(
-    case: str, normalize: str = "none", apply_b_dec: bool = True, seed: int = 0
-) -> tuple[torch.nn.Module, Sae]:
-    """The same random SAE as a SAELens module and as ours."""
-    sae_cls, cfg_cls, extra = SAELENS_CLASSES[case]
-    cfg = cfg_cls(
-        d_in=D_IN,
-        d_sae=D_SAE,
-        normalize_activations=normalize,
-        apply_b_dec_to_input=apply_b_dec,
-        **extra,
-    )
-    reference = sae_cls(cfg)
-    state = _random_state(reference, seed)
-    reference.load_state_dict(state)
-    architecture = cfg.architecture()
-    keys = get_architecture(architecture).saelens_keys()
-    weights = SaeWeights(**{name: state[key].clone() for name, key in keys.items()})
-    spec = SaeSpec(
-        format="saelens",
-        architecture=architecture,
-        d_in=D_IN,
-        d_sae=D_SAE,
-        hook_name="blocks.3.hook_resid_post",
-        layer=3,
-        model_name="tiny",
-        k=extra.get("k"),
-        apply_b_dec_to_input=apply_b_dec,
-        normalize_activations=normalize,
-        rescale_acts_by_decoder_norm=extra.get("rescale_acts_by_decoder_norm", False),
-    )
-    return reference, Sae(spec, weights)
-
-
-def _inputs(seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(3, 5, D_IN, generator=generator) * 2 + 0.5  # [batch, seq, d_in]
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,8 +29,8 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("case", sorted(SAELENS_CLASSES))
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_encode_and_decode_match_saelens(case: str, apply_b_dec: bool) -> None:
-    reference, ours = _pair(case, apply_b_dec=apply_b_dec)
-    x = _inputs()
+    reference, ours = saelens_pair(case, apply_b_dec=apply_b_dec)
+    x = inputs()
     with torch.no_grad():
         expected = reference.encode(x)
         features = ours.encode(x)
@@ -114,8 +44,8 @@ def test_encode_and_decode_match_saelens(case: str, apply_b_dec: bool) -> None:
 @pytest.mark.parametrize("case", sorted(SAELENS_CLASSES))
 @pytest.mark.parametrize("normalize", ["constant_norm_rescale", "layer_norm"])
 def test_run_time_normalisation_matches_saelens(case: str, normalize: str) -> None:
-    reference, ours = _pair(case, normalize=normalize, seed=2)
-    x = _inputs(3) * 7  # far from the normalised scale, so a missed step shows
+    reference, ours = saelens_pair(case, normalize=normalize, seed=2)
+    x = inputs(3) * 7  # far from the normalised scale, so a missed step shows
     with torch.no_grad():
         assert _max_diff(ours.encode(x), reference.encode(x)) < TOLERANCE
         assert _max_diff(ours.forward(x), reference(x)) < TOLERANCE
@@ -124,46 +54,46 @@ def test_run_time_normalisation_matches_saelens(case: str, normalize: str) -> No
 
 
 def test_expected_average_only_in_is_the_identity_at_run_time() -> None:
-    reference, ours = _pair("standard", normalize="expected_average_only_in")
-    x = _inputs()
+    reference, ours = saelens_pair("standard", normalize="expected_average_only_in")
+    x = inputs()
     with torch.no_grad():
         assert _max_diff(ours.encode(x), reference.encode(x)) < TOLERANCE
         assert _max_diff(ours.decode(ours.encode(x)), reference(x)) < TOLERANCE
 
 
 def test_decode_without_the_input_norm_is_refused_when_the_input_was_normalised() -> None:
-    _, ours = _pair("standard", normalize="layer_norm")
-    features, norm = ours.encode_with_norm(_inputs())
+    _, ours = saelens_pair("standard", normalize="layer_norm")
+    features, norm = ours.encode_with_norm(inputs())
     assert norm is not None
     with pytest.raises(ValueError, match="InputNorm"):
         ours.decode(features)
 
 
 def test_topk_keeps_k_features_per_vector() -> None:
-    _, ours = _pair("topk")
-    features = ours.encode(_inputs())
+    _, ours = saelens_pair("topk")
+    features = ours.encode(inputs())
     active = (features != 0).sum(dim=-1)
     assert active.max().item() == K
     assert (features >= 0).all()
 
 
 def test_topk_rescaling_changes_which_features_win() -> None:
-    _, plain = _pair("topk")
+    _, plain = saelens_pair("topk")
     rescaled = Sae(
         dataclasses.replace(plain.spec, rescale_acts_by_decoder_norm=True),
         dataclasses.replace(
             plain.weights, W_dec=plain.weights.W_dec * torch.linspace(0.1, 3, D_SAE)[:, None]
         ),
     )
-    x = _inputs()
+    x = inputs()
     assert not torch.equal(plain.encode(x) != 0, rescaled.encode(x) != 0)
 
 
 def test_encode_runs_in_the_weights_dtype() -> None:
-    _, ours = _pair("jumprelu")
+    _, ours = saelens_pair("jumprelu")
     half = ours.to("cpu", torch.bfloat16)
     assert half.spec.dtype == "bfloat16"
-    features = half.encode(_inputs())  # float32 input
+    features = half.encode(inputs())  # float32 input
     assert features.dtype == torch.bfloat16
 
 
@@ -189,7 +119,7 @@ def test_registry_entries() -> None:
 
 
 def test_wrong_shapes_and_missing_tensors_are_named() -> None:
-    _, ours = _pair("jumprelu")
+    _, ours = saelens_pair("jumprelu")
     bad = dataclasses.replace(ours.weights, W_dec=ours.weights.W_dec.T, threshold=None)
     problems = weight_problems(ours.spec, bad)
     assert "W_dec has shape [32, 128], expected [128, 32]" in problems
@@ -199,13 +129,13 @@ def test_wrong_shapes_and_missing_tensors_are_named() -> None:
 
 
 def test_topk_needs_a_k_within_d_sae() -> None:
-    _, ours = _pair("topk")
+    _, ours = saelens_pair("topk")
     with pytest.raises(ValueError, match="k must be between 1 and d_sae=128"):
         Sae(dataclasses.replace(ours.spec, k=D_SAE + 1), ours.weights)
 
 
 def test_nbytes_counts_every_tensor() -> None:
-    _, ours = _pair("gated")
+    _, ours = saelens_pair("gated")
     expected = (2 * D_IN * D_SAE + 3 * D_SAE + D_IN) * 4
     assert ours.weights.nbytes == ours.nbytes == expected
     with_sparsity = Sae(ours.spec, ours.weights, torch.zeros(D_SAE))

@@ -47,7 +47,8 @@ def test_a_pass_planned_before_a_swap_keeps_its_sae() -> None:
     assert planned is not None and planned.observe is not None
     assert planned.hook is first.hook
     assert torch.equal(planned.add, STRENGTH * first.sae.weights.W_dec[FEATURE].float())
-    planned.observe(torch.randn(1, 2, 8))  # the pass runs: its capture is the first SAE's
+    state = torch.randn(1, 2, 8)
+    planned.observe(state, state)  # the pass runs: its capture is the first SAE's
     assert sink.captures[-1].hook_name == "blocks.9.hook_resid_post"
     assert sink.captures[-1].activations.shape == (2, 16)
 
@@ -55,7 +56,8 @@ def test_a_pass_planned_before_a_swap_keeps_its_sae() -> None:
     assert following is not None and following.observe is not None
     assert following.hook is second.hook
     assert torch.equal(following.add, STRENGTH * second.sae.weights.W_dec[FEATURE].float())
-    following.observe(torch.randn(1, 1, 8))
+    state = torch.randn(1, 1, 8)
+    following.observe(state, state)
     assert sink.captures[-1].activations.shape == (1, 32)
 
     slot.swap(None)  # detached: the pass after does nothing at any hook

@@ -4,6 +4,8 @@ what a direct encode of the hidden state gives, and changes apply mid-generation
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from inference_service.engine.types import (
     TokenEvent,
 )
 from inference_service.errors import NoSaeAttachedError, ProfileNotFoundError
+from inference_service.monitoring.hub import MonitorHub, MonitoringConfig
 from inference_service.monitoring.types import Selection
 from inference_service.sae.active import ActiveSaeSlot
 from inference_service.sae.architectures import Sae
@@ -204,6 +207,30 @@ async def test_activations_equal_a_direct_encode_of_the_hidden_state(rig, loaded
         assert [v.index for v in activation.top] == [
             i for i, x in zip(top.indices.tolist(), top.values.tolist(), strict=True) if x > 0
         ]
+
+
+async def test_a_clamp_leaves_the_observed_statistics_alone(rig, loaded, prompt, sae):
+    """Statistics (and the strength suggested from them) come from the unedited
+    hidden state: a request clamping a feature to 1000 does not make 1000 its maximum.
+    Frames report the edited value and, next to it, the unedited one. One token
+    each: both requests then read the same positions, the prompt's."""
+    _, runtime, _ = rig
+    hub = MonitorHub(asyncio.get_running_loop())
+    hub.set_config(MonitoringConfig(record_history=True, features=(CLAMPED,)))
+    monitored = SteeringRuntime(runtime.state, _no_profiles, sink=hub)
+    _generate(loaded, prompt, _context(monitored), tokens=1)
+    (unsteered,), _ = hub.statistics([CLAMPED])
+    assert 0 < unsteered.max < 1000
+
+    clamp = SteeringSet((SteeringFeature(CLAMPED, "clamp", 1000.0),))
+    _generate(loaded, prompt, _context(monitored, SteeringChoice("features", steering=clamp)), 1)
+    (after,), tokens = hub.statistics([CLAMPED])
+    assert tokens == 2 * len(prompt)
+    assert (after.max, after.count) == (unsteered.max, 2 * unsteered.count)
+    unsteered_frame, steered_frame = (frame.tokens[0] for frame in hub.history())
+    assert steered_frame.features[0].value == pytest.approx(1000.0, abs=1e-2)
+    assert steered_frame.unedited_features == unsteered_frame.features
+    assert unsteered_frame.unedited_features == ()
 
 
 async def test_steering_changes_apply_mid_generation(rig, loaded, prompt, lens_token):

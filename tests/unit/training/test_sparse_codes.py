@@ -3,6 +3,7 @@ every gradient must equal the dense expressions they replace."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -59,15 +60,20 @@ def dense_loss(sae: TrainableSae, x: torch.Tensor, dead: torch.Tensor) -> torch.
     return mse + sae.config.aux_k_coefficient * error / variance
 
 
+@pytest.mark.parametrize("sparse_products", [True, False])
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
-def test_sparse_loss_and_gradients_equal_the_dense_ones(architecture: str) -> None:
+def test_sparse_loss_and_gradients_equal_the_dense_ones(
+    architecture: str, sparse_products: bool
+) -> None:
+    """Either way of computing a step (sparse or dense products) against the textbook."""
     x = sparse_mixture(ROWS, seed=4)
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[::3] = True
     results = []
-    for compute in ("sparse", "dense"):
+    for compute in ("ours", "textbook"):
         sae = make_sae(architecture)
-        if compute == "sparse":
+        sae.sparse_products = sparse_products
+        if compute == "ours":
             out = sae.forward_batch(x, x, sparsity_scale=1.0, dead=dead)
             loss = out.loss
             assert out.aux > 0  # the auxiliary term is really in the comparison
@@ -82,6 +88,15 @@ def test_sparse_loss_and_gradients_equal_the_dense_ones(architecture: str) -> No
     for name, grad in dense_grads.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_sparse_products_only_when_few_entries_are_kept() -> None:
+    assert not make_sae("topk").sparse_products  # k 5 of 96
+    config = with_defaults(
+        dict(hook_name="blocks.1.hook_resid_post", corpus_id="s", architecture="topk", k=32)
+    )
+    config = resolve(dataclasses.replace(config, d_sae=4608), ModelFacts(D_IN, D_IN, 4096))
+    assert TrainableSae(config, D_IN, D_IN, torch.Generator()).sparse_products
 
 
 def test_metrics_see_the_dense_codes() -> None:

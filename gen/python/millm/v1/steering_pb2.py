@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17millm/v1/steering.proto\x12\x08millm.v1\"z\n\x0fSteeringFeature\x12\r\n\x05index\x18\x01 \x01(\r\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.millm.v1.SteeringMode\x12\x10\n\x08strength\x18\x03 \x01(\x01\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\r\n\x05label\x18\x05 \x01(\t\"K\n\x0bSteeringSet\x12+\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x19.millm.v1.SteeringFeature\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"m\n\x0fRequestSteering\x12\x11\n\x07profile\x18\x01 \x01(\tH\x00\x12)\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x15.millm.v1.SteeringSetH\x00\x12\x12\n\x08\x64isabled\x18\x03 \x01(\x08H\x00\x42\x08\n\x06source\"4\n\x11\x41\x63tivationRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\r\x12\r\n\x05top_k\x18\x02 \x01(\r\"1\n\x11\x46\x65\x61tureActivation\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02\"\x9e\x01\n\x10TokenActivations\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08token_id\x18\x02 \x01(\r\x12\r\n\x05token\x18\x03 \x01(\t\x12-\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1b.millm.v1.FeatureActivation\x12(\n\x03top\x18\x05 \x03(\x0b\x32\x1b.millm.v1.FeatureActivation*y\n\x0cSteeringMode\x12\x1d\n\x19STEERING_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11STEERING_MODE_ADD\x10\x01\x12\x17\n\x13STEERING_MODE_CLAMP\x10\x02\x12\x1a\n\x16STEERING_MODE_MULTIPLY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17millm/v1/steering.proto\x12\x08millm.v1\"z\n\x0fSteeringFeature\x12\r\n\x05index\x18\x01 \x01(\r\x12$\n\x04mode\x18\x02 \x01(\x0e\x32\x16.millm.v1.SteeringMode\x12\x10\n\x08strength\x18\x03 \x01(\x01\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\r\n\x05label\x18\x05 \x01(\t\"K\n\x0bSteeringSet\x12+\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x19.millm.v1.SteeringFeature\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"m\n\x0fRequestSteering\x12\x11\n\x07profile\x18\x01 \x01(\tH\x00\x12)\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x15.millm.v1.SteeringSetH\x00\x12\x12\n\x08\x64isabled\x18\x03 \x01(\x08H\x00\x42\x08\n\x06source\"4\n\x11\x41\x63tivationRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\r\x12\r\n\x05top_k\x18\x02 \x01(\r\"1\n\x11\x46\x65\x61tureActivation\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02\"\xd6\x01\n\x10TokenActivations\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08token_id\x18\x02 \x01(\r\x12\r\n\x05token\x18\x03 \x01(\t\x12-\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1b.millm.v1.FeatureActivation\x12(\n\x03top\x18\x05 \x03(\x0b\x32\x1b.millm.v1.FeatureActivation\x12\x36\n\x11unedited_features\x18\x06 \x03(\x0b\x32\x1b.millm.v1.FeatureActivation*y\n\x0cSteeringMode\x12\x1d\n\x19STEERING_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11STEERING_MODE_ADD\x10\x01\x12\x17\n\x13STEERING_MODE_CLAMP\x10\x02\x12\x1a\n\x16STEERING_MODE_MULTIPLY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'millm.v1.steering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STEERINGMODE']._serialized_start=615
-  _globals['_STEERINGMODE']._serialized_end=736
+  _globals['_STEERINGMODE']._serialized_start=671
+  _globals['_STEERINGMODE']._serialized_end=792
   _globals['_STEERINGFEATURE']._serialized_start=37
   _globals['_STEERINGFEATURE']._serialized_end=159
   _globals['_STEERINGSET']._serialized_start=161
@@ -44,5 +44,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREACTIVATION']._serialized_start=403
   _globals['_FEATUREACTIVATION']._serialized_end=452
   _globals['_TOKENACTIVATIONS']._serialized_start=455
-  _globals['_TOKENACTIVATIONS']._serialized_end=613
+  _globals['_TOKENACTIVATIONS']._serialized_end=669
 # @@protoc_insertion_point(module_scope)

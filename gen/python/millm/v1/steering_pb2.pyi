@@ -223,6 +223,7 @@ class TokenActivations(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     TOP_FIELD_NUMBER: _builtins.int
+    UNEDITED_FEATURES_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """Position in the sequence, prompt included (0 is the first prompt token)."""
     token_id: _builtins.int
@@ -231,11 +232,20 @@ class TokenActivations(_message.Message):
     """Its text, for display."""
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureActivation]:
-        """The selected features, in the order they were asked for."""
+        """The selected features, in the order they were asked for, as the SAE encodes
+        the hidden state after steering edited it.
+        """
 
     @_builtins.property
     def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureActivation]:
         """The most active features, most active first."""
+
+    @_builtins.property
+    def unedited_features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureActivation]:
+        """The selected features as the model's own hidden state activates them, before
+        steering edited it (`features` are read after the edit). Empty when steering
+        left this position unchanged; then `features` are those values.
+        """
 
     def __init__(
         self,
@@ -245,10 +255,11 @@ class TokenActivations(_message.Message):
         token: _builtins.str = ...,
         features: _abc.Iterable[Global___FeatureActivation] | None = ...,
         top: _abc.Iterable[Global___FeatureActivation] | None = ...,
+        unedited_features: _abc.Iterable[Global___FeatureActivation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "position", b"position", "token", b"token", "token_id", b"token_id", "top", b"top"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "position", b"position", "token", b"token", "token_id", b"token_id", "top", b"top", "unedited_features", b"unedited_features"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
