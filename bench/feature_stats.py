@@ -78,9 +78,9 @@ def search_latency(reader: SaeReader, tokenizer: Any) -> None:
             _activations(reader, upper), _activations(reader, lower), ContrastMeasure.AUROC, 20
         )
 
-    words = sum(len(r) for r in lower) + sum(len(r) for r in upper)
+    tokens = sum(len(r) for r in lower) + sum(len(r) for r in upper)
     print(f"search by text ({len(text_ids)} tokens): {_median_ms(by_text):.0f} ms")
-    print(f"contrast (16 + 16 texts, {words} tokens): {_median_ms(by_contrast):.0f} ms")
+    print(f"contrast (16 + 16 texts, {tokens} tokens): {_median_ms(by_contrast):.0f} ms")
 
 
 async def main() -> None:
