@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from inference_service.config import InferenceSettings
+from inference_service.features.manager import FeatureManager
 from inference_service.host import ModelHost, ModelState
 from inference_service.interceptors import AuthInterceptor, ErrorInterceptor
 from inference_service.models.catalog import ModelCatalog
@@ -23,6 +24,7 @@ from inference_service.profiles import ProfileManager
 from inference_service.sae.active import ActiveSaeSlot
 from inference_service.sae.catalog import SaeCatalog
 from inference_service.sae.manager import Followers, SaeManager
+from inference_service.servicers.features import FeatureServicer
 from inference_service.servicers.inference import InferenceServicer
 from inference_service.servicers.models import ModelServicer
 from inference_service.servicers.monitoring import MonitoringServicer
@@ -40,6 +42,8 @@ from inference_service.training.corpora import CorpusStore
 from inference_service.training.manager import TrainingManager
 from inference_service.training.templates import TemplateStore
 from millm.v1 import (
+    feature_service_pb2,
+    feature_service_pb2_grpc,
     inference_service_pb2,
     inference_service_pb2_grpc,
     model_service_pb2,
@@ -69,6 +73,7 @@ SAE_SERVICE = sae_service_pb2.DESCRIPTOR.services_by_name["SaeService"].full_nam
 STEERING_SERVICE = steering_service_pb2.DESCRIPTOR.services_by_name["SteeringService"].full_name
 PROFILE_SERVICE = profile_service_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
 TRAINING_SERVICE = training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
+FEATURE_SERVICE = feature_service_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
 MONITORING_SERVICE = monitoring_service_pb2.DESCRIPTOR.services_by_name[
     "MonitoringService"
 ].full_name
@@ -137,6 +142,15 @@ class InferenceServer:
         )
         self.saes.catalog.reconcile()
         corpora = CorpusStore(self.db, settings.data_dir, settings.training_max_corpus_bytes)
+        self.features = FeatureManager(
+            self.db,
+            settings.data_dir,
+            self.host,
+            self.saes,
+            corpora,
+            self.operations,
+            asyncio.get_running_loop(),
+        )
         self.training = TrainingManager(
             self.db,
             settings.data_dir,
@@ -145,6 +159,7 @@ class InferenceServer:
             corpora,
             asyncio.get_running_loop(),
             data_root=settings.training_data_root,
+            on_sae_trained=self.features.start_after_training,
         )
         if interrupted_runs := self.training.recover():
             log.warning(
@@ -177,6 +192,9 @@ class InferenceServer:
         training_service_pb2_grpc.add_TrainingServiceServicer_to_server(
             TrainingServicer(self.training, TemplateStore(self.db), corpora), self._server
         )
+        feature_service_pb2_grpc.add_FeatureServiceServicer_to_server(
+            FeatureServicer(self.features), self._server
+        )
         operations_service_pb2_grpc.add_OperationsServiceServicer_to_server(
             OperationsServicer(self.operations), self._server
         )
@@ -191,6 +209,7 @@ class InferenceServer:
                 PROFILE_SERVICE,
                 MONITORING_SERVICE,
                 TRAINING_SERVICE,
+                FEATURE_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],

@@ -21,6 +21,7 @@ from openai_bridge.errors import install_exception_handlers
 from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.inference_client import InferenceClient
 from openai_bridge.limits import BodyLimitMiddleware
+from openai_bridge.management import features as management_features
 from openai_bridge.management import models as management_models
 from openai_bridge.management import monitoring as management_monitoring
 from openai_bridge.management import operations as management_operations
@@ -92,6 +93,7 @@ def create_app(
         management_models,
         management_operations,
         management_saes,
+        management_features,
         management_steering,
         management_profiles,
         management_monitoring,

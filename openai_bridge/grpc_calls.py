@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from millm.v1 import feature_service_pb2_grpc as fpb_grpc
 from millm.v1 import inference_service_pb2_grpc as pb_grpc
 from millm.v1 import model_service_pb2_grpc as mpb_grpc
 from millm.v1 import monitoring_service_pb2_grpc as monpb_grpc
@@ -102,6 +103,7 @@ class Stubs:
     profiles: ppb_grpc.ProfileServiceAsyncStub
     monitoring: monpb_grpc.MonitoringServiceAsyncStub
     training: tspb_grpc.TrainingServiceAsyncStub
+    features: fpb_grpc.FeatureServiceAsyncStub
 
     @classmethod
     def on(cls, channel: grpc.aio.Channel) -> Stubs:
@@ -114,6 +116,7 @@ class Stubs:
             profiles=ppb_grpc.ProfileServiceStub(channel),
             monitoring=monpb_grpc.MonitoringServiceStub(channel),
             training=tspb_grpc.TrainingServiceStub(channel),
+            features=fpb_grpc.FeatureServiceStub(channel),
         )
 
     def without_deadline(self) -> frozenset[Any]:
@@ -129,6 +132,8 @@ class Stubs:
                 self.saes.AttachSae,  # waits for other SAE changes, loads weights on device
                 self.saes.DetachSae,  # waits for other SAE changes to finish first
                 self.training.DeleteTrainingRun,  # removes checkpoints, maybe gigabytes
+                # reads every text the caller sent through the model, as many as 256 a side
+                self.features.ContrastFeatures,
             }
         )
 

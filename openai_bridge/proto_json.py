@@ -235,11 +235,14 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "millm.v1.SaeCandidate.d_sae": _zero_is_unknown,
     "millm.v1.SteeringState.d_sae": _zero_is_unknown,
     "millm.v1.ProfileSae.d_sae": _zero_is_unknown,
+    # 0: nothing observed yet to suggest a strength from.
+    "millm.v1.Feature.suggested_strength": _zero_is_unknown,
     "millm.v1.Operation.error_reason": _lower,
     "millm.v1.CompatibilityIssue.reason": _lower,
     "millm.v1.SteeringFeature.mode": _steering_mode,
     # A token can decode to "", which is text, not "none".
     "millm.v1.TokenActivations.token": str,
+    "millm.v1.LensToken.token": str,
 }
 _MESSAGES: dict[str, Callable[[Any], Any]] = {
     "millm.v1.Operation": _operation,

@@ -5,12 +5,13 @@ import { $, formatBytes, h } from "./ui.js";
 import { emit, on, refreshContext, refreshHealth, store } from "./store.js";
 import models from "./tabs/models.js";
 import saes from "./tabs/saes.js";
+import features from "./tabs/features.js";
 import steering from "./tabs/steering.js";
 import profiles from "./tabs/profiles.js";
 import monitor from "./tabs/monitor.js";
 import training from "./tabs/training.js";
 
-const TABS = [models, saes, steering, profiles, monitor, training];
+const TABS = [models, saes, features, steering, profiles, monitor, training];
 const HEALTH_POLL_MS = 2000;
 const CONTEXT_POLL_MS = 5000;
 

@@ -1,11 +1,18 @@
-// Live progress of long-running operations (model and SAE downloads, SAE uploads).
+// Live progress of long-running operations (model and SAE downloads, SAE uploads,
+// feature statistics).
 // Progress comes from the operation's watch WebSocket; on a page load the list of
 // unfinished operations is read again, so a reload reattaches to work under way.
 
 import { api, openSocket } from "./api.js";
-import { badge, busy, fill, formatBytes, formatSeconds, h, progressBar, toast } from "./ui.js";
+import { badge, busy, fill, formatBytes, formatNumber, formatSeconds, h, progressBar, toast } from "./ui.js";
 
-const KIND_LABEL = { model_download: "Download", sae_download: "SAE download", sae_upload: "SAE upload" };
+const KIND_LABEL = { model_download: "Download", sae_download: "SAE download", sae_upload: "SAE upload", feature_statistics: "Feature statistics" };
+// Feature statistics count tokens read in `bytes_done`; the others count bytes.
+const AMOUNT = { feature_statistics: (n) => `${formatNumber(n)} tokens` };
+const RETRY_ADVICE = {
+  feature_statistics: "Check the corpus and that the SAE fits the served model, then start it again.",
+};
+const DOWNLOAD_ADVICE = "Check the repository id and revision (and token for private repositories), then start it again; it resumes where it stopped.";
 
 export class OperationList {
   /**
@@ -51,9 +58,10 @@ export class OperationList {
     const total = operation.bytes_total;
     const fraction = total ? operation.bytes_done / total : null;
     const label = `${KIND_LABEL[operation.kind] || operation.kind} of ${operation.target}`;
+    const amount = AMOUNT[operation.kind] || formatBytes;
     const details = [
-      `${formatBytes(operation.bytes_done)}${total ? ` of ${formatBytes(total)}` : ""}`,
-      operation.bytes_per_s ? `${formatBytes(operation.bytes_per_s)}/s` : null,
+      `${amount(operation.bytes_done)}${total ? ` of ${amount(total)}` : ""}`,
+      operation.bytes_per_s ? `${amount(operation.bytes_per_s)}/s` : null,
       operation.eta_s !== null && !operation.done ? `ETA ${formatSeconds(operation.eta_s)}` : null,
     ].filter(Boolean);
     const cancel = operation.done
@@ -88,7 +96,7 @@ export class OperationList {
     } else {
       toast(`${KIND_LABEL[operation.kind] || "Operation"} of ${operation.target} failed: ${operation.error_message}`, {
         kind: "error",
-        advice: "Check the repository id and revision (and token for private repositories), then start it again; it resumes where it stopped.",
+        advice: RETRY_ADVICE[operation.kind] || DOWNLOAD_ADVICE,
       });
       entry.row.append(h("button", { class: "secondary small", onclick: () => this.forget(operation.id) }, "Dismiss"));
     }

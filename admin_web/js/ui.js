@@ -1,5 +1,5 @@
 // Small DOM helpers shared by every tab: element building, toasts, confirmation,
-// number formatting and the two SVG charts (sparkline, line chart).
+// number formatting, token shading and the SVG charts (sparkline, line chart, histogram).
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MAX_TOASTS = 4;
@@ -166,6 +166,30 @@ export function emptyState(title, ...body) {
   return h("div", { class: "empty" }, h("h3", {}, title), ...body);
 }
 
+// --- activations ----------------------------------------------------------------------
+
+// Token shading: from the panel colour to a dark orange, light text keeps AA contrast.
+const SHADE_FROM = [22, 27, 34];
+const SHADE_TO = [181, 70, 15];
+
+/** The background of a token whose activation is `fraction` of the strongest shown. */
+export function shade(fraction) {
+  const mix = SHADE_FROM.map((c, i) => Math.round(c + (SHADE_TO[i] - c) * Math.max(0, Math.min(1, fraction))));
+  return `rgb(${mix.join(",")})`;
+}
+
+/**
+ * A line of tokens, each shaded by `values[i] / max` and titled by `describe(i)`.
+ */
+export function shadedTokens(tokens, values, max, describe) {
+  const top = Math.max(1e-9, max);
+  return h("p", { class: "tokens mono" }, tokens.map((token, i) => {
+    const span = h("span", { class: "tok", title: describe(i) }, token);
+    span.style.backgroundColor = shade((values[i] || 0) / top);
+    return span;
+  }));
+}
+
 // --- charts -----------------------------------------------------------------------------
 
 /** A tiny SVG line of the last values; `label` is read out by screen readers. */
@@ -213,6 +237,33 @@ export function lineChart(points, { title, width = 360, height = 160, log = fals
     h("svg:path", { d: path, fill: "none", stroke: color, "stroke-width": "2" }),
     h("svg:text", { x: pad.left, y: height - 4, class: "chart-tick" }, `step ${x0}`),
     h("svg:text", { x: width - pad.right, y: height - 4, "text-anchor": "end", class: "chart-tick" }, `step ${x1}`),
+  );
+  return figure;
+}
+
+/**
+ * A histogram: one bar per bin between `edges` (one more than `counts`), with the
+ * first and last edge under the axis.
+ */
+export function histogram(edges, counts, { title, width = 720, height = 180 }) {
+  const total = counts.reduce((a, b) => a + b, 0);
+  const figure = h("figure", { class: "chart" }, h("figcaption", {}, title, h("span", { class: "mono value" }, `${formatNumber(total)} activations`)));
+  const summary = counts.map((c, i) => `${formatNumber(edges[i])}–${formatNumber(edges[i + 1])}: ${c}`).join(", ");
+  const svg = h("svg:svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${title}: ${summary || "no activations"}`, class: "histogram" });
+  figure.append(svg);
+  const pad = { left: 8, right: 8, top: 6, bottom: 18 };
+  const plotHeight = height - pad.top - pad.bottom;
+  const barWidth = (width - pad.left - pad.right) / Math.max(1, counts.length);
+  const most = Math.max(1, ...counts);
+  counts.forEach((count, i) => {
+    const barHeight = (count / most) * plotHeight;
+    svg.append(h("svg:rect", { x: (pad.left + i * barWidth + 0.5).toFixed(1), y: (height - pad.bottom - barHeight).toFixed(1), width: Math.max(1, barWidth - 1).toFixed(1), height: barHeight.toFixed(1), class: "bin" },
+      h("svg:title", {}, `${formatNumber(edges[i])} to ${formatNumber(edges[i + 1])}: ${count}`)));
+  });
+  svg.append(
+    h("svg:line", { x1: pad.left, x2: width - pad.right, y1: height - pad.bottom, y2: height - pad.bottom, class: "axis" }),
+    h("svg:text", { x: pad.left, y: height - 4, class: "chart-tick" }, formatNumber(edges[0] ?? 0)),
+    h("svg:text", { x: width - pad.right, y: height - 4, "text-anchor": "end", class: "chart-tick" }, formatNumber(edges[edges.length - 1] ?? 0)),
   );
   return figure;
 }

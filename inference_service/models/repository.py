@@ -3,10 +3,11 @@ and come back as paths under it."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from inference_service.models.types import (
@@ -16,18 +17,17 @@ from inference_service.models.types import (
     ModelFormat,
     cached_model_id,
 )
-from inference_service.storage.database import (
-    RecordNotFoundError,
-    rowcount,
-    upsert_insert,
-    utc_now,
-)
+from inference_service.storage.database import upsert_insert, utc_now
+from inference_service.storage.repository import TableRepository
 from inference_service.storage.tables import ModelFileRow, ModelRecordRow
 
 
-class ModelRecords:
+class ModelRecords(TableRepository[ModelRecordRow, CachedModel]):
+    row_type = ModelRecordRow
+    noun = "model record"
+
     def __init__(self, session: Session, data_dir: Path) -> None:
-        self._session = session
+        super().__init__(session)
         self._data_dir = data_dir
 
     def upsert(
@@ -66,40 +66,40 @@ class ModelRecords:
             .values(values)
             .on_conflict_do_update(index_elements=["id"], set_=changed)
         )
-        model = self.get(model_id)
-        assert model is not None
-        return model
+        return self._stored(model_id)
 
     def get(self, model_id: str) -> CachedModel | None:
-        row = self._session.get(ModelRecordRow, model_id, populate_existing=True)
-        if row is None:
+        """The model with its files (`list` leaves them out)."""
+        model = super().get(model_id)
+        if model is None:
             return None
         files = self._session.scalars(
             select(ModelFileRow)
             .where(ModelFileRow.record_id == model_id)
             .order_by(ModelFileRow.path)
         )
-        return self._model(row, tuple(_model_file(f) for f in files))
+        return dataclasses.replace(model, files=tuple(_model_file(f) for f in files))
 
     def list(self, *, state: CachedModelState | None = None) -> tuple[CachedModel, ...]:
         """Every model ordered by id, without files (use `get` for those)."""
         query = select(ModelRecordRow).order_by(ModelRecordRow.id)
         if state is not None:
             query = query.where(ModelRecordRow.state == CachedModelState(state).value)
-        return tuple(self._model(row) for row in self._session.scalars(query))
+        return self._all(query)
 
     def delete(self, model_id: str) -> bool:
         """Delete the model and (by cascade) its files; False if it was not there."""
-        statement = delete(ModelRecordRow).where(ModelRecordRow.id == model_id)
-        return rowcount(self._session, statement) > 0
+        return self._delete(model_id)
 
     def set_state(self, model_id: str, state: CachedModelState) -> None:
-        self._update(model_id, state=CachedModelState(state).value)
+        self._update(model_id, {"state": CachedModelState(state).value, "updated_at": utc_now()})
 
     def replace_files(self, model_id: str, files: Iterable[ModelFile]) -> None:
         """Make `files` the model's whole file list and its size their total."""
         files = list(files)
-        self._update(model_id, size_bytes=sum(f.size_bytes for f in files))
+        self._update(
+            model_id, {"size_bytes": sum(f.size_bytes for f in files), "updated_at": utc_now()}
+        )
         self._session.execute(delete(ModelFileRow).where(ModelFileRow.record_id == model_id))
         if files:
             self._session.execute(
@@ -116,17 +116,7 @@ class ModelRecords:
                 ],
             )
 
-    def _update(self, model_id: str, **values: object) -> None:
-        matched = rowcount(
-            self._session,
-            update(ModelRecordRow)
-            .where(ModelRecordRow.id == model_id)
-            .values(updated_at=utc_now(), **values),
-        )
-        if matched == 0:
-            raise RecordNotFoundError(f"model record {model_id!r} not found")
-
-    def _model(self, row: ModelRecordRow, files: tuple[ModelFile, ...] = ()) -> CachedModel:
+    def _from_row(self, row: ModelRecordRow) -> CachedModel:
         return CachedModel(
             id=row.id,
             repo_id=row.repo_id,
@@ -137,7 +127,7 @@ class ModelRecords:
             size_bytes=row.size_bytes,
             state=CachedModelState(row.state),
             local_dir=self._data_dir / row.local_dir if row.local_dir else None,
-            files=files,
+            files=(),
             created_at=row.created_at,
             updated_at=row.updated_at,
         )

@@ -9,6 +9,7 @@ a second otherwise, so a busy transfer does not hammer the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -183,7 +184,8 @@ class OperationsManager:
                 self._persisted_at[operation_id] = time.monotonic()
         if persist:
             self._store.save(new)
-        self._loop.call_soon_threadsafe(self._wake_watchers, operation_id)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody watches
+            self._loop.call_soon_threadsafe(self._wake_watchers, operation_id)
         return new
 
     def _wake_watchers(self, operation_id: str) -> None:

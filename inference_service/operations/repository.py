@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
 
 from inference_service.operations.types import (
     FINISHED_STATES,
@@ -16,6 +15,7 @@ from inference_service.operations.types import (
     OperationState,
 )
 from inference_service.storage.database import RecordNotFoundError, rowcount, utc_now
+from inference_service.storage.repository import TableRepository
 from inference_service.storage.tables import OperationRow
 
 INTERRUPTED_MESSAGE = "interrupted by a restart"
@@ -27,9 +27,8 @@ class OperationPage:
     next_offset: int | None  # None on the last page
 
 
-class Operations:
-    def __init__(self, session: Session) -> None:
-        self._session = session
+class Operations(TableRepository[OperationRow, OperationSnapshot]):
+    row_type = OperationRow
 
     def create(
         self,
@@ -58,11 +57,7 @@ class Operations:
         )
         self._session.add(row)
         self._session.flush()
-        return _snapshot(row)
-
-    def get(self, operation_id: str) -> OperationSnapshot | None:
-        row = self._session.get(OperationRow, operation_id, populate_existing=True)
-        return None if row is None else _snapshot(row)
+        return self._from_row(row)
 
     def list(
         self,
@@ -82,9 +77,9 @@ class Operations:
             query = query.where(OperationRow.state.in_([OperationState(s).value for s in states]))
         if kind is not None:
             query = query.where(OperationRow.kind == kind)
-        rows = list(self._session.scalars(query.limit(limit + 1).offset(offset)))
-        next_offset = offset + limit if len(rows) > limit else None
-        return OperationPage(tuple(_snapshot(r) for r in rows[:limit]), next_offset)
+        page = self._all(query.limit(limit + 1).offset(offset))
+        next_offset = offset + limit if len(page) > limit else None
+        return OperationPage(page[:limit], next_offset)
 
     def save(self, snapshot: OperationSnapshot) -> None:
         """Write a snapshot the operations manager holds: create it if new, then move
@@ -146,9 +141,7 @@ class Operations:
                 "finished_at": now,
             },
         )
-        operation = self.get(operation_id)
-        assert operation is not None
-        return operation
+        return self._stored(operation_id)
 
     def list_unfinished(self) -> tuple[OperationSnapshot, ...]:
         query = (
@@ -156,7 +149,7 @@ class Operations:
             .where(OperationRow.state.in_([s.value for s in UNFINISHED_STATES]))
             .order_by(OperationRow.created_at, OperationRow.id)
         )
-        return tuple(_snapshot(r) for r in self._session.scalars(query))
+        return self._all(query)
 
     def mark_interrupted(self, operation_ids: Iterable[str]) -> int:
         """Fail operations a restart cut short; returns how many were still unfinished."""
@@ -193,22 +186,21 @@ class Operations:
                 raise RecordNotFoundError(f"operation {operation_id!r} not found")
             raise ValueError(f"operation {operation_id!r} has already finished")
 
+    def _from_row(self, row: OperationRow) -> OperationSnapshot:
+        return OperationSnapshot(
+            id=row.id,
+            kind=row.kind,
+            state=OperationState(row.state),
+            stage=row.stage,
+            target=row.target,
+            bytes_done=row.bytes_done,
+            bytes_total=row.bytes_total or 0,
+            error_message=row.error_message or "",
+            created_at_unix_ms=_unix_ms(row.created_at),
+            updated_at_unix_ms=_unix_ms(row.updated_at),
+            finished_at_unix_ms=_unix_ms(row.finished_at),
+        )
+
 
 def _unix_ms(value: datetime | None) -> int:
     return int(value.timestamp() * 1000) if value is not None else 0
-
-
-def _snapshot(row: OperationRow) -> OperationSnapshot:
-    return OperationSnapshot(
-        id=row.id,
-        kind=row.kind,
-        state=OperationState(row.state),
-        stage=row.stage,
-        target=row.target,
-        bytes_done=row.bytes_done,
-        bytes_total=row.bytes_total or 0,
-        error_message=row.error_message or "",
-        created_at_unix_ms=_unix_ms(row.created_at),
-        updated_at_unix_ms=_unix_ms(row.updated_at),
-        finished_at_unix_ms=_unix_ms(row.finished_at),
-    )

@@ -11,6 +11,7 @@ class OperationKind(StrEnum):
     SAE_DOWNLOAD = "sae_download"
     SAE_UPLOAD = "sae_upload"
     TRAINING = "training"
+    FEATURE_STATISTICS = "feature_statistics"
 
 
 class OperationState(StrEnum):

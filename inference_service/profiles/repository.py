@@ -6,25 +6,23 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
 
 from inference_service.profiles import schema
 from inference_service.profiles.types import Profile, ProfileSae
 from inference_service.steering.types import SteeringFeature
 from inference_service.storage.database import (
     RecordExistsError,
-    RecordNotFoundError,
-    rowcount,
     upsert_insert,
     utc_now,
 )
+from inference_service.storage.repository import TableRepository
 from inference_service.storage.tables import ProfileRow
 
 
-class Profiles:
-    def __init__(self, session: Session) -> None:
-        self._session = session
+class Profiles(TableRepository[ProfileRow, Profile]):
+    row_type = ProfileRow
+    noun = "profile"
 
     def save(self, profile: Profile, *, overwrite: bool = False) -> Profile:
         """Insert a profile; an existing one of that name raises RecordExistsError, or
@@ -56,16 +54,12 @@ class Profiles:
         # RETURNING, not rowcount: the ORM insert path does not report rowcount reliably.
         if self._session.scalar(statement.returning(ProfileRow.name)) is None:
             raise RecordExistsError(f"profile {profile.name!r} exists")
-        return self._require(profile.name)
-
-    def get(self, name: str) -> Profile | None:
-        row = self._session.get(ProfileRow, name, populate_existing=True)
-        return None if row is None else _profile(row)
+        return self._stored(profile.name)
 
     def list(self) -> tuple[Profile, ...]:
         """Every profile, by name."""
         query = select(ProfileRow).order_by(ProfileRow.name)
-        return tuple(_profile(row) for row in self._session.scalars(query))
+        return self._all(query)
 
     def update(
         self,
@@ -80,57 +74,45 @@ class Profiles:
             values["description"] = description
         if features is not None:
             values["features_json"] = _features_json(features)
-        statement = update(ProfileRow).where(ProfileRow.name == name).values(values)
-        if rowcount(self._session, statement) == 0:
-            raise RecordNotFoundError(f"profile {name!r} not found")
-        return self._require(name)
+        self._update(name, values)
+        return self._stored(name)
 
     def delete(self, name: str) -> bool:
-        statement = delete(ProfileRow).where(ProfileRow.name == name)
-        return rowcount(self._session, statement) > 0
+        return self._delete(name)
 
     def set_active(self, name: str | None) -> None:
         """Make `name` the one active profile, or none when None."""
         self._session.execute(
             update(ProfileRow).where(ProfileRow.active.is_(True)).values(active=False)
         )
-        if name is None:
-            return
-        statement = update(ProfileRow).where(ProfileRow.name == name).values(active=True)
-        if rowcount(self._session, statement) == 0:
-            raise RecordNotFoundError(f"profile {name!r} not found")
+        if name is not None:
+            self._update(name, {"active": True})
 
     def active_name(self) -> str | None:
         return self._session.scalars(
             select(ProfileRow.name).where(ProfileRow.active.is_(True))
         ).first()
 
-    def _require(self, name: str) -> Profile:
-        profile = self.get(name)
-        assert profile is not None
-        return profile
+    def _from_row(self, row: ProfileRow) -> Profile:
+        return Profile(
+            name=row.name,
+            description=row.description,
+            model=row.model_name,
+            sae=ProfileSae(
+                sae_id=row.sae_id,
+                name=row.sae_name,
+                weights_sha256=row.weights_sha256,
+                hook_name=row.hook_name,
+                d_sae=row.d_sae,
+            ),
+            features=tuple(
+                schema.feature_from_dict(f, f"features[{n}]")
+                for n, f in enumerate(json.loads(row.features_json))
+            ),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
 
 
 def _features_json(features: Sequence[SteeringFeature]) -> str:
     return json.dumps([schema.feature_to_dict(f) for f in features], sort_keys=True)
-
-
-def _profile(row: ProfileRow) -> Profile:
-    return Profile(
-        name=row.name,
-        description=row.description,
-        model=row.model_name,
-        sae=ProfileSae(
-            sae_id=row.sae_id,
-            name=row.sae_name,
-            weights_sha256=row.weights_sha256,
-            hook_name=row.hook_name,
-            d_sae=row.d_sae,
-        ),
-        features=tuple(
-            schema.feature_from_dict(f, f"features[{n}]")
-            for n, f in enumerate(json.loads(row.features_json))
-        ),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )

@@ -36,6 +36,7 @@ from inference_service.operations.manager import OperationContext, OperationsMan
 from inference_service.operations.types import OperationKind, OperationSnapshot, OperationState
 from inference_service.sae import registry
 from inference_service.sae.architectures import Sae
+from inference_service.sae.feature_stats import corpus_statistics_path
 from inference_service.sae.formats import detect_format, load_sae, read_spec, save_sae
 from inference_service.sae.preview import RepoListing, list_repo_saes
 from inference_service.sae.repository import SaeRecords
@@ -332,6 +333,9 @@ class SaeCatalog:
         archive = Path(archive_name)
         with tempfile.TemporaryDirectory(prefix="millm-sae-") as tmp:
             written = save_sae(sae, Path(tmp), layout)
+            statistics = corpus_statistics_path(self._data_dir, cached.record.weights_sha256 or "")
+            if cached.record.weights_sha256 and statistics.is_file():
+                written = [*written, statistics]  # the corpus statistics travel with the SAE
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
                 for path in written:
                     zf.write(path, path.name)

@@ -16,3 +16,12 @@ def read_feature_max(folder: Path) -> Tensor | None:
     the folder has no statistics (SAEs from elsewhere)."""
     path = folder / FEATURE_STATS_FILE
     return load_file(str(path))["max_activation"] if path.is_file() else None
+
+
+# Corpus statistics (features/statistics.py) live outside the SAE's folder, keyed by
+# the sha256 of its weights, so a re-imported copy of the same SAE finds them.
+CORPUS_STATISTICS_FILE = "corpus_statistics.safetensors"
+
+
+def corpus_statistics_path(data_dir: Path, weights_sha256: str) -> Path:
+    return data_dir / "features" / weights_sha256 / CORPUS_STATISTICS_FILE

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from inference_service.sae.types import SaeRecord, SaeState
-from inference_service.storage.database import RecordNotFoundError, rowcount, utc_now
+from inference_service.storage.database import utc_now
+from inference_service.storage.repository import TableRepository
 from inference_service.storage.tables import SaeRecordRow
 
 
-class SaeRecords:
-    def __init__(self, session: Session) -> None:
-        self._session = session
+class SaeRecords(TableRepository[SaeRecordRow, SaeRecord]):
+    row_type = SaeRecordRow
+    noun = "SAE record"
 
     def create(
         self,
@@ -48,32 +48,21 @@ class SaeRecords:
                 updated_at=now,
             )
         )
-        self._session.flush()
-        record = self.get(record_id)
-        assert record is not None
-        return record
-
-    def get(self, record_id: str) -> SaeRecord | None:
-        row = self._session.get(SaeRecordRow, record_id, populate_existing=True)
-        return None if row is None else _sae_record(row)
+        return self._stored(record_id)
 
     def find_by_source(self, source_key: str) -> SaeRecord | None:
-        row = self._session.scalars(
-            select(SaeRecordRow).where(SaeRecordRow.source_key == source_key)
-        ).first()
-        return None if row is None else _sae_record(row)
+        return self._first(select(SaeRecordRow).where(SaeRecordRow.source_key == source_key))
 
     def list(self) -> tuple[SaeRecord, ...]:
         """Every record, newest first."""
         query = select(SaeRecordRow).order_by(SaeRecordRow.created_at.desc(), SaeRecordRow.id)
-        return tuple(_sae_record(row) for row in self._session.scalars(query))
+        return self._all(query)
 
     def delete(self, record_id: str) -> bool:
-        statement = delete(SaeRecordRow).where(SaeRecordRow.id == record_id)
-        return rowcount(self._session, statement) > 0
+        return self._delete(record_id)
 
     def set_state(self, record_id: str, state: SaeState) -> None:
-        self._update(record_id, state=SaeState(state).value)
+        self._update(record_id, {"state": SaeState(state).value, "updated_at": utc_now()})
 
     def mark_ready(
         self,
@@ -91,34 +80,24 @@ class SaeRecords:
             "size_bytes": size_bytes,
             "weights_sha256": weights_sha256,
             "spec_json": json.dumps(spec, sort_keys=True),
+            "updated_at": utc_now(),
         }
         if source is not None:
             values["source_json"] = json.dumps(source, sort_keys=True)
-        self._update(record_id, **values)
+        self._update(record_id, values)
 
-    def _update(self, record_id: str, **values: object) -> None:
-        matched = rowcount(
-            self._session,
-            update(SaeRecordRow)
-            .where(SaeRecordRow.id == record_id)
-            .values(updated_at=utc_now(), **values),
+    def _from_row(self, row: SaeRecordRow) -> SaeRecord:
+        return SaeRecord(
+            id=row.id,
+            name=row.name,
+            source_key=row.source_key,
+            source=json.loads(row.source_json),
+            format=row.format,
+            state=SaeState(row.state),
+            size_bytes=row.size_bytes,
+            weights_sha256=row.weights_sha256,
+            local_dir=row.local_dir,
+            spec=json.loads(row.spec_json),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
         )
-        if matched == 0:
-            raise RecordNotFoundError(f"SAE record {record_id!r} not found")
-
-
-def _sae_record(row: SaeRecordRow) -> SaeRecord:
-    return SaeRecord(
-        id=row.id,
-        name=row.name,
-        source_key=row.source_key,
-        source=json.loads(row.source_json),
-        format=row.format,
-        state=SaeState(row.state),
-        size_bytes=row.size_bytes,
-        weights_sha256=row.weights_sha256,
-        local_dir=row.local_dir,
-        spec=json.loads(row.spec_json),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )

@@ -16,6 +16,7 @@ _OPERATION_KINDS = {
     "model_download": operation_pb2.OPERATION_KIND_MODEL_DOWNLOAD,
     "sae_download": operation_pb2.OPERATION_KIND_SAE_DOWNLOAD,
     "sae_upload": operation_pb2.OPERATION_KIND_SAE_UPLOAD,
+    "feature_statistics": operation_pb2.OPERATION_KIND_FEATURE_STATISTICS,
 }
 
 

@@ -1,5 +1,6 @@
 """Persistence: the database, its SQLAlchemy tables and migrations. Each domain owns
-its repository (`profiles/repository.py`, `sae/repository.py`, ...)."""
+its repository (`profiles/repository.py`, `sae/repository.py`, ...), built on
+`repository.TableRepository`."""
 
 from inference_service.storage.database import (
     Database,

@@ -257,3 +257,16 @@ class CorpusRow(TableBase):
     documents: Mapped[int] = mapped_column(BigInteger)
     local_path: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[datetime]
+
+
+class FeatureLabelRow(TableBase):
+    """A label and notes for one feature of an SAE, keyed by the SAE's weights sha256."""
+
+    __tablename__ = "feature_labels"
+
+    sae_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(Text)
+    notes: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime]

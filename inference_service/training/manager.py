@@ -104,7 +104,10 @@ class TrainingManager:
         loop: asyncio.AbstractEventLoop,
         *,
         data_root: Path | None,
+        on_sae_trained: Callable[[str, Path], None] = lambda sae_id, corpus: None,
     ) -> None:
+        """`on_sae_trained(sae_id, corpus)` runs (on the run's thread) after a run has
+        saved its SAE; the server starts the SAE's feature statistics from it."""
         self._db = db
         self._root = data_dir / "training"
         self._host = host
@@ -112,6 +115,7 @@ class TrainingManager:
         self._corpora = corpora
         self._loop = loop
         self._data_root = data_root
+        self._on_sae_trained = on_sae_trained
         self._lock = threading.Lock()
         self._active: _Active | None = None
         self._watchers: dict[str, set[asyncio.Event]] = {}
@@ -439,6 +443,8 @@ class TrainingManager:
         self._flush_metrics(run_id)
         sae_id = self._save(record, config, outcome, sites)
         self._update(run_id, sae_id=sae_id)
+        if sae_id:
+            self._on_sae_trained(sae_id, self._corpus_path(config))
         return "completed"
 
     def _source(

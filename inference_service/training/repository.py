@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 
 from inference_service.storage.database import (
     RecordExistsError,
-    RecordNotFoundError,
     rowcount,
     upsert_insert,
     utc_now,
 )
+from inference_service.storage.repository import TableRepository
 from inference_service.storage.tables import (
     CorpusRow,
     TrainingMetricRow,
@@ -36,8 +36,11 @@ from inference_service.training.types import (
 TRAINING_INTERRUPTED_STAGE = "interrupted by a service stop"
 
 
-class TrainingRuns:
+class TrainingRuns(TableRepository[TrainingRunRow, TrainingRun]):
     """SAE training runs, newest first; their metrics live in `TrainingMetrics`."""
+
+    row_type = TrainingRunRow
+    noun = "training run"
 
     # What `update` may change: the columns a trainer reports on, plus the two a user edits.
     _UPDATABLE = frozenset(
@@ -55,9 +58,6 @@ class TrainingRuns:
             "checkpoint_step",
         }
     )
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
 
     def create(
         self,
@@ -88,14 +88,7 @@ class TrainingRuns:
                 updated_at=now,
             )
         )
-        self._session.flush()
-        record = self.get(record_id)
-        assert record is not None
-        return record
-
-    def get(self, record_id: str) -> TrainingRun | None:
-        row = self._session.get(TrainingRunRow, record_id, populate_existing=True)
-        return None if row is None else _training_run(row)
+        return self._stored(record_id)
 
     def list(self, limit: int = 50, offset: int = 0) -> tuple[TrainingRun, ...]:
         """Newest first."""
@@ -107,7 +100,7 @@ class TrainingRuns:
             .limit(limit)
             .offset(offset)
         )
-        return tuple(_training_run(row) for row in self._session.scalars(query))
+        return self._all(query)
 
     def count(self) -> int:
         return self._session.scalar(select(func.count()).select_from(TrainingRunRow)) or 0
@@ -127,12 +120,8 @@ class TrainingRuns:
                 values[f"{field}_json"] = None if value is None else _json(value)
             else:
                 values[field] = value
-        statement = update(TrainingRunRow).where(TrainingRunRow.id == record_id).values(values)
-        if rowcount(self._session, statement) == 0:
-            raise RecordNotFoundError(f"training run {record_id!r} not found")
-        record = self.get(record_id)
-        assert record is not None
-        return record
+        self._update(record_id, values)
+        return self._stored(record_id)
 
     def delete(self, record_id: str) -> bool:
         """Delete the run and its metrics; False if it was not there."""
@@ -141,8 +130,7 @@ class TrainingRuns:
         self._session.execute(
             delete(TrainingMetricRow).where(TrainingMetricRow.run_id == record_id)
         )
-        statement = delete(TrainingRunRow).where(TrainingRunRow.id == record_id)
-        return rowcount(self._session, statement) > 0
+        return self._delete(record_id)
 
     def mark_interrupted(self) -> int:
         """Interrupt the runs a service stop left without a trainer; returns how many."""
@@ -155,6 +143,25 @@ class TrainingRuns:
                 stage=TRAINING_INTERRUPTED_STAGE,
                 updated_at=utc_now(),
             ),
+        )
+
+    def _from_row(self, row: TrainingRunRow) -> TrainingRun:
+        return TrainingRun(
+            id=row.id,
+            name=row.name,
+            model=row.model,
+            config=json.loads(row.config_json),
+            state=TrainingState(row.state),
+            stage=row.stage,
+            step=row.step,
+            total_steps=row.total_steps,
+            latest=None if row.latest_json is None else json.loads(row.latest_json),
+            final_eval=None if row.final_eval_json is None else json.loads(row.final_eval_json),
+            error=row.error,
+            sae_id=row.sae_id,
+            checkpoint_step=row.checkpoint_step,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
         )
 
 
@@ -203,11 +210,11 @@ class TrainingMetrics:
         return rowcount(self._session, statement)
 
 
-class TrainingTemplates:
+class TrainingTemplates(TableRepository[TrainingTemplateRow, TrainingTemplate]):
     """Saved training configurations; names are unique, favourites list first."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    row_type = TrainingTemplateRow
+    noun = "training template"
 
     def create(
         self,
@@ -233,26 +240,17 @@ class TrainingTemplates:
         statement = insert_.values(values).on_conflict_do_nothing(index_elements=["name"])
         if self._session.scalar(statement.returning(TrainingTemplateRow.id)) is None:
             raise RecordExistsError(f"training template {name!r} exists")
-        record = self.get(record_id)
-        assert record is not None
-        return record
-
-    def get(self, record_id: str) -> TrainingTemplate | None:
-        row = self._session.get(TrainingTemplateRow, record_id, populate_existing=True)
-        return None if row is None else _training_template(row)
+        return self._stored(record_id)
 
     def get_by_name(self, name: str) -> TrainingTemplate | None:
-        row = self._session.scalars(
-            select(TrainingTemplateRow).where(TrainingTemplateRow.name == name)
-        ).first()
-        return None if row is None else _training_template(row)
+        return self._first(select(TrainingTemplateRow).where(TrainingTemplateRow.name == name))
 
     def list(self) -> tuple[TrainingTemplate, ...]:
         """Favourites first, then by name."""
         query = select(TrainingTemplateRow).order_by(
             TrainingTemplateRow.favourite.desc(), TrainingTemplateRow.name
         )
-        return tuple(_training_template(row) for row in self._session.scalars(query))
+        return self._all(query)
 
     def update(
         self,
@@ -274,32 +272,34 @@ class TrainingTemplates:
             values["config_json"] = _json(config)
         if favourite is not None:
             values["favourite"] = favourite
-        statement = (
-            update(TrainingTemplateRow).where(TrainingTemplateRow.id == record_id).values(values)
-        )
         try:
             # A savepoint, so the unique name's violation leaves the transaction usable
             # (PostgreSQL aborts the whole transaction otherwise).
             with self._session.begin_nested():
-                matched = rowcount(self._session, statement)
+                self._update(record_id, values)
         except IntegrityError as error:
             raise RecordExistsError(f"training template {name!r} exists") from error
-        if matched == 0:
-            raise RecordNotFoundError(f"training template {record_id!r} not found")
-        record = self.get(record_id)
-        assert record is not None
-        return record
+        return self._stored(record_id)
 
     def delete(self, record_id: str) -> bool:
-        statement = delete(TrainingTemplateRow).where(TrainingTemplateRow.id == record_id)
-        return rowcount(self._session, statement) > 0
+        return self._delete(record_id)
+
+    def _from_row(self, row: TrainingTemplateRow) -> TrainingTemplate:
+        return TrainingTemplate(
+            id=row.id,
+            name=row.name,
+            description=row.description,
+            config=json.loads(row.config_json),
+            favourite=row.favourite,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
 
 
-class Corpora:
+class Corpora(TableRepository[CorpusRow, Corpus]):
     """Uploaded training corpora; the files themselves live under the data directory."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    row_type = CorpusRow
 
     def create(
         self, record_id: str, name: str, size_bytes: int, documents: int, local_path: str
@@ -314,47 +314,29 @@ class Corpora:
                 created_at=utc_now(),
             )
         )
-        self._session.flush()
-        record = self.get(record_id)
-        assert record is not None
-        return record
-
-    def get(self, record_id: str) -> Corpus | None:
-        row = self._session.get(CorpusRow, record_id, populate_existing=True)
-        return None if row is None else _corpus(row)
+        return self._stored(record_id)
 
     def list(self) -> tuple[Corpus, ...]:
         """Every corpus, newest first."""
         query = select(CorpusRow).order_by(CorpusRow.created_at.desc(), CorpusRow.id)
-        return tuple(_corpus(row) for row in self._session.scalars(query))
+        return self._all(query)
 
     def delete(self, record_id: str) -> bool:
-        statement = delete(CorpusRow).where(CorpusRow.id == record_id)
-        return rowcount(self._session, statement) > 0
+        return self._delete(record_id)
+
+    def _from_row(self, row: CorpusRow) -> Corpus:
+        return Corpus(
+            id=row.id,
+            name=row.name,
+            size_bytes=row.size_bytes,
+            documents=row.documents,
+            local_path=row.local_path,
+            created_at=row.created_at,
+        )
 
 
 def _json(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True)
-
-
-def _training_run(row: TrainingRunRow) -> TrainingRun:
-    return TrainingRun(
-        id=row.id,
-        name=row.name,
-        model=row.model,
-        config=json.loads(row.config_json),
-        state=TrainingState(row.state),
-        stage=row.stage,
-        step=row.step,
-        total_steps=row.total_steps,
-        latest=None if row.latest_json is None else json.loads(row.latest_json),
-        final_eval=None if row.final_eval_json is None else json.loads(row.final_eval_json),
-        error=row.error,
-        sae_id=row.sae_id,
-        checkpoint_step=row.checkpoint_step,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
 
 
 _METRIC_INTS = frozenset({"step", "tokens", "dead_features", "time_unix_ms"})
@@ -384,26 +366,3 @@ def _training_metrics(row: TrainingMetricRow) -> dict[str, Any]:
         value = getattr(row, field)
         metrics[field] = math.nan if value is None else value
     return metrics
-
-
-def _training_template(row: TrainingTemplateRow) -> TrainingTemplate:
-    return TrainingTemplate(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        config=json.loads(row.config_json),
-        favourite=row.favourite,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def _corpus(row: CorpusRow) -> Corpus:
-    return Corpus(
-        id=row.id,
-        name=row.name,
-        size_bytes=row.size_bytes,
-        documents=row.documents,
-        local_path=row.local_path,
-        created_at=row.created_at,
-    )

@@ -179,6 +179,57 @@ class MonitorControl(ManagementBody):
     paused: bool | None = None
 
 
+# ---------------------------------------------------------------- features
+
+FEATURE_LABEL_MAX = 200
+FEATURE_NOTES_MAX = 10_000
+# A model reads each text whole: longer ones belong in a corpus (statistics).
+FEATURE_TEXT_MAX = 20_000
+CONTRAST_TEXTS_MAX = 256
+
+ContrastMeasureName = Literal["auroc", "firing_rate_gap"]
+TextTransformName = Literal["uppercase"]
+LabelFormatName = Literal["millm", "neuronpedia"]
+FeatureText = Annotated[str, Field(min_length=1, max_length=FEATURE_TEXT_MAX)]
+
+
+class FeatureStatisticsBody(ManagementBody):
+    """POST /api/v1/saes/{id}/features/statistics: unset fields take the service's defaults."""
+
+    # An uploaded corpus (/api/v1/training/corpora); unset: the built-in sample.
+    corpus_id: str | None = Field(default=None, max_length=TRAINING_ID_MAX)
+    max_tokens: int | None = Field(default=None, ge=1, le=UINT64_MAX)
+    context_radius: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+    top_contexts: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+
+
+class FeatureTextSearchBody(ManagementBody):
+    """POST /api/v1/saes/{id}/features/search."""
+
+    text: FeatureText
+    limit: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+
+
+class FeatureContrastBody(ManagementBody):
+    """POST /api/v1/saes/{id}/features/contrast: `negative_texts`, or a `transform`
+    that makes them from the positives; translation refuses both and neither."""
+
+    positive_texts: list[FeatureText] = Field(min_length=1, max_length=CONTRAST_TEXTS_MAX)
+    negative_texts: list[FeatureText] | None = Field(
+        default=None, min_length=1, max_length=CONTRAST_TEXTS_MAX
+    )
+    transform: TextTransformName | None = None
+    measure: ContrastMeasureName | None = None
+    limit: int | None = Field(default=None, ge=1, le=UINT32_MAX)
+
+
+class FeatureLabelBody(ManagementBody):
+    """PUT /api/v1/saes/{id}/features/{index}/label: both empty removes the label."""
+
+    label: str = Field(default="", max_length=FEATURE_LABEL_MAX)
+    notes: str = Field(default="", max_length=FEATURE_NOTES_MAX)
+
+
 # ---------------------------------------------------------------- training
 
 # A float32's largest finite value: the service stores the config's floats as float32.

@@ -157,7 +157,10 @@ async def test_output_loads_in_sae_lens_and_encodes_as_miLLM_does(server, refere
     ours = load_sae(folder)
     model = server.host.engine.loaded_model.model
     ids = await server.host.engine.encode_text_async("The quick brown fox jumps over the lazy dog.")
-    (hidden,) = capture(model, [capture_site(model, HOOK, "h")], torch.tensor([ids]))
+    # On the lane: the finished run's feature statistics may be reading the model too.
+    (hidden,) = await server.host.engine.call_on_lane(
+        lambda: capture(model, [capture_site(model, HOOK, "h")], torch.tensor([ids]))
+    )
     x = hidden[0]
     with torch.no_grad():
         torch.testing.assert_close(theirs.encode(x), ours.encode(x), atol=1e-5, rtol=1e-5)
@@ -402,3 +405,13 @@ async def test_templates_round_trip_and_start_runs(stub):
         grpc.StatusCode.NOT_FOUND,
         "NOT_FOUND",
     )
+
+
+async def test_a_finished_run_starts_its_feature_statistics(server, reference):
+    sae_id = reference[1].sae_id
+    started = [
+        op
+        for op in server.operations.list(limit=100, offset=0, unfinished_only=False)
+        if op.kind == "feature_statistics" and op.target == sae_id
+    ]
+    assert len(started) == 1

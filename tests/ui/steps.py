@@ -16,6 +16,7 @@ from tests.fixtures.saes import random_sae, write_sae
 TABS = {
     "models": "Models",
     "saes": "SAEs",
+    "features": "Features",
     "steering": "Steering",
     "profiles": "Profiles",
     "monitor": "Monitor",

@@ -155,6 +155,10 @@ def test_train_attach_steer_profile_chat_and_monitor(ui_stack, page, artifacts_d
     expect(panel.locator("table.data tbody tr").first).to_be_visible()
     page.screenshot(path=artifacts_dir / "monitor.png", full_page=True)
 
+    panel = open_tab(page, "features")
+    expect(panel.get_by_role("button", name="Compute statistics")).to_be_visible()
+    page.screenshot(path=artifacts_dir / "features.png", full_page=True)
+
     open_tab(page, "models")
     page.screenshot(path=artifacts_dir / "models.png", full_page=True)
     for tab in TABS:

@@ -4,14 +4,11 @@
 
 import { api, openSocket } from "../api.js";
 import { refreshContext, store } from "../store.js";
-import { busy, emptyState, field, fill, formatNumber, h, sparkline, toast } from "../ui.js";
+import { busy, emptyState, field, fill, formatNumber, h, shade, sparkline, toast } from "../ui.js";
 
 const MAX_REQUESTS = 8;
 const RECENT_TOKENS = 60;
 const TOP_ROWS = 12;
-// Token shading: from the panel colour to a dark orange, light text keeps AA contrast.
-const SHADE_FROM = [22, 27, 34];
-const SHADE_TO = [181, 70, 15];
 
 let root;
 let socket = null;
@@ -113,11 +110,6 @@ function tokenValue(token) {
   if (highlight === "top") return token.top.length ? token.top[0] : null;
   const index = Number(highlight);
   return token.features.find((f) => f.index === index) || token.top.find((f) => f.index === index) || { index, value: 0 };
-}
-
-function shade(fraction) {
-  const mix = SHADE_FROM.map((c, i) => Math.round(c + (SHADE_TO[i] - c) * Math.max(0, Math.min(1, fraction))));
-  return `rgb(${mix.join(",")})`;
 }
 
 function renderLive() {

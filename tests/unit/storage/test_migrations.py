@@ -12,7 +12,7 @@ from inference_service.storage import Database, resolve_url
 from inference_service.storage.database import MIGRATIONS_DIR
 from inference_service.storage.tables import TableBase
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def test_migrate_creates_the_schema(database_url: str) -> None:
@@ -31,6 +31,7 @@ def test_migrate_creates_the_schema(database_url: str) -> None:
         "training_metrics",
         "training_templates",
         "corpora",
+        "feature_labels",
         "alembic_version",
     }
     assert expected <= tables

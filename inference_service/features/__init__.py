@@ -1,0 +1,1 @@
+"""Features of an SAE: corpus statistics, logit lens, search and labels."""
