@@ -44,9 +44,12 @@ from millm.v1 import training_service_pb2 as pb
 from millm.v1 import training_service_pb2_grpc as pb_grpc
 
 HOOK = os.environ.get("MILLM_DEMO_HOOK", "blocks.9.hook_resid_post")
-# Corpus parts of 64 prompts each (about 12k tokens with the upper-cased copies).
-PARTS = int(os.environ.get("MILLM_DEMO_PARTS", "24"))
-EPOCHS = int(os.environ.get("MILLM_DEMO_EPOCHS", "4"))
+# Corpus parts of 64 prompts each, about 14k tokens with the upper-cased copies: 20
+# give the ~290k tokens an earlier clean run used. Written once, then reused.
+PARTS = int(os.environ.get("MILLM_DEMO_PARTS", "20"))
+EPOCHS = int(os.environ.get("MILLM_DEMO_EPOCHS", "2"))
+# At least this many optimizer steps, however small the corpus: the SAE needs steps.
+MIN_STEPS = 256
 D_SAE, K = 4608, 32  # expansion 8 on the model's 576 dimensions
 # Small batches: the SAE needs optimizer steps more than it needs big ones
 # (4,096-token batches gave 6 steps on the old corpus and a held-out FVU of 0.65).
@@ -136,10 +139,15 @@ async def train(channel, corpus_name: str, corpus_tokens: int) -> str:
         checkpoint_every_steps=50,
         seed=0,
     )
-    # EPOCHS passes over the training split (95% of the windows, position 0 dropped).
-    config.total_tokens = int(corpus_tokens * 0.95 * 127 / 128) * EPOCHS
+    # EPOCHS passes over the training split (95% of the windows, position 0 dropped),
+    # or more for a small corpus.
+    split = int(corpus_tokens * 0.95 * 127 / 128)
+    config.total_tokens = max(split * EPOCHS, MIN_STEPS * BATCH_TOKENS)
     say(f"[2/4] Training a TopK SAE ({D_SAE} features, k={K}) at {HOOK}")
-    say(f"      {config.total_tokens} tokens: {EPOCHS} passes over a {corpus_tokens}-token corpus")
+    say(
+        f"      {config.total_tokens} tokens: {config.total_tokens / split:.1f} passes "
+        f"over a {corpus_tokens}-token corpus"
+    )
     started = await stub.StartTraining(pb.StartTrainingRequest(config=config, name="caps-demo"))
     began = time.monotonic()
     last_stage = ""
