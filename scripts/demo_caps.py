@@ -57,7 +57,7 @@ BATCH_TOKENS = 1024
 GROUP = 10  # features steered together
 CONTRAST_TEXTS = 64
 # Each feature's strength is this multiple of its suggested strength.
-MULTIPLES = (0.5, 0.6, 0.7, 0.8)
+MULTIPLES = (0.3, 0.4, 0.5, 0.6)
 QUESTIONS = (
     "What do you like to eat for breakfast?",
     "Describe a walk in the park.",

@@ -1,6 +1,7 @@
 """The demo's self-written corpus: built once in parts, cached, resumed if interrupted.
 
-On two CPU cores the 135M model writes about 50-70 tokens per second, so a corpus
+On two idle CPU cores the 135M model writes about 70 new tokens per second (12 when
+the cores are shared with other work: 846 s for one part), so a corpus
 large enough for a clean SAE takes a while. It is written in parts of `PART_PROMPTS`
 prompts (each part its own seed, its own JSONL file, renamed into place only when
 complete): a later run, or one after Ctrl-C, generates only the missing parts, and
