@@ -4,14 +4,14 @@ What it does, each step through miLLM's own service and API:
 1. starts the inference service in this process (its own data directory,
    `~/.cache/millm-demo` unless MILLM_DEMO_DIR says otherwise);
 2. has the model write its own corpus (replies to varied prompts, some repeated in
-   upper case), cached for later runs;
-3. trains a TopK SAE at a middle layer over gRPC (TrainingService), with live metrics;
-4. finds the features that best separate upper-case tokens from the rest, on
-   held-out documents, and sizes a group of them against the residual norm;
-5. generates the same prompts unsteered and steered (per-request steering through
-   Generate), printing both with the share of upper-case letters and a coherence
-   score: the unsteered model's mean log-probability of the steered text with its
-   case folded, so it measures words, not capitals.
+   upper case), built once in parts and cached (scripts/demo_corpus.py);
+3. trains a TopK SAE at layer 9 over gRPC (TrainingService), with live metrics;
+4. finds the upper-case features with one call: FeatureService.ContrastFeatures with
+   held-out replies and their upper-cased copies, ranked by AUROC, each with a
+   suggested steering strength;
+5. generates the same prompts unsteered and with the group added at multiples of
+   the suggested strengths, and prints a table: upper-case share of letters, share
+   of whole words from the model's vocabulary, coherence (scripts/demo_metrics.py).
 
 Feature indices differ from run to run; they are chosen from the data each time.
 """
@@ -27,15 +27,13 @@ import time
 from pathlib import Path
 
 import grpc
-import torch
+from demo_corpus import build_corpus, missing_parts
+from demo_metrics import coherence, upper_share, vocabulary_words, whole_word_share
 
 from inference_service.config import InferenceSettings
-from inference_service.engine.prompts import render_chat
-from inference_service.engine.types import ChatTurn
-from inference_service.sae.formats import load_sae
 from inference_service.server import InferenceServer
-from inference_service.training.self_corpus import generate_corpus, write_jsonl
-from inference_service.training.sites import capture, capture_site
+from millm.v1 import feature_service_pb2 as fpb
+from millm.v1 import feature_service_pb2_grpc as fpb_grpc
 from millm.v1 import inference_service_pb2 as ipb
 from millm.v1 import inference_service_pb2_grpc as ipb_grpc
 from millm.v1 import sae_service_pb2 as spb
@@ -45,12 +43,21 @@ from millm.v1 import training_pb2 as tpb
 from millm.v1 import training_service_pb2 as pb
 from millm.v1 import training_service_pb2_grpc as pb_grpc
 
-HOOK = os.environ.get("MILLM_DEMO_HOOK", "blocks.6.hook_resid_post")
-PROMPTS = int(os.environ.get("MILLM_DEMO_PROMPTS", "32"))
-EPOCHS = int(os.environ.get("MILLM_DEMO_EPOCHS", "4"))
-D_SAE, K, GROUP = 2304, 32, 10
-# Strength of the group, as a share of the typical residual norm at the hook.
-SHARES = (0.3, 0.4, 0.5)
+HOOK = os.environ.get("MILLM_DEMO_HOOK", "blocks.9.hook_resid_post")
+# Corpus parts of 64 prompts each, about 14k tokens with the upper-cased copies: 20
+# give the ~290k tokens an earlier clean run used. Written once, then reused.
+PARTS = int(os.environ.get("MILLM_DEMO_PARTS", "20"))
+EPOCHS = int(os.environ.get("MILLM_DEMO_EPOCHS", "2"))
+# At least this many optimizer steps, however small the corpus: the SAE needs steps.
+MIN_STEPS = 256
+D_SAE, K = 4608, 32  # expansion 8 on the model's 576 dimensions
+# Small batches: the SAE needs optimizer steps more than it needs big ones
+# (4,096-token batches gave 6 steps on the old corpus and a held-out FVU of 0.65).
+BATCH_TOKENS = 1024
+GROUP = 10  # features steered together
+CONTRAST_TEXTS = 64
+# Each feature's strength is this multiple of its suggested strength.
+MULTIPLES = (0.3, 0.4, 0.5, 0.6)
 QUESTIONS = (
     "What do you like to eat for breakfast?",
     "Describe a walk in the park.",
@@ -61,19 +68,6 @@ MAX_TOKENS = 40
 
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-def caps_share(text: str) -> float:
-    letters = [c for c in text if c.isalpha()]
-    return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
-
-
-def is_caps_token(piece: str) -> bool | None:
-    """True for an upper-case word piece, False for a lower/mixed one, None without letters."""
-    letters = [c for c in piece if c.isalpha()]
-    if len(letters) < 2:
-        return None
-    return all(c.isupper() for c in letters)
 
 
 async def main() -> None:
@@ -92,48 +86,40 @@ async def main() -> None:
     started = time.monotonic()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            corpus = await write_corpus(engine, corpus_dir)
-            docs = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+            corpus = await write_corpus(engine, corpus_dir / "self-written")
+            docs = [
+                json.loads(line)["text"]
+                for part in sorted(corpus.glob("*.jsonl"))
+                for line in part.read_text().splitlines()
+            ]
             tokenizer = engine.loaded_model.tokenizer
             tokens = sum(len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1 for d in docs)
             sae_id = await train(channel, corpus.name, tokens)
-            folder = server.saes.catalog.get(sae_id).folder
-            features, norm = await find_caps_features(engine, folder, docs[-120:])
-            saes = spb_grpc.SaeServiceStub(channel)
-            await saes.AttachSae(spb.AttachSaeRequest(id=sae_id))
-            await compare(channel, engine, folder, features, norm)
+            await spb_grpc.SaeServiceStub(channel).AttachSae(spb.AttachSaeRequest(id=sae_id))
+            # Replies as the model wrote them; ContrastFeatures upper-cases its own copies.
+            texts = [d for d in docs if d != d.upper()][-CONTRAST_TEXTS:]
+            hits = await find_caps_features(channel, sae_id, texts)
+            await compare(channel, engine, hits)
     finally:
         await server.stop(0)
     say(f"\nDemo done in {time.monotonic() - started:.0f} s (data: {data_dir}).")
 
 
-async def write_corpus(engine, corpus_dir: Path) -> Path:
-    path = corpus_dir / f"self-written-{PROMPTS}.jsonl"
-    if path.exists():
-        say(f"[1/4] Corpus: reusing {path.name}")
-        return path
-    say(f"[1/4] The model writes its own corpus ({PROMPTS} prompts, some repeated in upper case)")
-    tokenizer = engine.loaded_model.tokenizer
-    began = time.monotonic()
-
-    def progress(done: int, total: int) -> None:
-        say(f"      {done}/{total} prompts answered ({time.monotonic() - began:.0f} s)")
-
-    docs = await asyncio.to_thread(
-        engine.run_background,
-        lambda model: generate_corpus(
-            model,
-            tokenizer,
-            n_prompts=PROMPTS,
-            max_new_tokens=160,
-            batch_size=32,
-            seed=0,
-            upper_fraction=0.3,
-            progress=progress,
-        ),
+async def write_corpus(engine, folder: Path) -> Path:
+    todo = missing_parts(folder, PARTS)
+    if not todo:
+        say(f"[1/4] Corpus: reusing {folder.name}/ ({PARTS} parts)")
+        return folder
+    say(
+        f"[1/4] The model writes its own corpus: {len(todo)} of {PARTS} parts to go "
+        "(cached; an interrupted run resumes)"
     )
-    write_jsonl(docs, path)
-    return path
+    tokenizer = engine.loaded_model.tokenizer
+    await asyncio.to_thread(
+        engine.run_background,
+        lambda model: build_corpus(model, tokenizer, folder, PARTS, lambda s: say(f"      {s}")),
+    )
+    return folder
 
 
 async def train(channel, corpus_name: str, corpus_tokens: int) -> str:
@@ -144,19 +130,24 @@ async def train(channel, corpus_name: str, corpus_tokens: int) -> str:
         architecture=tpb.TRAINING_ARCHITECTURE_TOPK,
         d_sae=D_SAE,
         k=K,
-        batch_size_tokens=4096,
+        batch_size_tokens=BATCH_TOKENS,
         context_size=128,
         learning_rate=1e-3,
         warmup_steps=5,
         cache_activations=True,
         harvest_batch_windows=16,
-        checkpoint_every_steps=20,
+        checkpoint_every_steps=50,
         seed=0,
     )
-    # EPOCHS passes over the training split (95% of the windows, position 0 dropped).
-    config.total_tokens = int(corpus_tokens * 0.95 * 127 / 128) * EPOCHS
+    # EPOCHS passes over the training split (95% of the windows, position 0 dropped),
+    # or more for a small corpus.
+    split = int(corpus_tokens * 0.95 * 127 / 128)
+    config.total_tokens = max(split * EPOCHS, MIN_STEPS * BATCH_TOKENS)
     say(f"[2/4] Training a TopK SAE ({D_SAE} features, k={K}) at {HOOK}")
-    say(f"      {config.total_tokens} tokens: {EPOCHS} passes over a {corpus_tokens}-token corpus")
+    say(
+        f"      {config.total_tokens} tokens: {config.total_tokens / split:.1f} passes "
+        f"over a {corpus_tokens}-token corpus"
+    )
     started = await stub.StartTraining(pb.StartTrainingRequest(config=config, name="caps-demo"))
     began = time.monotonic()
     last_stage = ""
@@ -166,7 +157,7 @@ async def train(channel, corpus_name: str, corpus_tokens: int) -> str:
             say(f"      {run.stage}")
         last_stage = run.stage
         for m in update.metrics:
-            if m.eval or m.step % 5 == 0:
+            if m.eval or m.step % 50 == 0:
                 kind = "held-out" if m.eval else "step    "
                 say(
                     f"      {kind} {m.step:4d}/{run.total_steps}  loss {m.loss:9.1f}  "
@@ -179,41 +170,24 @@ async def train(channel, corpus_name: str, corpus_tokens: int) -> str:
     return run.sae_id
 
 
-async def find_caps_features(engine, folder: Path, docs: list[str]) -> tuple[list[int], float]:
-    say("[3/4] Finding the features that fire on upper-case text")
-    sae = load_sae(folder)
-    tokenizer = engine.loaded_model.tokenizer
-    model = engine.loaded_model.model
-    site = capture_site(model, HOOK, "hook_name")
-    acts, labels, norms = [], [], []
-    for doc in docs:
-        ids = tokenizer(doc, add_special_tokens=False)["input_ids"][:96]
-        if len(ids) < 8:
-            continue
-        (hidden,) = await asyncio.to_thread(
-            engine.run_background, lambda m, ids=ids: capture(m, [site], torch.tensor([ids]))
+async def find_caps_features(channel, sae_id: str, texts: list[str]) -> list[fpb.ContrastHit]:
+    say(f"[3/4] ContrastFeatures: {len(texts)} replies against their upper-cased copies")
+    response = await fpb_grpc.FeatureServiceStub(channel).ContrastFeatures(
+        fpb.ContrastFeaturesRequest(
+            sae_id=sae_id,
+            positive_texts=texts,
+            transform=fpb.TEXT_TRANSFORM_UPPERCASE,
+            measure=fpb.CONTRAST_MEASURE_AUROC,
+            limit=GROUP,
         )
-        h = hidden[0, 1:]
-        pieces = [tokenizer.decode([i]) for i in ids[1:]]
-        with torch.no_grad():
-            f = sae.encode(h)
-        for row, piece, vector in zip(f, pieces, h, strict=True):
-            label = is_caps_token(piece)
-            if label is not None:
-                acts.append(row)
-                labels.append(label)
-                norms.append(float(vector.norm()))
-    f = torch.stack(acts)
-    caps = torch.tensor(labels)
-    fires = (f > 0).float()
-    # Fires on upper-case pieces, rarely elsewhere: the gap in firing rates.
-    score = fires[caps].mean(0) - fires[~caps].mean(0)
-    chosen = score.topk(GROUP).indices.tolist()
-    say(f"      {int(caps.sum())} upper-case and {int((~caps).sum())} other word pieces")
-    say("      feature  fires on CAPS  fires elsewhere")
-    for i in chosen:
-        say(f"      {i:7d}  {fires[caps, i].mean():12.0%}  {fires[~caps, i].mean():15.0%}")
-    return chosen, statistics.median(norms)
+    )
+    say("      feature   AUROC  firing-rate gap  mean on CAPS  elsewhere  suggested strength")
+    for hit in response.hits:
+        say(
+            f"      {hit.index:7d}  {hit.auroc:6.3f}  {hit.firing_rate_gap:15.0%}  "
+            f"{hit.mean_positive:12.2f}  {hit.mean_negative:9.2f}  {hit.suggested_strength:18.2f}"
+        )
+    return list(response.hits)
 
 
 async def generate(stub, question: str, features: list[steering_pb2.SteeringFeature]) -> str:
@@ -227,60 +201,54 @@ async def generate(stub, question: str, features: list[steering_pb2.SteeringFeat
     async for message in stub.Generate(iter([ipb.GenerateRequest(start=start)])):
         if message.HasField("delta"):
             text.append(message.delta.text)
-    return "".join(text)
+    return "".join(text).strip()
 
 
-def coherence(engine, question: str, reply: str) -> float:
-    """Mean log-probability per token of the case-folded reply under the unsteered model."""
-    tokenizer = engine.loaded_model.tokenizer
-    prompt = render_chat(tokenizer, [ChatTurn(role="user", content=question)])
-    answer = tokenizer(reply.lower(), add_special_tokens=False)["input_ids"]
-    if not answer:
-        return float("nan")
-    ids = torch.tensor([prompt + answer])
-
-    def score(model) -> float:
-        with torch.inference_mode():
-            logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1 : -1]
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        return float(logp.gather(1, torch.tensor(answer)[:, None]).mean())
-
-    return engine.run_background(score)
-
-
-async def compare(channel, engine, folder: Path, features: list[int], norm: float) -> None:
-    sae = load_sae(folder)
-    direction = sae.weights.W_dec[features].sum(0)
-    stub = ipb_grpc.InferenceServiceStub(channel)
-    say(f"[4/4] Steering: add the {GROUP} features as a group (typical residual norm {norm:.1f})")
-    rows = []
-    for share in (0.0, *SHARES):
-        # Each feature gets the same strength; together they reach share x norm.
-        strength = share * norm / float(direction.norm())
-        steer = (
-            [
-                steering_pb2.SteeringFeature(
-                    index=i, mode=steering_pb2.STEERING_MODE_ADD, strength=strength
-                )
-                for i in features
-            ]
-            if share
-            else []
+def steering(hits: list[fpb.ContrastHit], multiple: float) -> list[steering_pb2.SteeringFeature]:
+    return [
+        steering_pb2.SteeringFeature(
+            index=hit.index,
+            mode=steering_pb2.STEERING_MODE_ADD,
+            strength=multiple * hit.suggested_strength,
         )
-        label = "default" if not share else f"steered {share:.1f}x"
-        for question in QUESTIONS:
-            reply = await generate(stub, question, steer)
-            score = await asyncio.to_thread(coherence, engine, question, reply)
-            rows.append((label, question, reply, caps_share(reply), score))
-            say(f"\n  {label:13s} | {question}\n  {'':13s} | {reply.strip()!r}")
-            say(f"  {'':13s} | upper-case letters {caps_share(reply):.0%}, coherence {score:.2f}")
-    say("\n  summary (mean over prompts)")
-    say("  setting         upper-case letters   coherence (log-prob/token, case folded)")
-    for label in dict.fromkeys(r[0] for r in rows):
-        mine = [r for r in rows if r[0] == label]
-        share = statistics.mean(r[3] for r in mine)
-        score = statistics.mean(r[4] for r in mine)
-        say(f"  {label:15s} {share:17.0%}   {score:8.2f}")
+        for hit in hits
+        if multiple
+    ]
+
+
+async def compare(channel, engine, hits: list[fpb.ContrastHit]) -> None:
+    say(f"[4/4] Steering: the {len(hits)} features added together, each at a multiple of")
+    say("      its suggested strength; the same prompts, greedy decoding")
+    stub = ipb_grpc.InferenceServiceStub(channel)
+    tokenizer = engine.loaded_model.tokenizer
+    words = await asyncio.to_thread(vocabulary_words, tokenizer)
+    rows = []
+    for multiple in (0.0, *MULTIPLES):
+        steer = steering(hits, multiple)
+        replies = await asyncio.gather(*(generate(stub, q, steer) for q in QUESTIONS))
+        scores = []
+        for question, reply in zip(QUESTIONS, replies, strict=True):
+            scores.append(
+                await asyncio.to_thread(
+                    engine.run_background,
+                    lambda model, q=question, r=reply: coherence(model, tokenizer, q, r),
+                )
+            )
+            say(f"\n  x{multiple:<4.2g} | {question}\n        | {reply!r}")
+        rows.append(
+            (
+                multiple,
+                statistics.mean(upper_share(r) for r in replies),
+                statistics.mean(whole_word_share(r, words) for r in replies),
+                statistics.mean(scores),
+                replies[0],
+            )
+        )
+    say("\n  summary (mean over the prompts; coherence: log-prob/token of the case-folded reply)")
+    say("  strength  upper-case  whole words  coherence  sample")
+    for multiple, upper, whole, score, sample in rows:
+        label = "default" if not multiple else f"x{multiple:g}"
+        say(f"  {label:8s}  {upper:10.0%}  {whole:11.0%}  {score:9.2f}  {sample[:60]!r}")
 
 
 if __name__ == "__main__":
