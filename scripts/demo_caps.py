@@ -46,7 +46,9 @@ from millm.v1 import training_service_pb2_grpc as pb_grpc
 HOOK = os.environ.get("MILLM_DEMO_HOOK", "blocks.9.hook_resid_post")
 # Corpus parts of 64 prompts each, about 14k tokens with the upper-cased copies: 20
 # give the ~290k tokens an earlier clean run used. Written once, then reused.
-PARTS = int(os.environ.get("MILLM_DEMO_PARTS", "20"))
+# Two parts (~28k tokens) is the measured recipe (docs/training.md#the-demo); more
+# parts give the SAE more data and the corpus more minutes to write.
+PARTS = int(os.environ.get("MILLM_DEMO_PARTS", "2"))
 EPOCHS = int(os.environ.get("MILLM_DEMO_EPOCHS", "2"))
 # At least this many optimizer steps, however small the corpus: the SAE needs steps.
 MIN_STEPS = 256
