@@ -208,6 +208,12 @@ def _content_key(gguf: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def converted_builtin(data_dir: Path) -> Path:
+    """The built-in model's safetensors copy under `data_dir`, converted on first use
+    (a test or tool that copies the converted folder can make sure it exists)."""
+    return _converted_copy(_builtin_gguf(), data_dir)
+
+
 def _converted_copy(gguf: Path, data_dir: Path) -> Path:
     """Returns a plain safetensors copy of `gguf`, converting it on first use."""
     root = data_dir / "models" / "converted"

@@ -4,7 +4,7 @@
 
 import { api, listAll } from "../api.js";
 import { OperationList } from "../operations.js";
-import { on, store } from "../store.js";
+import { on } from "../store.js";
 import { busy, emptyState, field, fill, formatNumber, h, shadedTokens, toast } from "../ui.js";
 import { FeatureDashboard, isAttached, steerWith, steeredNotice } from "./feature_dashboard.js";
 
@@ -12,6 +12,8 @@ let root;
 let picker; // the SAE select
 let saeId = null;
 let saesShown = ""; // the ready SAEs' ids, to rebuild the picker only when they change
+let picked = false; // the user chose an SAE; until then the picker follows the attached one
+let listing = 0; // the latest refresh; an older one that answers late is dropped
 let els = {};
 const dashboard = new FeatureDashboard(() => searchLabels());
 const operations = new OperationList(["feature_statistics"], (operation) => {
@@ -27,13 +29,15 @@ function openButton(index) {
 // ---------------------------------------------------------------- the SAE and its statistics
 
 async function refreshSaes() {
+  const mine = ++listing;
   let saes;
   try {
     saes = (await listAll("/saes")).filter((s) => s.state === "ready");
   } catch (err) {
-    fill(els.sae, h("p", { class: "error-text" }, `Could not list SAEs: ${err.message}`));
+    if (mine === listing) fill(els.sae, h("p", { class: "error-text" }, `Could not list SAEs: ${err.message}`));
     return;
   }
+  if (mine !== listing) return;
   const ids = saes.map((s) => `${s.id}:${s.attached_hook_name || ""}`).join(",");
   if (ids === saesShown && saeId) return;
   saesShown = ids;
@@ -43,9 +47,10 @@ async function refreshSaes() {
     els.work.hidden = true;
     return;
   }
-  const attached = store.attachment && store.attachment.sae_id;
-  const keep = saes.some((s) => s.id === saeId) ? saeId : saes.some((s) => s.id === attached) ? attached : saes[0].id;
-  picker = h("select", { name: "sae", onchange: () => choose(picker.value) },
+  const has = (id) => saes.some((s) => s.id === id);
+  const attached = (saes.find((s) => s.attached_hook_name) || {}).id;
+  const keep = picked && has(saeId) ? saeId : attached || (has(saeId) ? saeId : saes[0].id);
+  picker = h("select", { name: "sae", onchange: () => { picked = true; choose(picker.value); } },
     saes.map((s) => h("option", { value: s.id, selected: s.id === keep },
       `${s.name}${s.attached_hook_name ? " (attached)" : ""} · ${formatNumber(s.d_sae)} features${s.hook_name ? ` · ${s.hook_name}` : ""}`)));
   fill(els.sae, h("div", { class: "row wrap" }, field("SAE", picker), statisticsForm()));
