@@ -11,6 +11,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import psutil
 
@@ -137,3 +138,12 @@ class ModelHost:
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
+
+
+@dataclass(frozen=True)
+class ModelStateChanged:
+    """A step in the served model's lifecycle (an event)."""
+
+    state: ModelState
+    model_id: str  # empty unless READY
+    error: str  # empty unless FAILED

@@ -12,8 +12,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from inference_service.config import InferenceSettings
+from inference_service.events import EventBus
 from inference_service.features.manager import FeatureManager
-from inference_service.host import ModelHost, ModelState
+from inference_service.host import ModelHost, ModelState, ModelStateChanged
 from inference_service.interceptors import AuthInterceptor, ErrorInterceptor
 from inference_service.models.catalog import ModelCatalog
 from inference_service.models.manager import ModelManager
@@ -24,6 +25,7 @@ from inference_service.profiles import ProfileManager
 from inference_service.sae.active import ActiveSaeSlot
 from inference_service.sae.catalog import SaeCatalog
 from inference_service.sae.manager import Followers, SaeManager
+from inference_service.servicers.events import EventServicer
 from inference_service.servicers.features import FeatureServicer
 from inference_service.servicers.inference import InferenceServicer
 from inference_service.servicers.models import ModelServicer
@@ -42,6 +44,8 @@ from inference_service.training.corpora import CorpusStore
 from inference_service.training.manager import TrainingManager
 from inference_service.training.templates import TemplateStore
 from millm.v1 import (
+    event_service_pb2,
+    event_service_pb2_grpc,
     feature_service_pb2,
     feature_service_pb2_grpc,
     inference_service_pb2,
@@ -74,6 +78,7 @@ STEERING_SERVICE = steering_service_pb2.DESCRIPTOR.services_by_name["SteeringSer
 PROFILE_SERVICE = profile_service_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
 TRAINING_SERVICE = training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name
 FEATURE_SERVICE = feature_service_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name
+EVENT_SERVICE = event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 MONITORING_SERVICE = monitoring_service_pb2.DESCRIPTOR.services_by_name[
     "MonitoringService"
 ].full_name
@@ -95,6 +100,8 @@ class InferenceServer:
         """Builds everything; call from a running event loop."""
         self.settings = settings
         self._health = health.aio.HealthServicer()
+        # Every state change below is published here, for EventService.WatchEvents.
+        self.events = EventBus(asyncio.get_running_loop())
         self.host = ModelHost(settings, on_state_change=self._on_model_state)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(resolve_url(settings.database_url, settings.data_dir))
@@ -107,7 +114,9 @@ class InferenceServer:
                 "%d operations were cut short by the last stop; start them again to resume",
                 interrupted,
             )
-        self.operations = OperationsManager(store, asyncio.get_running_loop())
+        self.operations = OperationsManager(
+            store, asyncio.get_running_loop(), publish=self.events.publish
+        )
         self.catalog = ModelCatalog(
             self.db, settings.data_dir, self.operations, hub_endpoint=settings.hf_endpoint or None
         )
@@ -119,9 +128,12 @@ class InferenceServer:
             history_frames=settings.monitor_history_frames,
             subscriber_queue_frames=settings.monitor_queue_frames,
         )
-        self.steering_state = SteeringState(self.active_sae.get)
+        self.steering_state = SteeringState(self.active_sae.get, self.events.publish)
         self.profiles = ProfileManager(
-            self.db, self.steering_state, served_model=self._served_model_id
+            self.db,
+            self.steering_state,
+            served_model=self._served_model_id,
+            publish=self.events.publish,
         )
         self.steering = SteeringRuntime(self.steering_state, self.profiles.resolve, self.monitor)
         self.saes = SaeManager(
@@ -139,6 +151,7 @@ class InferenceServer:
                 forget_steering=self.steering_state.forget_target,
                 restore_profile=self.profiles.restore_active,
             ),
+            publish=self.events.publish,
         )
         self.saes.catalog.reconcile()
         corpora = CorpusStore(self.db, settings.data_dir, settings.training_max_corpus_bytes)
@@ -160,6 +173,7 @@ class InferenceServer:
             asyncio.get_running_loop(),
             data_root=settings.training_data_root,
             on_sae_trained=self.features.start_after_training,
+            publish=self.events.publish,
         )
         if interrupted_runs := self.training.recover():
             log.warning(
@@ -198,6 +212,9 @@ class InferenceServer:
         operations_service_pb2_grpc.add_OperationsServiceServicer_to_server(
             OperationsServicer(self.operations), self._server
         )
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(self.events), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             [
@@ -210,6 +227,7 @@ class InferenceServer:
                 MONITORING_SERVICE,
                 TRAINING_SERVICE,
                 FEATURE_SERVICE,
+                EVENT_SERVICE,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ],
@@ -224,6 +242,14 @@ class InferenceServer:
 
     def _on_model_state(self, state: ModelState) -> None:
         self.saes.on_model_state(state)  # attachments go with the model they sat on
+        engine = self.host.engine
+        self.events.publish(
+            ModelStateChanged(
+                state,
+                model_id=engine.description.id if engine and state is ModelState.READY else "",
+                error=(self.host.load_error or "") if state is ModelState.FAILED else "",
+            )
+        )
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if state is ModelState.READY

@@ -21,6 +21,7 @@ from openai_bridge.errors import install_exception_handlers
 from openai_bridge.grpc_calls import ServiceCalls
 from openai_bridge.inference_client import InferenceClient
 from openai_bridge.limits import BodyLimitMiddleware
+from openai_bridge.management import events as management_events
 from openai_bridge.management import features as management_features
 from openai_bridge.management import models as management_models
 from openai_bridge.management import monitoring as management_monitoring
@@ -98,6 +99,7 @@ def create_app(
         management_profiles,
         management_monitoring,
         management_training,
+        management_events,
     ):
         app.include_router(module.router)
     # The last added runs first: the request id covers everything; CORS answers

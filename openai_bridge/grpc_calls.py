@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from millm.v1 import event_service_pb2_grpc as epb_grpc
 from millm.v1 import feature_service_pb2_grpc as fpb_grpc
 from millm.v1 import inference_service_pb2_grpc as pb_grpc
 from millm.v1 import model_service_pb2_grpc as mpb_grpc
@@ -104,6 +105,7 @@ class Stubs:
     monitoring: monpb_grpc.MonitoringServiceAsyncStub
     training: tspb_grpc.TrainingServiceAsyncStub
     features: fpb_grpc.FeatureServiceAsyncStub
+    events: epb_grpc.EventServiceAsyncStub
 
     @classmethod
     def on(cls, channel: grpc.aio.Channel) -> Stubs:
@@ -117,6 +119,7 @@ class Stubs:
             monitoring=monpb_grpc.MonitoringServiceStub(channel),
             training=tspb_grpc.TrainingServiceStub(channel),
             features=fpb_grpc.FeatureServiceStub(channel),
+            events=epb_grpc.EventServiceStub(channel),
         )
 
     def without_deadline(self) -> frozenset[Any]:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from inference_service.errors import MillmError, NotFoundError
@@ -87,9 +88,23 @@ class OperationContext:
         )
 
 
+@dataclass(frozen=True)
+class OperationFinished:
+    """An operation reached a final state (an event)."""
+
+    operation: OperationSnapshot
+
+
 class OperationsManager:
-    def __init__(self, store: OperationStore, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        store: OperationStore,
+        loop: asyncio.AbstractEventLoop,
+        publish: Callable[[OperationFinished], None] = lambda event: None,
+    ) -> None:
+        """`publish` is told when an operation finishes (from its worker thread)."""
         self._store = store
+        self._publish = publish
         self._loop = loop
         self._lock = threading.Lock()
         self._live: dict[str, OperationSnapshot] = {}
@@ -184,6 +199,8 @@ class OperationsManager:
                 self._persisted_at[operation_id] = time.monotonic()
         if persist:
             self._store.save(new)
+        if new.done and not old.done:
+            self._publish(OperationFinished(new))
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody watches
             self._loop.call_soon_threadsafe(self._wake_watchers, operation_id)
         return new

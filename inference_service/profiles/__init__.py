@@ -1,6 +1,11 @@
 """Steering profiles: named, saved steering sets bound to one model and SAE."""
 
-from inference_service.profiles.manager import ImportResult, ProfileManager
+from inference_service.profiles.manager import (
+    ImportResult,
+    ProfileChange,
+    ProfileChanged,
+    ProfileManager,
+)
 from inference_service.profiles.schema import SCHEMA
 from inference_service.profiles.types import Profile, ProfileExistsError, ProfileSae
 
@@ -8,6 +13,8 @@ __all__ = [
     "SCHEMA",
     "ImportResult",
     "Profile",
+    "ProfileChange",
+    "ProfileChanged",
     "ProfileExistsError",
     "ProfileManager",
     "ProfileSae",

@@ -14,15 +14,18 @@ active. The active one is saved in the database (the `active` flag) as well as i
   saved intention.
 - `deactivate()` clears both.
 
-Every method blocks on the database (or, for `resolve`, usually only on memory):
+Every change is published as a `ProfileChanged` through the callable the server
+hands in. Every method blocks on the database (or, for `resolve`, usually only on memory):
 call them through `asyncio.to_thread` from async code.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -47,6 +50,22 @@ from inference_service.storage import Database, RecordNotFoundError
 log = logging.getLogger(__name__)
 
 
+class ProfileChange(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    ACTIVATED = "activated"
+    DEACTIVATED = "deactivated"
+
+
+@dataclass(frozen=True)
+class ProfileChanged:
+    """A profile and what happened to it (an event)."""
+
+    name: str
+    change: ProfileChange
+
+
 class ImportResult(NamedTuple):
     profile: Profile
     mismatches: tuple[str, ...]  # empty unless `force` saved a mismatching profile
@@ -60,11 +79,14 @@ class ProfileManager:
         *,
         served_model: Callable[[], str | None] | None = None,
         cache_ttl_s: float = DEFAULT_TTL_S,
+        publish: Callable[[ProfileChanged], None] = lambda event: None,
     ) -> None:
         """`served_model` names the served model when no SAE is attached (the attached
         SAE names it otherwise); it only completes import reports.
-        `cache_ttl_s` bounds how long another replica's changes stay unseen."""
+        `cache_ttl_s` bounds how long another replica's changes stay unseen.
+        `publish` is told every change (it must not block)."""
         self._steering = steering_state
+        self._publish = publish
         self._served_model = served_model
         self._store = ProfileStore(db, ttl_s=cache_ttl_s)
         # Serialises activation changes, so the database flag and SteeringState agree.
@@ -118,6 +140,7 @@ class ProfileManager:
         )
         saved = self._store.save(profile)
         log.info("profile %s saved (%d features)", name, len(checked))
+        self._publish(ProfileChanged(name, ProfileChange.CREATED))
         return saved
 
     def update(
@@ -138,6 +161,7 @@ class ProfileManager:
                 updated = self._store.update(name, description=description, features=checked)
             except RecordNotFoundError:
                 raise _not_found(name) from None
+            self._publish(ProfileChanged(name, ProfileChange.UPDATED))
             self._reapply_if_active(updated)
         return updated
 
@@ -147,6 +171,8 @@ class ProfileManager:
                 raise _not_found(name)
             if self.active_name() == name:
                 self._steering.deactivate()
+                self._publish(ProfileChanged(name, ProfileChange.DEACTIVATED))
+            self._publish(ProfileChanged(name, ProfileChange.DELETED))
         log.info("profile %s deleted", name)
 
     def activate(self, name: str) -> Profile:
@@ -158,6 +184,7 @@ class ProfileManager:
             except RecordNotFoundError:
                 raise _not_found(name) from None
             self._steering.activate(name, profile.steering)
+            self._publish(ProfileChanged(name, ProfileChange.ACTIVATED))
         log.info("profile %s activated", name)
         return profile
 
@@ -167,6 +194,8 @@ class ProfileManager:
             recorded = self._store.recorded_active()
             self._store.record_active(None)
             previous = self._steering.deactivate()
+            if previous or recorded:
+                self._publish(ProfileChanged(previous or recorded or "", ProfileChange.DEACTIVATED))
         return previous or recorded
 
     def restore_active(self) -> str | None:
@@ -186,6 +215,7 @@ class ProfileManager:
                 log.info("profile %s stays inactive: %s", name, exc.message)
                 return None
             self._steering.activate(name, profile.steering)
+            self._publish(ProfileChanged(name, ProfileChange.ACTIVATED))
         log.info("profile %s re-activated", name)
         return name
 
@@ -200,7 +230,8 @@ class ProfileManager:
         """Saves an exported profile. Mismatches with the served model and attached SAE
         are all collected; they refuse the import unless `force`."""
         document = schema.loads(text)
-        if not overwrite and self._store.get(document.name) is not None:
+        existed = self._store.get(document.name) is not None
+        if not overwrite and existed:
             raise exists_error(document.name)
         target = self._steering.target()
         mismatches = tuple(self._mismatches(document, target))
@@ -230,6 +261,8 @@ class ProfileManager:
         )
         with self._lock:
             saved = self._store.save(profile, overwrite=overwrite)
+            change = ProfileChange.UPDATED if existed else ProfileChange.CREATED
+            self._publish(ProfileChanged(saved.name, change))
             self._reapply_if_active(saved)
         if mismatches:
             log.warning("profile %s imported despite: %s", saved.name, "; ".join(mismatches))
@@ -268,6 +301,7 @@ class ProfileManager:
         except IncompatibleSaeError as exc:
             log.warning("profile %s deactivated: %s", profile.name, exc.message)
             self._steering.deactivate()
+            self._publish(ProfileChanged(profile.name, ProfileChange.DEACTIVATED))
             return
         self._steering.activate(profile.name, profile.steering)
 

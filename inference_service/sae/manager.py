@@ -28,6 +28,7 @@ from inference_service.sae.active import ActiveSae, ActiveSaeSlot
 from inference_service.sae.attachments import Attachment, SaeAttachments, release_memory
 from inference_service.sae.catalog import SaeCatalog
 from inference_service.sae.compatibility import Compatibility, ModelFacts, check_compatibility
+from inference_service.sae.events import SaeAttached, SaeDetached
 from inference_service.sae.feature_stats import read_feature_max
 from inference_service.sae.hook_sites import (
     DecoderLayers,
@@ -64,9 +65,16 @@ class Detached:
 
 class SaeManager:
     def __init__(
-        self, catalog: SaeCatalog, host: ModelHost, slot: ActiveSaeSlot, followers: Followers
+        self,
+        catalog: SaeCatalog,
+        host: ModelHost,
+        slot: ActiveSaeSlot,
+        followers: Followers,
+        publish: Callable[[SaeAttached | SaeDetached], None] = lambda event: None,
     ) -> None:
+        """`publish` is told every attach and detach, once it has taken effect."""
         self.catalog = catalog
+        self._publish = publish
         self.attachments = SaeAttachments()
         self._host = host
         self._slot = slot
@@ -130,6 +138,11 @@ class SaeManager:
                     feature_max=feature_max,
                 )
             )
+            self._publish(
+                SaeAttached(
+                    sae_id, cached.record.name, attachment.site.hook_name, engine.description.id
+                )
+            )
             # 6. (worker thread, it reads the database) a saved active profile for it comes back.
             await asyncio.to_thread(self._followers.restore_profile)
             return Attached(attachment, compatibility)
@@ -156,16 +169,32 @@ class SaeManager:
             self._forget()
             # 4. With no reference left, the memory goes back.
             release_memory(torch.device(attachment.device))
+            self._publish(
+                SaeDetached(
+                    attachment.sae_id,
+                    attachment.site.hook_name,
+                    engine.description.id if engine is not None else "",
+                    with_model=False,
+                )
+            )
             return Detached(
                 attachment, attachment.sae_bytes, rss_before, psutil.Process().memory_info().rss
             )
 
     def on_model_state(self, state: ModelState) -> None:
         """The model the hooks sat on is being replaced or unloaded: they go with it."""
-        if state is not ModelState.READY and self.attachments.list():
+        if state is not ModelState.READY and (attached := self.attachments.list()):
+            active = self._slot.get()
             self._slot.swap(None)
             self.attachments.clear()
             self._forget()
+            for attachment in attached:
+                model_id = active.model_name if active is not None else ""
+                self._publish(
+                    SaeDetached(
+                        attachment.sae_id, attachment.site.hook_name, model_id, with_model=True
+                    )
+                )
 
     def delete(self, sae_id: str) -> int:
         return self.catalog.delete(sae_id, attached=self.attachments.for_sae(sae_id) is not None)

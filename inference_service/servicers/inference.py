@@ -28,12 +28,7 @@ log = logging.getLogger(__name__)
 
 NO_ACTIVATIONS = Selection()
 
-_MODEL_STATES = {
-    ModelState.NOT_LOADED: pb.MODEL_STATE_NOT_LOADED,
-    ModelState.LOADING: pb.MODEL_STATE_LOADING,
-    ModelState.READY: pb.MODEL_STATE_READY,
-    ModelState.FAILED: pb.MODEL_STATE_FAILED,
-}
+_MODEL_STATES = inference_convert.MODEL_STATES
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):

@@ -20,9 +20,16 @@ from inference_service.engine.types import (
     ToolCalls,
     ToolSpec,
 )
+from inference_service.host import ModelState
 from inference_service.servicers import steering_convert
 from millm.v1 import inference_service_pb2 as pb
 
+MODEL_STATES = {
+    ModelState.NOT_LOADED: pb.MODEL_STATE_NOT_LOADED,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+}
 _FINISH_REASONS = {
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,

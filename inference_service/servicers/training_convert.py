@@ -17,7 +17,7 @@ _ARCHITECTURES = {
     pb.TRAINING_ARCHITECTURE_BATCHTOPK: "batchtopk",
 }
 _ARCHITECTURE_ENUMS = {name: value for value, name in _ARCHITECTURES.items()}
-_STATES = {
+STATES = {
     TrainingState.QUEUED: pb.TRAINING_STATE_QUEUED,
     TrainingState.RUNNING: pb.TRAINING_STATE_RUNNING,
     TrainingState.STOPPING: pb.TRAINING_STATE_STOPPING,
@@ -73,7 +73,7 @@ def run_message(record: TrainingRun) -> pb.TrainingRun:
         id=record.id,
         name=record.name,
         config=config_message(record.config),
-        state=_STATES[record.state],
+        state=STATES[record.state],
         stage=record.stage,
         step=record.step,
         total_steps=record.total_steps,

@@ -85,6 +85,14 @@ _IDLE_POLL_S = 0.05
 _PAUSED_STAGE = "paused for inference"
 
 
+@dataclass(frozen=True)
+class TrainingRunChanged:
+    """A run's new state, or its deletion (an event)."""
+
+    run_id: str
+    state: TrainingState | None  # None once deleted
+
+
 @dataclass
 class _Active:
     run_id: str
@@ -105,9 +113,12 @@ class TrainingManager:
         *,
         data_root: Path | None,
         on_sae_trained: Callable[[str, Path], None] = lambda sae_id, corpus: None,
+        publish: Callable[[TrainingRunChanged], None] = lambda event: None,
     ) -> None:
         """`on_sae_trained(sae_id, corpus)` runs (on the run's thread) after a run has
-        saved its SAE; the server starts the SAE's feature statistics from it."""
+        saved its SAE; the server starts the SAE's feature statistics from it.
+        `publish` is told every change of a run's state (from any thread)."""
+        self._publish = publish
         self._db = db
         self._root = data_dir / "training"
         self._host = host
@@ -181,6 +192,7 @@ class TrainingManager:
                     total_steps=0,
                 ),
             )
+            self._publish(TrainingRunChanged(run_id, TrainingState.QUEUED))
             self._launch(record, resume=False)
         return self.get(run_id)
 
@@ -240,6 +252,7 @@ class TrainingManager:
         shutil.rmtree(folder, ignore_errors=True)
         self._db.run(lambda session: TrainingRuns(session).delete(run_id))
         self._wake(run_id)
+        self._publish(TrainingRunChanged(run_id, None))
         return freed
 
     def wait(self, timeout_s: float | None = None) -> None:
@@ -339,6 +352,8 @@ class TrainingManager:
     def _update(self, run_id: str, **fields: Any) -> None:
         self._db.run(lambda session: TrainingRuns(session).update(run_id, **fields))
         self._wake(run_id)
+        if "state" in fields:
+            self._publish(TrainingRunChanged(run_id, fields["state"]))
 
     def _wake(self, run_id: str) -> None:
         def wake() -> None:

@@ -17,6 +17,18 @@ FORBIDDEN = {
     "sae": ("steering", "monitoring", "profiles", "training", "servicers", "server"),
     "monitoring": ("steering", "profiles", "sae", "servicers", "server"),
     "steering": ("profiles", "servicers", "server"),
+    # Publishers hand their own payloads in; the bus knows none of them.
+    "events": (
+        "sae",
+        "steering",
+        "monitoring",
+        "profiles",
+        "training",
+        "operations",
+        "host",
+        "servicers",
+        "server",
+    ),
 }
 
 
