@@ -2,7 +2,7 @@
 // the status bar, and the tabs themselves, each in its own module.
 
 import { $, formatBytes, h } from "./ui.js";
-import { emit, on, refreshContext, refreshHealth, store } from "./store.js";
+import { emit, events, followEvents, on, refreshContext, refreshHealth, store } from "./store.js";
 import models from "./tabs/models.js";
 import saes from "./tabs/saes.js";
 import features from "./tabs/features.js";
@@ -12,8 +12,12 @@ import monitor from "./tabs/monitor.js";
 import training from "./tabs/training.js";
 
 const TABS = [models, saes, features, steering, profiles, monitor, training];
-const HEALTH_POLL_MS = 2000;
-const CONTEXT_POLL_MS = 5000;
+// State changes arrive as events; these polls are the fallback while the events
+// WebSocket is down. The status bar's figures (memory, queue, tokens/s) have no
+// events, so /health is still read for them, less often while events flow.
+const POLL_TICK_MS = 2000;
+const HEALTH_POLL_MS = { live: 6000, polling: 2000 };
+const CONTEXT_POLL_MS = { live: 30000, polling: 5000 };
 
 let current = null;
 
@@ -105,10 +109,19 @@ function start() {
   on("context", renderContext);
   select(location.hash.slice(1) || TABS[0].id, false);
   window.addEventListener("hashchange", () => select(location.hash.slice(1), false));
+  followEvents();
+  const last = { health: Date.now(), context: Date.now() };
+  const poll = (what, refresh, periods) => {
+    if (Date.now() - last[what] < periods[events.connected ? "live" : "polling"] - POLL_TICK_MS / 2) return;
+    last[what] = Date.now();
+    refresh();
+  };
   refreshHealth();
   refreshContext();
-  setInterval(refreshHealth, HEALTH_POLL_MS);
-  setInterval(refreshContext, CONTEXT_POLL_MS);
+  setInterval(() => {
+    poll("health", refreshHealth, HEALTH_POLL_MS);
+    poll("context", refreshContext, CONTEXT_POLL_MS);
+  }, POLL_TICK_MS);
   emit("started");
 }
 

@@ -1,7 +1,9 @@
 // What several tabs show at once (the served model, the attached SAE, the steering),
-// refreshed from the API and announced to whoever listens.
+// refreshed from the API and announced to whoever listens. The events WebSocket
+// (/api/v1/events) says when something changed, whoever changed it; polling is only
+// the fallback while it is down.
 
-import { api } from "./api.js";
+import { api, openSocket } from "./api.js";
 
 export const store = {
   health: null, // GET /health
@@ -46,4 +48,66 @@ export async function refreshHealth() {
     store.health = { status: "unreachable" };
   }
   emit("health");
+}
+
+// ---------------------------------------------------------------- events
+
+export const events = {
+  connected: false, // the events WebSocket is open
+  lastSequence: 0, // the newest event seen; a reconnect resumes after it
+};
+const eventListeners = new Set();
+const RECONNECT_MIN_MS = 500;
+const RECONNECT_MAX_MS = 30000;
+// What each event kind makes stale in the store; other kinds only reach `onEvent`.
+const CONTEXT_EVENTS = new Set(["sae_attached", "sae_detached", "steering_changed", "profile_changed"]);
+let contextTimer = null;
+
+/** Calls `listener(event)` with every event frame (training runs, operations, ...). */
+export function onEvent(listener) {
+  eventListeners.add(listener);
+}
+
+/** Several events of one change (a detach clears the steering too) cost one refresh. */
+function refreshContextSoon() {
+  if (contextTimer) return;
+  contextTimer = setTimeout(() => {
+    contextTimer = null;
+    refreshContext();
+  }, 30);
+}
+
+function handle(event) {
+  if (event.type === "error") return; // the socket closes next, and reconnects
+  if (typeof event.sequence === "number") events.lastSequence = event.sequence;
+  if (event.type === "resync" || event.type === "model_state_changed") {
+    refreshHealth();
+    refreshContext();
+  } else if (CONTEXT_EVENTS.has(event.type)) {
+    refreshContextSoon();
+  }
+  for (const listener of eventListeners) listener(event);
+}
+
+/** Follows /api/v1/events, reconnecting with backoff and resuming with `?after=`. */
+export function followEvents() {
+  let delay = RECONNECT_MIN_MS;
+  const connect = () => {
+    const after = events.lastSequence ? `?after=${events.lastSequence}` : "";
+    openSocket(`/events${after}`, {
+      onOpen: () => {
+        delay = RECONNECT_MIN_MS;
+        events.connected = true;
+        document.documentElement.dataset.events = "live";
+      },
+      onFrame: handle,
+      onClose: () => {
+        events.connected = false;
+        document.documentElement.dataset.events = "polling";
+        setTimeout(connect, delay);
+        delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+      },
+    });
+  };
+  connect();
 }

@@ -3,7 +3,7 @@
 
 import { api, listAll } from "../api.js";
 import { OperationList } from "../operations.js";
-import { refreshContext, refreshHealth } from "../store.js";
+import { onEvent, refreshContext, refreshHealth } from "../store.js";
 import { badge, busy, confirmDialog, emptyState, field, fill, formatBytes, formatNumber, h, toast } from "../ui.js";
 
 const operations = new OperationList(["model_download"], () => refresh());
@@ -157,6 +157,9 @@ export default {
       h("div", { class: "card" }, h("h2", {}, "Download a model"), downloadForm(), operations.el),
       h("div", { class: "card" }, h("h2", {}, "Cached models"), table, loadPanel),
     );
+    // Another client loaded, unloaded or downloaded a model.
+    const stale = new Set(["model_state_changed", "operation_finished", "resync"]);
+    onEvent((event) => panel.hidden || !stale.has(event.type) || refresh());
   },
   show() {
     refresh();

@@ -2,7 +2,7 @@
 // export JSON, and the `model:profile` id chat clients use to pick one.
 
 import { ApiError, api, listAll } from "../api.js";
-import { refreshContext, servedModelId, store } from "../store.js";
+import { onEvent, refreshContext, servedModelId, store } from "../store.js";
 import { badge, busy, confirmDialog, emptyState, field, fill, formatNumber, formatTime, h, toast, toastError } from "../ui.js";
 
 const NAME_PATTERN = "[A-Za-z0-9._\\-]{1,64}";
@@ -161,6 +161,8 @@ export default {
     panel.append(
       h("div", { class: "card" }, h("h2", {}, "Save the live steering"), saveForm(), h("h3", {}, "Import a profile"), importForm()),
       h("div", { class: "card" }, h("h2", {}, "Profiles"), list));
+    const stale = new Set(["profile_changed", "sae_attached", "sae_detached", "resync"]);
+    onEvent((event) => panel.hidden || !stale.has(event.type) || refresh());
   },
   async show() {
     await refreshContext();

@@ -3,7 +3,7 @@
 
 import { api, listAll } from "../api.js";
 import { OperationList } from "../operations.js";
-import { on, refreshContext, servedModelId } from "../store.js";
+import { on, onEvent, refreshContext, servedModelId } from "../store.js";
 import { badge, busy, confirmDialog, emptyState, field, fill, formatBytes, formatNumber, h, toast } from "../ui.js";
 
 const operations = new OperationList(["sae_download", "sae_upload"], () => refresh());
@@ -247,6 +247,9 @@ export default {
     );
     // The served model's name arrives with the first health poll, maybe after show().
     on("health", () => panel.hidden || primeRegistry());
+    // Attached or detached elsewhere, a download or upload finished, a run trained an SAE.
+    const stale = new Set(["sae_attached", "sae_detached", "operation_finished", "training_run_changed", "resync"]);
+    onEvent((event) => panel.hidden || !stale.has(event.type) || refresh());
     window.addEventListener("millm:show-sae", (event) => {
       highlight = event.detail;
     });

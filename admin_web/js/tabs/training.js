@@ -2,6 +2,7 @@
 // stop/resume/delete, and live loss, L0, FVU and dead-feature charts of one run.
 
 import { api, openSocket } from "../api.js";
+import { onEvent } from "../store.js";
 import { badge, busy, confirmDialog, emptyState, field, fill, formatBytes, formatNumber, h, lineChart, progressBar, toast } from "../ui.js";
 
 const POLL_MS = 3000;
@@ -327,6 +328,8 @@ export default {
     runsEl = h("div", { "aria-live": "polite" });
     chartsEl = h("div", { class: "card", "aria-live": "off" }, h("p", { class: "muted" }, "Choose a run's Charts to follow its loss, L0, FVU and dead features live."));
     panel.append(h("div", { class: "card" }, h("h2", {}, "Train an SAE on the served model"), buildForm()), h("div", { class: "card" }, h("h2", {}, "Runs"), runsEl), chartsEl);
+    // A run's state changes at once; its step counts still come from the poll below.
+    onEvent((event) => panel.hidden || event.type !== "training_run_changed" || refreshRuns());
   },
   show() {
     refreshCorpora().catch(() => {});
