@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 from inference_service.events import Event, Resync, ResyncReason
 from inference_service.host import ModelStateChanged
 from inference_service.operations.manager import OperationFinished
@@ -38,64 +40,61 @@ _PROFILE_CHANGES = {
 
 def event_message(event: Event) -> pb.Event:
     """The message of `event`; a payload this module does not know is a programming error."""
-    message = pb.Event(sequence=event.sequence, occurred_at_unix_ms=event.occurred_at_unix_ms)
-    payload = event.payload
+    field, payload = _payload(event.payload)
+    return pb.Event(
+        sequence=event.sequence,
+        occurred_at_unix_ms=event.occurred_at_unix_ms,
+        **{field: payload},  # type: ignore[arg-type]
+    )
+
+
+def _payload(payload: object) -> tuple[str, Message]:
+    """The `Event.payload` oneof member for `payload`: its field name and message."""
     match payload:
         case Resync():
-            message.resync.reason = _RESYNC_REASONS[payload.reason]
+            return "resync", pb.Resync(reason=_RESYNC_REASONS[payload.reason])
         case ModelStateChanged():
-            message.model_state_changed.CopyFrom(
-                pb.ModelStateChanged(
-                    state=inference_convert.MODEL_STATES[payload.state],
-                    model_id=payload.model_id,
-                    error=payload.error,
-                )
+            return "model_state_changed", pb.ModelStateChanged(
+                state=inference_convert.MODEL_STATES[payload.state],
+                model_id=payload.model_id,
+                error=payload.error,
             )
         case SaeAttached():
-            message.sae_attached.CopyFrom(
-                pb.SaeAttached(
-                    sae_id=payload.sae_id,
-                    sae_name=payload.sae_name,
-                    hook_name=payload.hook_name,
-                    model_id=payload.model_id,
-                )
+            return "sae_attached", pb.SaeAttached(
+                sae_id=payload.sae_id,
+                sae_name=payload.sae_name,
+                hook_name=payload.hook_name,
+                model_id=payload.model_id,
             )
         case SaeDetached():
-            message.sae_detached.CopyFrom(
-                pb.SaeDetached(
-                    sae_id=payload.sae_id,
-                    hook_name=payload.hook_name,
-                    model_id=payload.model_id,
-                    with_model=payload.with_model,
-                )
+            return "sae_detached", pb.SaeDetached(
+                sae_id=payload.sae_id,
+                hook_name=payload.hook_name,
+                model_id=payload.model_id,
+                with_model=payload.with_model,
             )
         case SteeringChanged():
-            message.steering_changed.CopyFrom(
-                pb.SteeringChanged(
-                    source=_STEERING_SOURCES[payload.source],
-                    live=steering_convert.steering_set_message(payload.live),
-                    active_profile=payload.active_profile,
-                    effective=steering_convert.steering_set_message(payload.effective),
-                )
+            return "steering_changed", pb.SteeringChanged(
+                source=_STEERING_SOURCES[payload.source],
+                live=steering_convert.steering_set_message(payload.live),
+                active_profile=payload.active_profile,
+                effective=steering_convert.steering_set_message(payload.effective),
             )
         case ProfileChanged():
-            message.profile_changed.CopyFrom(
-                pb.ProfileChanged(name=payload.name, change=_PROFILE_CHANGES[payload.change])
+            return "profile_changed", pb.ProfileChanged(
+                name=payload.name, change=_PROFILE_CHANGES[payload.change]
             )
         case TrainingRunChanged():
-            message.training_run_changed.CopyFrom(
-                pb.TrainingRunChanged(
-                    run_id=payload.run_id,
-                    state=training_convert.STATES[payload.state]
-                    if payload.state is not None
-                    else training_pb2.TRAINING_STATE_UNSPECIFIED,
-                    deleted=payload.state is None,
-                )
+            deleted = payload.state is None
+            return "training_run_changed", pb.TrainingRunChanged(
+                run_id=payload.run_id,
+                state=training_pb2.TRAINING_STATE_UNSPECIFIED
+                if payload.state is None
+                else training_convert.STATES[payload.state],
+                deleted=deleted,
             )
         case OperationFinished():
-            message.operation_finished.operation.CopyFrom(
-                operations_convert.operation(payload.operation)
+            return "operation_finished", pb.OperationFinished(
+                operation=operations_convert.operation(payload.operation)
             )
-        case _:
-            raise TypeError(f"no message for the event payload {type(payload).__name__}")
-    return message
+    raise TypeError(f"no message for the event payload {type(payload).__name__}")

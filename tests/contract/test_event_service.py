@@ -19,6 +19,9 @@ from inference_service.training.manager import TrainingRunChanged
 from inference_service.training.types import TrainingState
 from millm.v1 import event_service_pb2 as epb
 from millm.v1 import event_service_pb2_grpc as epb_grpc
+from millm.v1 import inference_service_pb2 as ipb
+from millm.v1 import model_service_pb2 as mpb
+from millm.v1 import model_service_pb2_grpc as mpb_grpc
 from millm.v1 import profile_service_pb2 as ppb
 from millm.v1 import profile_service_pb2_grpc as ppb_grpc
 from millm.v1 import sae_service_pb2 as spb
@@ -234,3 +237,35 @@ async def test_the_bridge_relays_events_as_json_and_resumes_with_after(server, s
         assert error["type"] == "error"
         assert error["error"]["param"] == "after"
         assert ws.close_code == 1008
+
+
+async def test_unloading_and_loading_the_model_is_published(server, sae_id, channel):
+    """Last in this module: it reloads the model. The attached SAE goes with it."""
+    cursor = server.events.last_sequence
+    await spb_grpc.SaeServiceStub(channel).AttachSae(
+        spb.AttachSaeRequest(id=sae_id, hook_name=HOOK)
+    )
+    model_id = server.host.engine.description.id
+    models = mpb_grpc.ModelServiceStub(channel)
+    await models.UnloadModel(mpb.UnloadModelRequest())
+    await models.LoadModel(mpb.LoadModelRequest(id="builtin"))
+    got = await _read(
+        epb_grpc.EventServiceStub(channel).WatchEvents(
+            epb.WatchEventsRequest(after_sequence=cursor)
+        ),
+        5,
+    )
+    assert _kinds(got) == [
+        "sae_attached",
+        "sae_detached",
+        "model_state_changed",
+        "model_state_changed",
+        "model_state_changed",
+    ]
+    assert got[1].sae_detached.with_model and got[1].sae_detached.model_id == model_id
+    states = [(e.model_state_changed.state, e.model_state_changed.model_id) for e in got[2:]]
+    assert states == [
+        (ipb.MODEL_STATE_NOT_LOADED, ""),
+        (ipb.MODEL_STATE_LOADING, ""),
+        (ipb.MODEL_STATE_READY, server.host.engine.description.id),
+    ]
