@@ -99,6 +99,12 @@ export function followEvents() {
         delay = RECONNECT_MIN_MS;
         events.connected = true;
         document.documentElement.dataset.events = "live";
+        // Without a cursor nothing is replayed: what changed before the socket opened
+        // is read once more (a cursor's gap is replayed, or answered with a resync).
+        if (!after) {
+          refreshHealth();
+          refreshContext();
+        }
       },
       onFrame: handle,
       onClose: () => {

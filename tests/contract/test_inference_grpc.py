@@ -68,7 +68,7 @@ async def test_reflection_lists_the_services(channel):
         iter([reflection_pb2.ServerReflectionRequest(list_services="")])
     )
     names = {s.name async for r in call for s in r.list_services_response.service}
-    assert {"millm.v1.InferenceService", "grpc.health.v1.Health"} <= names
+    assert {"millm.v1.InferenceService", "millm.v1.EventService", "grpc.health.v1.Health"} <= names
 
 
 async def test_generate_streams_accepted_deltas_then_finished(channel):
