@@ -267,7 +267,7 @@ class InferenceServer:
 
     async def _save_live_steering(self) -> None:
         live = self.steering_state
-        await asyncio.to_thread(self.saes.save_steering, lambda: persisted.dumps(live.live))
+        await self.saes.save_steering(lambda: persisted.dumps(live.live))
 
     async def wait_until_ready(self) -> None:
         if self._load_task is not None:

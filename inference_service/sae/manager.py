@@ -26,7 +26,13 @@ import torch
 
 from inference_service.engine.engine import Engine
 from inference_service.engine.memory import available_memory
-from inference_service.errors import InvalidArgumentError, MillmError
+from inference_service.errors import (
+    IncompatibleSaeError,
+    InvalidArgumentError,
+    MillmError,
+    NoModelLoadedError,
+    SaeAlreadyAttachedError,
+)
 from inference_service.host import ModelHost, ModelState
 from inference_service.sae.active import ActiveSae, ActiveSaeSlot
 from inference_service.sae.architectures.base import TORCH_DTYPES
@@ -265,15 +271,20 @@ class SaeManager:
 
     # ---- persisted state ----------------------------------------------------------------
 
-    def save_steering(self, steering_json: Callable[[], str]) -> None:
-        """Writes the live steering (`steering_json()`, read under the write lock so the
-        newest change lands last) onto the open history row; blocks on the database."""
+    async def save_steering(self, steering_json: Callable[[], str]) -> None:
+        """Writes the live steering onto the open history row. It waits for an attach
+        or detach under way, so the row is the one of the SAE the steering names, and
+        reads `steering_json()` at write time, so the newest change lands last."""
         if self._history is None:
             return
+        async with self._lock:
+            await asyncio.to_thread(self._write_steering, steering_json)
+
+    def _write_steering(self, steering_json: Callable[[], str]) -> None:
+        assert self._history is not None
         with self._steering_write:
-            row_id = self._row_id
-            if row_id is not None:
-                self._history.save_steering(row_id, steering_json())
+            if self._row_id is not None:
+                self._history.save_steering(self._row_id, steering_json())
 
     async def restore(self) -> Restore:
         """Attaches again what was attached when the service stopped, once the model is
@@ -323,16 +334,16 @@ class SaeManager:
 
     def _restorable(self, last: AttachmentEntry) -> None:
         engine = self._host.engine
-        served = engine.description.id if engine is not None else None
-        if served is None:
-            raise InvalidArgumentError("No model is loaded, so there is nothing to attach it to.")
-        if served != last.model_id:
-            raise InvalidArgumentError(
+        if engine is None:
+            why = self._host.load_error or "no model is loaded"
+            raise NoModelLoadedError(f"The model did not load ({why}), so nothing to attach to.")
+        if engine.description.id != last.model_id:
+            raise IncompatibleSaeError(
                 f"It was attached to model '{last.model_id}', and the service now serves "
-                f"'{served}'; attach an SAE for this model."
+                f"'{engine.description.id}'; attach an SAE for this model."
             )
         if self.attachments.list():
-            raise InvalidArgumentError("Another SAE was attached first.")
+            raise SaeAlreadyAttachedError("Another SAE was attached first.")
 
     def _record_attach(
         self, attachment: Attachment, steering_json: str | None, closing_as: str
@@ -341,23 +352,32 @@ class SaeManager:
             return
         engine = self._host.engine
         with self._steering_write:
-            self._row_id = self._history.opened(
-                sae_id=attachment.sae_id,
-                hook_name=attachment.site.hook_name,
-                model_id=engine.description.id if engine is not None else "",
-                dtype=attachment.dtype,
-                sae_bytes=attachment.sae_bytes,
-                steering_json=steering_json,
-                closing_as=closing_as,
-            )
+            self._row_id = None
+            try:
+                self._row_id = self._history.opened(
+                    sae_id=attachment.sae_id,
+                    hook_name=attachment.site.hook_name,
+                    model_id=engine.description.id if engine is not None else "",
+                    dtype=attachment.dtype,
+                    sae_bytes=attachment.sae_bytes,
+                    steering_json=steering_json,
+                    closing_as=closing_as,
+                )
+            except Exception:
+                # The attach itself succeeded; only a restart will not bring it back.
+                log.exception("the attachment of SAE %s was not recorded", attachment.sae_id)
 
     def _record_detach(self, ended_by: str) -> None:
         if self._history is None:
             return
         with self._steering_write:
             row_id, self._row_id = self._row_id, None
-            if row_id is not None:
+            if row_id is None:
+                return
+            try:
                 self._history.closed(ended_by, row_id)
+            except Exception:
+                log.exception("the end of attachment %s was not recorded", row_id)
 
     def _reset_followers(self, d_sae: int | None) -> None:
         self._followers.forget_compiled_steering()
