@@ -22,6 +22,8 @@ from millm.v1 import inference_service_pb2_grpc as ipb_grpc
 from millm.v1 import operation_pb2, sae_pb2, steering_pb2
 from millm.v1 import operations_service_pb2 as opb
 from millm.v1 import operations_service_pb2_grpc as opb_grpc
+from millm.v1 import profile_service_pb2 as ppb
+from millm.v1 import profile_service_pb2_grpc as ppb_grpc
 from millm.v1 import sae_service_pb2 as pb
 from millm.v1 import sae_service_pb2_grpc as pb_grpc
 from millm.v1 import steering_service_pb2 as st
@@ -618,6 +620,20 @@ async def test_replace_swaps_in_one_call_and_a_failed_load_keeps_the_old(
     history = server.saes._history.newest(2)
     assert [(h.sae_id, h.ended_by) for h in history] == [(second, None), (first, "replaced")]
 
+    # A saved active profile of the SAE swapped in comes back, as on every attach.
+    profiles = ppb_grpc.ProfileServiceStub(channel)
+    await profiles.CreateProfile(ppb.CreateProfileRequest(name="swap-back", features=[feature]))
+    try:
+        await profiles.ActivateProfile(ppb.ActivateProfileRequest(name="swap-back"))
+        await stub.AttachSae(pb.AttachSaeRequest(id=first, replace=True))
+        assert (await steering.GetSteering(st.GetSteeringRequest())).state.active_profile == ""
+        await stub.AttachSae(pb.AttachSaeRequest(id=second, replace=True))
+        state = (await steering.GetSteering(st.GetSteeringRequest())).state
+        assert state.active_profile == "swap-back"
+    finally:
+        await profiles.DeactivateProfile(ppb.DeactivateProfileRequest())
+        await profiles.DeleteProfile(ppb.DeleteProfileRequest(name="swap-back"))
+
 
 async def test_allow_overcommit_attaches_with_the_memory_warning(stub, server, saes, monkeypatch):
     sae_id = (await _import(stub, saes["l9"])).id
@@ -713,9 +729,14 @@ async def test_startup_validation_finds_missing_and_broken_saes(stub, server, tm
 
 
 async def test_without_a_model_compatibility_says_so(stub, server, saes):
-    """Runs last: it unloads the module's model."""
+    """Runs last: it unloads the module's model, and the attachment with it."""
     sae_id = (await _import(stub, saes["l9"])).id
+    await stub.AttachSae(pb.AttachSaeRequest(id=sae_id))
     await server.host.unload()
+    assert not server.saes.attachments.list()
+    [closed] = server.saes._history.newest(1)
+    assert (closed.sae_id, closed.ended_by) == (sae_id, "model_changed")
+    assert server.saes._history.last_open() is None
     await _expect_error(
         stub.CheckSaeCompatibility(pb.CheckSaeCompatibilityRequest(id=sae_id)),
         grpc.StatusCode.FAILED_PRECONDITION,
