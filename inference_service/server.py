@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from inference_service.config import InferenceSettings
+from inference_service.errors import MillmError
 from inference_service.events import EventBus
 from inference_service.features.manager import FeatureManager
 from inference_service.host import ModelHost, ModelState, ModelStateChanged
@@ -23,8 +24,9 @@ from inference_service.operations.manager import OperationsManager
 from inference_service.operations.store import DatabaseOperationStore
 from inference_service.profiles import ProfileManager
 from inference_service.sae.active import ActiveSaeSlot
+from inference_service.sae.attachment_history import AttachmentHistory
 from inference_service.sae.catalog import SaeCatalog
-from inference_service.sae.manager import Followers, SaeManager
+from inference_service.sae.manager import Followers, RestoreState, SaeManager
 from inference_service.servicers.events import EventServicer
 from inference_service.servicers.features import FeatureServicer
 from inference_service.servicers.inference import InferenceServicer
@@ -36,6 +38,7 @@ from inference_service.servicers.saes import SaeServicer
 from inference_service.servicers.steering import SteeringServicer
 from inference_service.servicers.training import TrainingServicer
 from inference_service.shutdown import ShutdownGate
+from inference_service.steering import persisted
 from inference_service.steering.runtime import SteeringRuntime
 from inference_service.steering.state import SteeringState
 from inference_service.storage.database import Database, resolve_url
@@ -151,6 +154,7 @@ class InferenceServer:
                 forget_steering=self.steering_state.forget_target,
                 restore_profile=self.profiles.restore_active,
             ),
+            AttachmentHistory(self.db),
             publish=self.events.publish,
         )
         self.saes.catalog.reconcile()
@@ -191,7 +195,8 @@ class InferenceServer:
             InferenceServicer(self.host, self.steering), self._server
         )
         steering_service_pb2_grpc.add_SteeringServiceServicer_to_server(
-            SteeringServicer(self.steering_state, self.monitor), self._server
+            SteeringServicer(self.steering_state, self.monitor, self._save_live_steering),
+            self._server,
         )
         profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(
             ProfileServicer(self.profiles), self._server
@@ -235,6 +240,7 @@ class InferenceServer:
         )
         self.port = self._server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         self._load_task: asyncio.Task[None] | None = None
+        self._restore_task: asyncio.Task[None] | None = None
 
     def _served_model_id(self) -> str | None:
         engine = self.host.engine
@@ -267,10 +273,36 @@ class InferenceServer:
         log.info("gRPC listening on %s:%d", self.settings.grpc_host, self.port)
         self._load_task = asyncio.create_task(self.host.load())
         await asyncio.to_thread(self.profiles.restore_active)
+        self._restore_task = asyncio.create_task(self._restore_attachment())
+
+    async def _restore_attachment(self) -> None:
+        """Once the model has loaded: the SAE attached when the service stopped comes
+        back, then its live steering (its active profile comes back with the attach)."""
+        if self._load_task is not None:
+            await self._load_task
+        restored = await self.saes.restore()
+        if restored.state is not RestoreState.RESTORED or restored.steering_json is None:
+            return
+        try:
+            steering = persisted.loads(restored.steering_json)
+            self.steering_state.set_live(steering.features, steering.enabled)
+        except (MillmError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "the live steering saved with SAE %s is not set again: %s", restored.sae_id, exc
+            )
+
+    async def _save_live_steering(self) -> None:
+        live = self.steering_state
+        await self.saes.save_steering(lambda: persisted.dumps(live.live))
 
     async def wait_until_ready(self) -> None:
         if self._load_task is not None:
             await self._load_task
+
+    async def wait_until_restored(self) -> None:
+        """Until the start-up restore of the last attachment is done (however it went)."""
+        if self._restore_task is not None:
+            await self._restore_task
 
     async def stop(self, grace_s: float) -> None:
         """Health turns NOT_SERVING and new calls get UNAVAILABLE / SHUTTING_DOWN at
@@ -280,10 +312,11 @@ class InferenceServer:
         await self._gate.drain(grace_s)
         # Nothing is left running; the short grace only lets the last statuses flush.
         await self._server.stop(min(grace_s, 1.0))
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._load_task
+        for task in (self._restore_task, self._load_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # A run stops at a step boundary with a checkpoint, so it resumes after a restart.
         await asyncio.to_thread(self.training.shutdown)
         self.host.shutdown()

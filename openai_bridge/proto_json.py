@@ -239,6 +239,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "millm.v1.Feature.suggested_strength": _zero_is_unknown,
     "millm.v1.Operation.error_reason": _lower,
     "millm.v1.CompatibilityIssue.reason": _lower,
+    "millm.v1.SaeRestore.reason": _lower,
     "millm.v1.SteeringFeature.mode": _steering_mode,
     # A token can decode to "", which is text, not "none".
     "millm.v1.TokenActivations.token": str,

@@ -60,6 +60,7 @@ class Attachment:
     hook: SiteHook
     device: str
     attached_at_unix_ms: int
+    dtype: str = "float32"  # of the weights on the device
     _handle: RemovableHandle | None = field(default=None, repr=False)
 
 
@@ -80,13 +81,20 @@ class SaeAttachments:
         sae_id: str,
         site: HookSite,
         load: Callable[[torch.device], Sae],
-    ) -> Attachment:
-        """Loads the SAE with `load(device)` and hooks it in; on any failure nothing changes."""
-        if self._by_site:
-            current = next(iter(self._by_site.values()))
+        *,
+        replace: bool = False,
+    ) -> tuple[Attachment, Attachment | None]:
+        """Loads the SAE with `load(device)` and hooks it in; on any failure nothing changes.
+
+        With `replace`, what is attached stays until the new SAE has loaded, then its
+        hook comes out and the new one goes in within one lane call; the replaced
+        attachment comes back second (its weights dropped, as `detach` drops them)."""
+        current = next(iter(self._by_site.values()), None)
+        if current is not None and not replace:
             raise SaeAlreadyAttachedError(
                 f"SAE '{current.sae_id}' is attached at {current.site.hook_name}; miLLM "
-                "attaches one SAE at a time for now, so detach it first.",
+                "attaches one SAE at a time for now, so detach it first, or attach with "
+                "`replace: true` to swap it in one call.",
                 param="id",
             )
         device = engine.loaded_model.device
@@ -108,14 +116,31 @@ class SaeAttachments:
             hook=hook,
             device=str(device),
             attached_at_unix_ms=int(time.time() * 1000),
+            dtype=sae.spec.dtype,
         )
         module = layers.layers[site.layer]
-        attachment._handle = await engine.call_on_lane(
-            lambda: hook_hidden_state(module, site.end, hook)
-        )
+        old_handle = current._handle if current is not None else None
+
+        def swap_hooks() -> RemovableHandle:
+            if old_handle is not None:
+                old_handle.remove()
+            return hook_hidden_state(module, site.end, hook)
+
+        attachment._handle = await engine.call_on_lane(swap_hooks)
+        if current is not None:
+            del self._by_site[current.site]
+            current.sae = None
+            current._handle = None
+            log.info("replaced SAE %s at %s", current.sae_id, current.site.hook_name)
         self._by_site[site] = attachment
-        log.info("attached SAE %s at %s (%d bytes)", sae_id, site.hook_name, sae.nbytes)
-        return attachment
+        log.info(
+            "attached SAE %s at %s (%d bytes, %s)",
+            sae_id,
+            site.hook_name,
+            sae.nbytes,
+            sae.spec.dtype,
+        )
+        return attachment, current
 
     async def detach(self, engine: Engine | None, site: HookSite | None) -> Attachment:
         """Removes the hook between forward passes and drops the record's weights.

@@ -119,11 +119,11 @@ class SaeCatalog:
         count = len(self._db.run(lambda session: SaeRecords(session).list()))
         return used, count, shutil.disk_usage(self._root).free
 
-    def load(self, sae_id: str, device: torch.device) -> Sae:
-        """The SAE's weights on `device`, every tensor shape checked."""
+    def load(self, sae_id: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Sae:
+        """The SAE's weights on `device` in `dtype`, every tensor shape checked."""
         cached = self.require_ready(sae_id)
         assert cached.spec is not None  # a ready SAE has one
-        sae = load_sae(cached.folder, device=device, dtype=torch.float32).owned()
+        sae = load_sae(cached.folder, device=device, dtype=dtype).owned()
         if sae.spec.hook_name is None:  # known from the imported folder's path alone
             spec = dataclasses.replace(
                 sae.spec, hook_name=cached.spec.hook_name, layer=cached.spec.layer

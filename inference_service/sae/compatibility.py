@@ -26,7 +26,7 @@ from inference_service.sae.hook_sites import (
 )
 from inference_service.sae.spec import SaeSpec
 
-# Float32 weights: W_enc and W_dec, plus the per-feature and per-input vectors.
+# Float32 unless the attach asks for float16 or bfloat16 (2 bytes).
 _BYTES_PER_VALUE = 4
 
 
@@ -72,9 +72,10 @@ class Compatibility:
             raise self.errors[0].error
 
 
-def sae_memory_bytes(spec: SaeSpec) -> int:
+def sae_memory_bytes(spec: SaeSpec, bytes_per_value: int = _BYTES_PER_VALUE) -> int:
+    """W_enc and W_dec, plus the per-feature and per-input vectors."""
     d_in, d_sae = spec.d_in or 0, spec.d_sae or 0
-    return (2 * d_in * d_sae + 2 * d_sae + d_in) * _BYTES_PER_VALUE
+    return (2 * d_in * d_sae + 2 * d_sae + d_in) * bytes_per_value
 
 
 def check_compatibility(
@@ -83,8 +84,13 @@ def check_compatibility(
     model: ModelFacts,
     *,
     available_bytes: int,
+    bytes_per_value: int = _BYTES_PER_VALUE,
+    allow_overcommit: bool = False,
 ) -> Compatibility:
-    """`site` is where the caller wants the SAE (None: where it was trained)."""
+    """`site` is where the caller wants the SAE (None: where it was trained).
+
+    Not enough free memory is an error, or with `allow_overcommit` a warning (as a
+    model load's overcommit is)."""
     errors: list[MillmError] = []
     warnings: list[MillmError] = []
     trained = trained_site(spec.hook_name)
@@ -132,14 +138,16 @@ def check_compatibility(
                 f"'{model.name}'; its features may not mean anything here."
             )
         )
-    needed = sae_memory_bytes(spec)
+    needed = sae_memory_bytes(spec, bytes_per_value)
     if needed > available_bytes:
-        errors.append(
-            OutOfMemoryError(
-                f"The SAE needs {_gib(needed)} and {_gib(available_bytes)} is free; unload "
-                "something or use a smaller SAE."
-            )
+        message = (
+            f"The SAE needs {_gib(needed)} and {_gib(available_bytes)} is free; unload "
+            "something, attach it as float16 or bfloat16, or use a smaller SAE."
         )
+        if allow_overcommit:
+            warnings.append(OutOfMemoryError(f"{message} Attaching anyway (allow_overcommit)."))
+        else:
+            errors.append(OutOfMemoryError(f"{message} Or pass allow_overcommit to attach anyway."))
     return Compatibility(
         errors=tuple(Issue(e) for e in errors),
         warnings=tuple(Issue(w) for w in warnings),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from inference_service.sae.attachments import Attachment
 from inference_service.sae.catalog import CachedSae, Layout
 from inference_service.sae.compatibility import Compatibility, Issue
+from inference_service.sae.manager import Restore, RestoreState
 from inference_service.sae.preview import Candidate
 from inference_service.sae.registry import Release
 from millm.v1 import sae_pb2 as pb
@@ -141,4 +142,24 @@ def attachment(found: Attachment) -> pb.SaeAttachment:
         sae_bytes=found.sae_bytes,
         device=found.device,
         attached_at_unix_ms=found.attached_at_unix_ms,
+        dtype=found.dtype,
+    )
+
+
+_RESTORE_STATES = {
+    RestoreState.UNSPECIFIED: pb.SAE_RESTORE_STATE_UNSPECIFIED,
+    RestoreState.NOTHING: pb.SAE_RESTORE_STATE_NOTHING,
+    RestoreState.PENDING: pb.SAE_RESTORE_STATE_PENDING,
+    RestoreState.RESTORED: pb.SAE_RESTORE_STATE_RESTORED,
+    RestoreState.FAILED: pb.SAE_RESTORE_STATE_FAILED,
+}
+
+
+def restore(found: Restore) -> pb.SaeRestore:
+    return pb.SaeRestore(
+        state=_RESTORE_STATES[found.state],
+        sae_id=found.sae_id,
+        hook_name=found.hook_name,
+        message=found.message,
+        reason=found.reason,
     )

@@ -10,7 +10,7 @@ import grpc
 from inference_service.errors import InvalidArgumentError
 from inference_service.sae import registry
 from inference_service.sae.catalog import CachedSae, HubRef
-from inference_service.sae.manager import SaeManager
+from inference_service.sae.manager import AttachOptions, SaeManager
 from inference_service.servicers import operations_convert, sae_convert
 from inference_service.servicers.paging import next_page_token, page_bounds
 from millm.v1 import sae_pb2
@@ -114,10 +114,16 @@ class SaeServicer(pb_grpc.SaeServiceServicer):
     async def AttachSae(
         self, request: pb.AttachSaeRequest, context: grpc.aio.ServicerContext
     ) -> pb.AttachSaeResponse:
-        attached = await self._manager.attach(request.id, request.hook_name)
+        options = AttachOptions(
+            dtype=request.dtype.strip() or "float32",
+            allow_overcommit=request.allow_overcommit,
+            replace=request.replace,
+        )
+        attached = await self._manager.attach(request.id, request.hook_name, options)
         return pb.AttachSaeResponse(
             attachment=sae_convert.attachment(attached.attachment),
             warnings=[sae_convert.issue(w) for w in attached.compatibility.warnings],
+            replaced=sae_convert.attachment(attached.replaced) if attached.replaced else None,
         )
 
     async def DetachSae(
@@ -135,7 +141,8 @@ class SaeServicer(pb_grpc.SaeServiceServicer):
         self, request: pb.ListSaeAttachmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSaeAttachmentsResponse:
         return pb.ListSaeAttachmentsResponse(
-            attachments=[sae_convert.attachment(a) for a in self._manager.attachments.list()]
+            attachments=[sae_convert.attachment(a) for a in self._manager.attachments.list()],
+            restore=sae_convert.restore(self._manager.restore_status),
         )
 
     async def ExportSae(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 
 from inference_service.monitoring.hub import MonitorHub
@@ -13,9 +15,20 @@ from millm.v1 import steering_service_pb2_grpc as pb_grpc
 
 
 class SteeringServicer(pb_grpc.SteeringServiceServicer):
-    def __init__(self, state: SteeringState, monitor: MonitorHub) -> None:
+    def __init__(
+        self,
+        state: SteeringState,
+        monitor: MonitorHub,
+        on_change: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`on_change` runs after each change of the live steering (it persists it)."""
         self._state = state
         self._monitor = monitor
+        self._on_change = on_change
+
+    async def _changed(self) -> None:
+        if self._on_change is not None:
+            await self._on_change()
 
     def _message(self) -> pb.SteeringState:
         state = self._state
@@ -44,18 +57,21 @@ class SteeringServicer(pb_grpc.SteeringServiceServicer):
     ) -> pb.SetSteeringResponse:
         enabled = request.enabled if request.HasField("enabled") else None
         self._state.set_live(steering_convert.features(request.features), enabled)
+        await self._changed()
         return pb.SetSteeringResponse(state=self._message())
 
     async def ClearSteering(
         self, request: pb.ClearSteeringRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClearSteeringResponse:
         self._state.clear()
+        await self._changed()
         return pb.ClearSteeringResponse(state=self._message())
 
     async def SetSteeringEnabled(
         self, request: pb.SetSteeringEnabledRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetSteeringEnabledResponse:
         self._state.set_enabled(request.enabled)
+        await self._changed()
         return pb.SetSteeringEnabledResponse(state=self._message())
 
 

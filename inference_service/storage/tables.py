@@ -270,3 +270,25 @@ class FeatureLabelRow(TableBase):
     notes: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(32))
     updated_at: Mapped[datetime]
+
+
+class SaeAttachmentRow(TableBase):
+    """One attachment of an SAE to the served model, from attach to detach: the history,
+    and (the newest row with no `detached_at`) what start-up attaches again."""
+
+    __tablename__ = "sae_attachments"
+    __table_args__ = (Index("ix_sae_attachments_attached_at_id", "attached_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # No foreign key: the history outlives a deleted SAE.
+    sae_id: Mapped[str] = mapped_column(String(64))
+    hook_name: Mapped[str] = mapped_column(String(256))
+    model_id: Mapped[str] = mapped_column(String(512))
+    dtype: Mapped[str] = mapped_column(String(16))
+    sae_bytes: Mapped[int] = mapped_column(BigInteger)
+    # The live (global) steering on this attachment, rewritten on every change.
+    steering_json: Mapped[str | None] = mapped_column(Text)
+    attached_at: Mapped[datetime]
+    detached_at: Mapped[datetime | None]
+    # What ended it: "detached", "replaced", "model_changed", "restored", "restore_failed".
+    ended_by: Mapped[str | None] = mapped_column(String(32))

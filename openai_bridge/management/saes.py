@@ -30,6 +30,7 @@ from openai_bridge.management.common import (
     paging,
 )
 from openai_bridge.management.schemas import (
+    SaeAttachBody,
     SaeDownloadBody,
     SaeHookBody,
     SaeImportBody,
@@ -106,7 +107,10 @@ async def list_sae_attachments(management: Management) -> JSONResponse:
     response = await management.unary(
         management.stubs.saes.ListSaeAttachments, sspb.ListSaeAttachmentsRequest()
     )
-    return JSONResponse(proto_json.page(response.attachments))
+    # The list, plus how the start-up restore of the last attachment went.
+    listing = proto_json.page(response.attachments)
+    listing["restore"] = proto_json.to_json(response.restore)
+    return JSONResponse(listing)
 
 
 @router.post("/saes/preview")
@@ -150,7 +154,7 @@ async def check_sae_compatibility(
 
 @router.post("/saes/{id}/attach")
 async def attach_sae(
-    id: str, management: Management, body: SaeHookBody | None = None
+    id: str, management: Management, body: SaeAttachBody | None = None
 ) -> JSONResponse:
     request = proto_json.message(sspb.AttachSaeRequest, {"id": id, **given(body)})
     response = await management.unary(management.stubs.saes.AttachSae, request)

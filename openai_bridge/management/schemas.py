@@ -113,6 +113,17 @@ class SaeHookBody(ManagementBody):
     hook_name: str | None = Field(default=None, max_length=HOOK_NAME_MAX)
 
 
+SaeDtypeName = Literal["float32", "float16", "bfloat16"]
+
+
+class SaeAttachBody(SaeHookBody):
+    """POST /api/v1/saes/{id}/attach."""
+
+    dtype: SaeDtypeName | None = None
+    allow_overcommit: StrictBool = False
+    replace: StrictBool = False
+
+
 class SaeUploadBody(ManagementBody):
     """POST /api/v1/saes/{id}/upload."""
 

@@ -96,6 +96,7 @@ def attachment() -> spb.SaeAttachment:
         sae_bytes=10_616_832,
         device="cpu",
         attached_at_unix_ms=1_700_000_002_000,
+        dtype="float32",
     )
 
 
@@ -236,20 +237,27 @@ class ScriptedSaes(sspb_grpc.SaeServiceServicer, ospb_grpc.OperationsServiceServ
     async def AttachSae(self, request, context):
         self.requests.append(request)
         compatibility = self._check(request.id, request.hook_name)
-        if self.attached is not None:
+        if self.attached is not None and not request.replace:
             raise domain.SaeAlreadyAttachedError(
                 f"`{self.attached.sae_id}` is already attached; detach it first."
             )
-        self.attached = spb.SaeAttachment(
-            sae_id=request.id,
-            hook_name=compatibility.hook_name,
-            module_name=compatibility.module_name,
-            layer=int(compatibility.hook_name.split(".")[1]),
-            sae_bytes=compatibility.sae_bytes,
-            device="cpu",
-            attached_at_unix_ms=1_700_000_003_000,
+        dtype = request.dtype or "float32"
+        replaced, self.attached = (
+            self.attached,
+            spb.SaeAttachment(
+                sae_id=request.id,
+                hook_name=compatibility.hook_name,
+                module_name=compatibility.module_name,
+                layer=int(compatibility.hook_name.split(".")[1]),
+                sae_bytes=compatibility.sae_bytes // (1 if dtype == "float32" else 2),
+                device="cpu",
+                attached_at_unix_ms=1_700_000_003_000,
+                dtype=dtype,
+            ),
         )
-        return sspb.AttachSaeResponse(attachment=self.attached, warnings=compatibility.warnings)
+        return sspb.AttachSaeResponse(
+            attachment=self.attached, warnings=compatibility.warnings, replaced=replaced
+        )
 
     async def DetachSae(self, request, context):
         self.requests.append(request)
@@ -266,7 +274,14 @@ class ScriptedSaes(sspb_grpc.SaeServiceServicer, ospb_grpc.OperationsServiceServ
     async def ListSaeAttachments(self, request, context):
         self.requests.append(request)
         attachments = [self.attached] if self.attached is not None else []
-        return sspb.ListSaeAttachmentsResponse(attachments=attachments)
+        restore = spb.SaeRestore(
+            state=spb.SAE_RESTORE_STATE_FAILED,
+            sae_id="sae-gone",
+            hook_name="blocks.3.hook_resid_post",
+            message="No SAE has the id 'sae-gone'.",
+            reason="NOT_FOUND",
+        )
+        return sspb.ListSaeAttachmentsResponse(attachments=attachments, restore=restore)
 
     async def ExportSae(self, request, context):
         self.requests.append(request)
@@ -431,9 +446,17 @@ async def test_cache_and_attachments_routes_are_not_shadowed_by_id(bridge):
                 "sae_bytes": 10_616_832,
                 "device": "cpu",
                 "attached_at_unix_ms": 1_700_000_002_000,
+                "dtype": "float32",
             }
         ],
         "next_page_token": None,
+        "restore": {
+            "state": "failed",
+            "sae_id": "sae-gone",
+            "hook_name": "blocks.3.hook_resid_post",
+            "message": "No SAE has the id 'sae-gone'.",
+            "reason": "not_found",
+        },
     }
     assert [type(r) for r in servicer.requests] == [
         sspb.GetSaeCacheUsageRequest,
@@ -692,6 +715,7 @@ async def test_attach_while_attached_is_409_then_detach_and_attach(bridge):
             "sae_bytes": 10_616_832,
             "device": "cpu",
             "attached_at_unix_ms": 1_700_000_002_000,
+            "dtype": "float32",
         },
         "freed_bytes": 10_616_832,
         "rss_before_bytes": 5000,
@@ -707,6 +731,7 @@ async def test_attach_while_attached_is_409_then_detach_and_attach(bridge):
             "sae_bytes": 10_616_832,
             "device": "cpu",
             "attached_at_unix_ms": 1_700_000_003_000,
+            "dtype": "float32",
         },
         "warnings": [
             {
@@ -714,6 +739,7 @@ async def test_attach_while_attached_is_409_then_detach_and_attach(bridge):
                 "message": MODEL_WARNING,
             }
         ],
+        "replaced": None,
     }
     assert unknown_field.status_code == 400
     assert unknown_field.json()["error"]["param"] == "hook"
@@ -723,6 +749,37 @@ async def test_attach_while_attached_is_409_then_detach_and_attach(bridge):
         sspb.AttachSaeRequest(id="sae-hub", hook_name="blocks.2.hook_resid_pre"),
     ]
     assert len(servicer.requests) == 3
+
+
+async def test_attach_options_pass_through_and_replace_swaps(bridge):
+    servicer, http, _ = bridge
+    bad_dtype = await http.post("/saes/sae-hub/attach", json={"dtype": "int8"})
+    swapped = await http.post(
+        "/saes/sae-hub/attach",
+        json={
+            "hook_name": "blocks.2.hook_resid_pre",
+            "dtype": "bfloat16",
+            "allow_overcommit": True,
+            "replace": True,
+        },
+    )
+    assert bad_dtype.status_code == 400
+    assert bad_dtype.json()["error"]["param"] == "dtype"
+    assert swapped.status_code == 200
+    body = swapped.json()
+    assert body["attachment"]["dtype"] == "bfloat16"
+    assert body["attachment"]["hook_name"] == "blocks.2.hook_resid_pre"
+    assert body["attachment"]["sae_bytes"] == 10_616_832 // 2
+    assert body["replaced"]["hook_name"] == "blocks.0.hook_resid_pre"
+    assert servicer.requests == [
+        sspb.AttachSaeRequest(
+            id="sae-hub",
+            hook_name="blocks.2.hook_resid_pre",
+            dtype="bfloat16",
+            allow_overcommit=True,
+            replace=True,
+        )
+    ]
 
 
 async def test_detach_a_named_site(bridge):

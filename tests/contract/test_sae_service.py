@@ -15,14 +15,19 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from huggingface_hub import constants as hub_constants
 
+from inference_service.sae import manager
 from inference_service.sae.formats import load_sae
 from millm.v1 import inference_service_pb2 as ipb
 from millm.v1 import inference_service_pb2_grpc as ipb_grpc
-from millm.v1 import operation_pb2, sae_pb2
+from millm.v1 import operation_pb2, sae_pb2, steering_pb2
 from millm.v1 import operations_service_pb2 as opb
 from millm.v1 import operations_service_pb2_grpc as opb_grpc
+from millm.v1 import profile_service_pb2 as ppb
+from millm.v1 import profile_service_pb2_grpc as ppb_grpc
 from millm.v1 import sae_service_pb2 as pb
 from millm.v1 import sae_service_pb2_grpc as pb_grpc
+from millm.v1 import steering_service_pb2 as st
+from millm.v1 import steering_service_pb2_grpc as st_grpc
 from tests.fixtures.local_hub import LocalHub
 from tests.fixtures.saes import folder_files, random_sae, write_sae
 from tests.fixtures.servers import running_server
@@ -517,6 +522,135 @@ async def test_delete_is_refused_while_attached(stub, server, saes, tmp_path):
     )
 
 
+# ---- attach options: dtype, allow_overcommit, replace -----------------------------------------
+
+
+async def _top_features(server, ids: list[int], k: int = 5) -> torch.Tensor:
+    """The attached SAE's k strongest features (mean over positions) at layer 9's output,
+    what monitoring ranks."""
+    engine = server.host.engine
+    model = engine.loaded_model.model
+    sae = server.saes.attachments.list()[0].sae
+
+    def encode() -> torch.Tensor:
+        with torch.inference_mode():
+            hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[10]
+            acts = sae.encode(hidden)
+        assert acts.dtype == torch.float32
+        return acts.mean(dim=(0, 1)).topk(k).indices.sort().values
+
+    return await engine.call_on_lane(encode)
+
+
+async def test_half_precision_halves_the_bytes_and_finds_the_same_features(
+    stub, channel, server, saes
+):
+    sae_id = (await _import(stub, saes["l9"])).id
+    ids = list(range(1, 40))
+    before = await _logits(server, ids)
+    full = (await stub.AttachSae(pb.AttachSaeRequest(id=sae_id))).attachment
+    assert full.dtype == "float32"
+    top_full = await _top_features(server, ids)
+    for dtype in ("float16", "bfloat16"):
+        half = (
+            await stub.AttachSae(pb.AttachSaeRequest(id=sae_id, dtype=dtype, replace=True))
+        ).attachment
+        assert half.dtype == dtype
+        # The weights halve; the firing frequencies stay float32.
+        assert half.sae_bytes == (2 * 576 * 256 + 256 + 576) * 2 + 256 * 4
+        assert server.saes.attachments.list()[0].sae.weights.W_enc.dtype == getattr(torch, dtype)
+        if dtype == "float16":
+            assert torch.equal(await _top_features(server, ids), top_full)
+        # Nothing steered: the model's outputs are still exactly its own.
+        assert torch.equal(await _logits(server, ids), before)
+    await _expect_error(
+        stub.AttachSae(pb.AttachSaeRequest(id=sae_id, dtype="int8", replace=True)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "float32, float16, bfloat16",
+    )
+
+
+async def test_replace_swaps_in_one_call_and_a_failed_load_keeps_the_old(
+    stub, channel, server, saes, tmp_path
+):
+    first = (await _import(stub, saes["l9"])).id
+    second = (await _import(stub, saes["topk"])).id
+    steering = st_grpc.SteeringServiceStub(channel)
+    hooks_9, hooks_3 = _layer_hooks(server, 9), _layer_hooks(server, 3)
+    await stub.AttachSae(pb.AttachSaeRequest(id=first))
+    feature = steering_pb2.SteeringFeature(
+        index=3, mode=steering_pb2.STEERING_MODE_ADD, strength=5.0
+    )
+    await steering.SetSteering(st.SetSteeringRequest(features=[feature]))
+    await _expect_error(
+        stub.AttachSae(pb.AttachSaeRequest(id=second)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "SAE_ALREADY_ATTACHED",
+        "`replace: true`",
+    )
+    # A new SAE that fails to load leaves the old one attached, steering and all.
+    broken_folder = write_sae(tmp_path / "breaks-on-replace", random_sae(seed=9))
+    broken = (await _import(stub, broken_folder)).id
+    weights = server.saes.catalog.get(broken).folder / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    await _expect_error(
+        stub.AttachSae(pb.AttachSaeRequest(id=broken, replace=True)),
+        grpc.StatusCode.DATA_LOSS,
+        "CORRUPTED_FILE",
+    )
+    listed = (await stub.ListSaeAttachments(pb.ListSaeAttachmentsRequest())).attachments
+    assert [a.sae_id for a in listed] == [first]
+    assert _layer_hooks(server, 9) == hooks_9 + 1
+    live = (await steering.GetSteering(st.GetSteeringRequest())).state.live
+    assert [f.index for f in live.features] == [3]
+
+    swapped = await stub.AttachSae(pb.AttachSaeRequest(id=second, replace=True))
+    assert swapped.replaced.sae_id == first
+    assert swapped.replaced.hook_name == "blocks.9.hook_resid_post"
+    assert swapped.attachment.sae_id == second
+    assert swapped.attachment.hook_name == "blocks.3.hook_resid_pre"
+    assert (_layer_hooks(server, 9), _layer_hooks(server, 3)) == (hooks_9, hooks_3 + 1)
+    listed = (await stub.ListSaeAttachments(pb.ListSaeAttachmentsRequest())).attachments
+    assert [a.sae_id for a in listed] == [second]
+    # The old SAE's live steering named its features: forgotten, as a detach forgets it.
+    state = (await steering.GetSteering(st.GetSteeringRequest())).state
+    assert not state.live.features and state.sae_id == second
+    # The history holds both, the first closed as replaced.
+    history = server.saes._history.newest(2)
+    assert [(h.sae_id, h.ended_by) for h in history] == [(second, None), (first, "replaced")]
+
+    # A saved active profile of the SAE swapped in comes back, as on every attach.
+    profiles = ppb_grpc.ProfileServiceStub(channel)
+    await profiles.CreateProfile(ppb.CreateProfileRequest(name="swap-back", features=[feature]))
+    try:
+        await profiles.ActivateProfile(ppb.ActivateProfileRequest(name="swap-back"))
+        await stub.AttachSae(pb.AttachSaeRequest(id=first, replace=True))
+        assert (await steering.GetSteering(st.GetSteeringRequest())).state.active_profile == ""
+        await stub.AttachSae(pb.AttachSaeRequest(id=second, replace=True))
+        state = (await steering.GetSteering(st.GetSteeringRequest())).state
+        assert state.active_profile == "swap-back"
+    finally:
+        await profiles.DeactivateProfile(ppb.DeactivateProfileRequest())
+        await profiles.DeleteProfile(ppb.DeleteProfileRequest(name="swap-back"))
+
+
+async def test_allow_overcommit_attaches_with_the_memory_warning(stub, server, saes, monkeypatch):
+    sae_id = (await _import(stub, saes["l9"])).id
+    monkeypatch.setattr(manager, "available_memory", lambda device: 1000)
+    await _expect_error(
+        stub.AttachSae(pb.AttachSaeRequest(id=sae_id)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "OUT_OF_MEMORY",
+        "allow_overcommit",
+    )
+    assert not server.saes.attachments.list()
+    attached = await stub.AttachSae(pb.AttachSaeRequest(id=sae_id, allow_overcommit=True))
+    assert attached.attachment.sae_id == sae_id
+    [warning] = [w for w in attached.warnings if w.reason == "OUT_OF_MEMORY"]
+    assert "Attaching anyway" in warning.message
+
+
 # ---- export, upload, cache, start-up validation ------------------------------------------------
 
 
@@ -595,9 +729,14 @@ async def test_startup_validation_finds_missing_and_broken_saes(stub, server, tm
 
 
 async def test_without_a_model_compatibility_says_so(stub, server, saes):
-    """Runs last: it unloads the module's model."""
+    """Runs last: it unloads the module's model, and the attachment with it."""
     sae_id = (await _import(stub, saes["l9"])).id
+    await stub.AttachSae(pb.AttachSaeRequest(id=sae_id))
     await server.host.unload()
+    assert not server.saes.attachments.list()
+    [closed] = server.saes._history.newest(1)
+    assert (closed.sae_id, closed.ended_by) == (sae_id, "model_changed")
+    assert server.saes._history.last_open() is None
     await _expect_error(
         stub.CheckSaeCompatibility(pb.CheckSaeCompatibilityRequest(id=sae_id)),
         grpc.StatusCode.FAILED_PRECONDITION,

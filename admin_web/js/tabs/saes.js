@@ -10,8 +10,11 @@ const operations = new OperationList(["sae_download", "sae_upload"], () => refre
 let cards;
 let finders;
 let highlight = null; // an SAE id to scroll to (a finished training run links here)
+let attachedSae = null; // the SAE attached now, if any: attaching another replaces it
+let restoreNote; // why the SAE attached before the last restart did not come back
 
 const ATTACH_SITES = [["resid_post", "residual stream after the layer"], ["resid_pre", "residual stream before the layer"]];
+const ATTACH_DTYPES = [["float32", "float32"], ["float16", "float16 (half the memory)"], ["bfloat16", "bfloat16 (half the memory)"]];
 
 function previewFinder() {
   const results = h("div", { class: "finder-results", "aria-live": "polite" });
@@ -94,6 +97,22 @@ function importFinder() {
   return h("div", {}, h("h3", {}, "Import a folder"), h("p", { class: "muted" }, "SAELens, Gemma Scope, sparsify or miStudio layout, on the server's disk."), form);
 }
 
+/** A warning when the SAE attached before the last restart could not be attached again. */
+async function showRestore() {
+  let restore = null;
+  try {
+    restore = (await api.get("/saes/attachments")).restore;
+  } catch {
+    // The list of SAEs already says what is wrong.
+  }
+  if (restore && restore.state === "failed") {
+    fill(restoreNote, h("p", { class: "warn", role: "status" },
+      `After the last restart, SAE ${restore.sae_id} could not be attached again at ${restore.hook_name}: ${restore.message}`));
+  } else {
+    restoreNote.replaceChildren();
+  }
+}
+
 async function startDownload(button, body) {
   const operation = await busy(button, () => api.post("/saes/download", body), "Download");
   if (operation) operations.track(operation);
@@ -107,6 +126,8 @@ async function refresh() {
     fill(cards, h("p", { class: "error-text" }, `Could not list SAEs: ${err.message}`));
     return;
   }
+  attachedSae = saes.find((s) => s.attached_hook_name) || null;
+  showRestore();
   if (!saes.length) {
     fill(cards, emptyState("No SAEs yet",
       h("p", {}, "A Sparse Autoencoder (SAE) splits one layer's hidden state into many sparse, mostly human-readable features. Attach one to a layer of the served model to watch which features fire (Monitor) and to turn them up or down (Steering)."),
@@ -179,10 +200,15 @@ async function detach(button) {
 async function openAttach(sae, area) {
   const layer = h("select", { name: "layer", "aria-label": "Layer" });
   const site = h("select", { name: "site", "aria-label": "Site" }, ATTACH_SITES.map(([v, text]) => h("option", { value: v }, text)));
+  const dtype = h("select", { name: "dtype", "aria-label": "Weights dtype" }, ATTACH_DTYPES.map(([v, text]) => h("option", { value: v }, text)));
+  const overcommit = h("input", { type: "checkbox", name: "allow_overcommit" });
   const result = h("div", { class: "compat", "aria-live": "polite" }, "Checking compatibility…");
   const attach = h("button", { class: "primary", type: "submit" }, "Attach");
   const form = h("form", { class: "grid-form", "aria-label": `Attach ${sae.name}` },
-    field("Layer", layer), field("Site", site), result,
+    field("Layer", layer), field("Site", site), field("Weights dtype", dtype),
+    h("label", { class: "row" }, overcommit, " Attach even if the memory check says it does not fit"),
+    attachedSae ? h("p", { class: "muted" }, `Replaces ${attachedSae.name}, attached at ${attachedSae.attached_hook_name}, once this one has loaded.`) : null,
+    result,
     h("div", { class: "row end" }, h("button", { class: "secondary", type: "button", onclick: () => area.replaceChildren() }, "Cancel"), attach));
   fill(area, form);
   const trained = /^blocks\.(\d+)\.hook_(resid_pre|resid_post)$/.exec(sae.hook_name || "");
@@ -212,9 +238,17 @@ async function openAttach(sae, area) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const hook = hookName();
-    const done = await busy(attach, () => api.post(`/saes/${sae.id}/attach`, hook ? { hook_name: hook } : {}), "Attach");
+    const body = { dtype: dtype.value };
+    if (hook) body.hook_name = hook;
+    if (overcommit.checked) body.allow_overcommit = true;
+    if (attachedSae) {
+      // One call swaps it: the new SAE loads first, and the old stays if that fails.
+      if (!(await confirmDialog(`Replace ${attachedSae.name}?`, `${sae.name} is loaded first; then ${attachedSae.name} is detached and its live steering forgotten.`, "Replace"))) return;
+      body.replace = true;
+    }
+    const done = await busy(attach, () => api.post(`/saes/${sae.id}/attach`, body), "Attach");
     if (done) {
-      toast(`Attached ${sae.name} at ${done.attachment.hook_name}.`, { kind: "success" });
+      toast(`Attached ${sae.name} at ${done.attachment.hook_name} (${done.attachment.dtype}, ${formatBytes(done.attachment.sae_bytes)}).`, { kind: "success" });
       for (const w of done.warnings) toast(w.message, { kind: "warning" });
       await refreshContext();
       refresh();
@@ -240,10 +274,11 @@ export default {
   title: "SAEs",
   mount(panel) {
     cards = h("div", { "aria-live": "polite" });
+    restoreNote = h("div");
     finders = h("div", { class: "finders" }, previewFinder(), registryFinder(), importFinder());
     panel.append(
       h("div", { class: "card" }, h("h2", {}, "Get an SAE"), finders, operations.el),
-      h("div", { class: "card" }, h("h2", {}, "Cached SAEs"), cards),
+      h("div", { class: "card" }, h("h2", {}, "Cached SAEs"), restoreNote, cards),
     );
     // The served model's name arrives with the first health poll, maybe after show().
     on("health", () => panel.hidden || primeRegistry());

@@ -121,15 +121,21 @@ class Sae:
         return Sae(self.spec, weights, log_sparsity)
 
     def encode(self, x: Tensor) -> Tensor:
-        """[..., d_in] -> feature activations [..., d_sae], in the weights' dtype."""
+        """[..., d_in] -> feature activations [..., d_sae], in float32."""
         return self.encode_with_norm(x)[0]
 
     def encode_with_norm(self, x: Tensor) -> tuple[Tensor, InputNorm | None]:
-        """Features of x and what `decode` needs to undo the input normalisation."""
-        sae_in, norm = self._normalize(x.to(self.weights.W_enc.dtype))
+        """Features of x (float32) and what `decode` needs to undo the input normalisation.
+
+        The normalisation runs in float32 and only the architecture's encode in the
+        weights' dtype (float16 or bfloat16 weights are never copied up to float32:
+        that copy would cost the memory they save), so its InputNorm and the
+        activations that steering's edits read are float32 whatever the weights."""
+        dtype = self.weights.W_enc.dtype
+        sae_in, norm = self._normalize(x.float())
         if self.spec.apply_b_dec_to_input:
-            sae_in = sae_in - self.weights.b_dec
-        return self.architecture.encode(sae_in, self.weights, self.spec), norm
+            sae_in = sae_in - self.weights.b_dec.float()
+        return self.architecture.encode(sae_in.to(dtype), self.weights, self.spec).float(), norm
 
     def decode(self, f: Tensor, norm: InputNorm | None = None) -> Tensor:
         """Features [..., d_sae] -> reconstruction [..., d_in].

@@ -94,7 +94,7 @@ async def rig(loaded, settings):
     sae = orthonormal_sae(d_sae=D_SAE, hook_name=SITE.hook_name, b_enc=b_enc)
     engine = Engine(loaded, settings.model_copy(update={"max_batch_size": 8}))
     attachments = SaeAttachments()
-    attachment = await attachments.attach(
+    attachment, _ = await attachments.attach(
         engine, find_decoder_layers(loaded.model), "sae-test", SITE, lambda device: sae
     )
     active = active_sae(sae, hook=attachment.hook)

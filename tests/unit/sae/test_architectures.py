@@ -89,12 +89,19 @@ def test_topk_rescaling_changes_which_features_win() -> None:
     assert not torch.equal(plain.encode(x) != 0, rescaled.encode(x) != 0)
 
 
-def test_encode_runs_in_the_weights_dtype() -> None:
-    _, ours = saelens_pair("jumprelu")
-    half = ours.to("cpu", torch.bfloat16)
-    assert half.spec.dtype == "bfloat16"
-    features = half.encode(inputs())  # float32 input
-    assert features.dtype == torch.bfloat16
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_weights_encode_to_float32_features(dtype: torch.dtype) -> None:
+    _, ours = saelens_pair("standard")
+    half = ours.to("cpu", dtype)
+    assert half.spec.dtype == str(dtype).removeprefix("torch.")
+    assert half.weights.nbytes * 2 == ours.weights.nbytes
+    x = inputs()
+    features = half.encode(x)  # float32 input, float32 features
+    assert features.dtype == torch.float32
+    # Within the weights' own precision of what float32 weights give.
+    reference = ours.encode(x)
+    tolerance = 1e-2 if dtype is torch.float16 else 5e-2
+    assert (features - reference).abs().max() <= tolerance * reference.abs().max()
 
 
 def test_registry_entries() -> None:

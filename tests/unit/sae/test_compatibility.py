@@ -100,3 +100,17 @@ def test_not_enough_memory() -> None:
     [issue] = result.errors
     assert issue.reason == "OUT_OF_MEMORY"
     assert issue.error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "allow_overcommit" in issue.message
+
+
+def test_overcommit_turns_the_memory_error_into_a_warning() -> None:
+    result = check_compatibility(spec(), None, SMOL, available_bytes=1000, allow_overcommit=True)
+    assert result.compatible
+    [warning] = [w for w in result.warnings if w.reason == "OUT_OF_MEMORY"]
+    assert "Attaching anyway" in warning.message
+
+
+def test_half_precision_needs_half_the_bytes() -> None:
+    full = check_compatibility(spec(), None, SMOL, available_bytes=PLENTY)
+    half = check_compatibility(spec(), None, SMOL, available_bytes=PLENTY, bytes_per_value=2)
+    assert half.sae_bytes * 2 == full.sae_bytes

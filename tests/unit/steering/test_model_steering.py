@@ -59,7 +59,7 @@ def sae() -> Sae:
 async def rig(loaded, settings, sae):
     engine = Engine(loaded, settings)
     attachments = SaeAttachments()
-    attachment = await attachments.attach(
+    attachment, _ = await attachments.attach(
         engine, find_decoder_layers(loaded.model), "sae-test", SITE, lambda device: sae
     )
     slot = ActiveSaeSlot()

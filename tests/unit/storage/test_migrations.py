@@ -12,7 +12,7 @@ from inference_service.storage import Database, resolve_url
 from inference_service.storage.database import MIGRATIONS_DIR
 from inference_service.storage.tables import TableBase
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def test_migrate_creates_the_schema(database_url: str) -> None:
@@ -32,6 +32,7 @@ def test_migrate_creates_the_schema(database_url: str) -> None:
         "training_templates",
         "corpora",
         "feature_labels",
+        "sae_attachments",
         "alembic_version",
     }
     assert expected <= tables

@@ -111,6 +111,38 @@ SAE_STATE_MISSING: SaeState.ValueType  # 4
 """Files were removed from disk outside miLLM."""
 Global___SaeState: _TypeAlias = SaeState  # noqa: Y015
 
+class _SaeRestoreState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SaeRestoreStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SaeRestoreState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SAE_RESTORE_STATE_UNSPECIFIED: _SaeRestoreState.ValueType  # 0
+    """Not reported."""
+    SAE_RESTORE_STATE_NOTHING: _SaeRestoreState.ValueType  # 1
+    """Nothing was attached when the service last stopped."""
+    SAE_RESTORE_STATE_PENDING: _SaeRestoreState.ValueType  # 2
+    """Waiting for the model to load, or attaching."""
+    SAE_RESTORE_STATE_RESTORED: _SaeRestoreState.ValueType  # 3
+    """The SAE is attached again, with its live steering and active profile."""
+    SAE_RESTORE_STATE_FAILED: _SaeRestoreState.ValueType  # 4
+    """It could not be attached again; `message` says why."""
+
+class SaeRestoreState(_SaeRestoreState, metaclass=_SaeRestoreStateEnumTypeWrapper):
+    """SaeRestoreState is where the start-up restore of the last attachment stands."""
+
+SAE_RESTORE_STATE_UNSPECIFIED: SaeRestoreState.ValueType  # 0
+"""Not reported."""
+SAE_RESTORE_STATE_NOTHING: SaeRestoreState.ValueType  # 1
+"""Nothing was attached when the service last stopped."""
+SAE_RESTORE_STATE_PENDING: SaeRestoreState.ValueType  # 2
+"""Waiting for the model to load, or attaching."""
+SAE_RESTORE_STATE_RESTORED: SaeRestoreState.ValueType  # 3
+"""The SAE is attached again, with its live steering and active profile."""
+SAE_RESTORE_STATE_FAILED: SaeRestoreState.ValueType  # 4
+"""It could not be attached again; `message` says why."""
+Global___SaeRestoreState: _TypeAlias = SaeRestoreState  # noqa: Y015
+
 @_typing.final
 class Sae(_message.Message):
     """Sae is a Sparse Autoencoder in the local cache."""
@@ -550,6 +582,7 @@ class SaeAttachment(_message.Message):
     SAE_BYTES_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     ATTACHED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The attached SAE."""
     hook_name: _builtins.str
@@ -564,6 +597,8 @@ class SaeAttachment(_message.Message):
     """Device of the weights, such as "cpu" or "cuda:0"."""
     attached_at_unix_ms: _builtins.int
     """Attach time, Unix milliseconds."""
+    dtype: _builtins.str
+    """dtype the weights are held in: "float32", "float16" or "bfloat16"."""
     def __init__(
         self,
         *,
@@ -574,11 +609,53 @@ class SaeAttachment(_message.Message):
         sae_bytes: _builtins.int = ...,
         device: _builtins.str = ...,
         attached_at_unix_ms: _builtins.int = ...,
+        dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached_at_unix_ms", b"attached_at_unix_ms", "device", b"device", "hook_name", b"hook_name", "layer", b"layer", "module_name", b"module_name", "sae_bytes", b"sae_bytes", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attached_at_unix_ms", b"attached_at_unix_ms", "device", b"device", "dtype", b"dtype", "hook_name", b"hook_name", "layer", b"layer", "module_name", b"module_name", "sae_bytes", b"sae_bytes", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SaeAttachment: _TypeAlias = SaeAttachment  # noqa: Y015
+
+@_typing.final
+class SaeRestore(_message.Message):
+    """SaeRestore reports the start-up restore of the attachment that was in
+    place when the service last stopped (with its live steering and active
+    profile).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    SAE_ID_FIELD_NUMBER: _builtins.int
+    HOOK_NAME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    state: Global___SaeRestoreState.ValueType
+    """Where the restore stands."""
+    sae_id: _builtins.str
+    """The SAE that was attached; empty when there was nothing to restore."""
+    hook_name: _builtins.str
+    """Its hook site in SAELens style."""
+    message: _builtins.str
+    """Why the restore failed (FAILED), in words; empty otherwise."""
+    reason: _builtins.str
+    """The `ErrorReason` name of the failure, such as "NOT_FOUND"; empty otherwise."""
+    def __init__(
+        self,
+        *,
+        state: Global___SaeRestoreState.ValueType = ...,
+        sae_id: _builtins.str = ...,
+        hook_name: _builtins.str = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hook_name", b"hook_name", "message", b"message", "reason", b"reason", "sae_id", b"sae_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaeRestore: _TypeAlias = SaeRestore  # noqa: Y015

@@ -504,19 +504,40 @@ class AttachSaeRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     HOOK_NAME_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    ALLOW_OVERCOMMIT_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The SAE id."""
     hook_name: _builtins.str
     """Hook site, as in `CheckSaeCompatibilityRequest.hook_name`."""
+    dtype: _builtins.str
+    """dtype the weights are held in on the device: "float32", "float16" or
+    "bfloat16"; empty means "float32". Steering's edits are computed in
+    float32 whatever the weights' dtype.
+    """
+    allow_overcommit: _builtins.bool
+    """Attach even if the memory check says the SAE does not fit; the warning
+    comes back in `warnings` and is logged.
+    """
+    replace: _builtins.bool
+    """Replace the attached SAE, if any, in this one call: the new SAE is loaded
+    first and the old one is detached only once that succeeded, so a failed
+    load leaves the old one attached. Without it, attaching while another SAE
+    is attached fails with SAE_ALREADY_ATTACHED.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         hook_name: _builtins.str = ...,
+        dtype: _builtins.str = ...,
+        allow_overcommit: _builtins.bool = ...,
+        replace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hook_name", b"hook_name", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_overcommit", b"allow_overcommit", "dtype", b"dtype", "hook_name", b"hook_name", "id", b"id", "replace", b"replace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,23 +551,31 @@ class AttachSaeResponse(_message.Message):
 
     ATTACHMENT_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def attachment(self) -> _sae_pb2.SaeAttachment:
         """The attachment."""
 
     @_builtins.property
     def warnings(self) -> _containers.RepeatedCompositeFieldContainer[_sae_pb2.CompatibilityIssue]:
-        """Warnings of the compatibility check, such as a different model name."""
+        """Warnings of the compatibility check, such as a different model name, and
+        the memory warning of an `allow_overcommit` attach.
+        """
+
+    @_builtins.property
+    def replaced(self) -> _sae_pb2.SaeAttachment:
+        """The attachment that `replace` detached; unset when none was."""
 
     def __init__(
         self,
         *,
         attachment: _sae_pb2.SaeAttachment | None = ...,
         warnings: _abc.Iterable[_sae_pb2.CompatibilityIssue] | None = ...,
+        replaced: _sae_pb2.SaeAttachment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "replaced", b"replaced"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "replaced", b"replaced", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,18 +663,24 @@ class ListSaeAttachmentsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    RESTORE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_sae_pb2.SaeAttachment]:
         """At most one for now."""
+
+    @_builtins.property
+    def restore(self) -> _sae_pb2.SaeRestore:
+        """How the start-up restore of the last attachment went."""
 
     def __init__(
         self,
         *,
         attachments: _abc.Iterable[_sae_pb2.SaeAttachment] | None = ...,
+        restore: _sae_pb2.SaeRestore | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["restore", b"restore"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "restore", b"restore"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
