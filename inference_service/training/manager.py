@@ -105,9 +105,11 @@ class TrainingManager:
         *,
         data_root: Path | None,
         on_sae_trained: Callable[[str, Path], None] = lambda sae_id, corpus: None,
+        on_metrics: Callable[[list[Metrics]], None] = lambda metrics: None,
     ) -> None:
         """`on_sae_trained(sae_id, corpus)` runs (on the run's thread) after a run has
-        saved its SAE; the server starts the SAE's feature statistics from it."""
+        saved its SAE; the server starts the SAE's feature statistics from it.
+        `on_metrics` sees every step's metrics as they come (on the run's thread)."""
         self._db = db
         self._root = data_dir / "training"
         self._host = host
@@ -116,6 +118,7 @@ class TrainingManager:
         self._loop = loop
         self._data_root = data_root
         self._on_sae_trained = on_sae_trained
+        self._on_metrics = on_metrics
         self._lock = threading.Lock()
         self._active: _Active | None = None
         self._watchers: dict[str, set[asyncio.Event]] = {}
@@ -528,6 +531,7 @@ class TrainingManager:
             self._update(run_id, **fields)
 
         def on_metrics(metrics: list[Metrics]) -> None:
+            self._on_metrics(metrics)
             with self._lock:
                 self._pending_metrics.extend(metrics)
             latest[0] = next((m for m in reversed(metrics) if not m["eval"]), latest[0])
