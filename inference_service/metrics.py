@@ -37,7 +37,12 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from inference_service.engine.meter import GenerationTrack
+from inference_service.engine.meter import (
+    REFUSED_KV_BUDGET,
+    REFUSED_QUEUE_FULL,
+    REFUSED_UNLOADING,
+    GenerationTrack,
+)
 from inference_service.engine.types import FinishedEvent, GenerationEvent
 from inference_service.host import ModelHost, ModelState
 from inference_service.operations.types import OperationSnapshot
@@ -55,6 +60,10 @@ _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5)
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
 _BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_OUTCOMES = {
+    "generation": ("admitted", REFUSED_QUEUE_FULL, REFUSED_KV_BUDGET, REFUSED_UNLOADING),
+    "embedding": ("admitted", REFUSED_QUEUE_FULL, REFUSED_UNLOADING),
+}
 
 
 class EngineMetrics:
@@ -106,6 +115,10 @@ class EngineMetrics:
             buckets=_BATCH_ROW_BUCKETS,
             registry=registry,
         )
+        # Every outcome exported from the start (at 0), so rate() sees the first refusal.
+        for kind, outcomes in _OUTCOMES.items():
+            for outcome in outcomes:
+                self.requests.labels(kind, outcome)
         # Children resolved once: a labelled lookup per token costs a dict lookup and a lock.
         self._finished = {
             reason: self.finished.labels(reason)

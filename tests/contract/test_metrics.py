@@ -5,28 +5,35 @@ against what the registries really export."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 
+import grpc
 import httpx
 import jsonschema
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
 
 from inference_service.config import InferenceSettings
 from inference_service.host import ModelHost
+from inference_service.interceptors import ErrorInterceptor
 from inference_service.metrics import ServiceMetrics, ServingSources
 from inference_service.sae.active import ActiveSaeSlot
 from inference_service.steering.state import SteeringState
 from inference_service.steering.types import SteeringFeature
 from millm.v1 import inference_service_pb2 as pb
+from millm.v1 import operations_service_pb2_grpc as ospb_grpc
 from openai_bridge.metrics import BridgeMetrics
 from tests.conftest import REPO_ROOT, free_port
 from tests.contract.conftest import bridge_for
+from tests.contract.test_bridge_management import ScriptedManagement, serve_bridge
 from tests.fixtures.saes import active_sae
 from tests.fixtures.servers import running_server
 
 DOCS = REPO_ROOT / "docs"
+WATCH_ROUTE = "/api/v1/operations/{operation_id}/watch"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -191,6 +198,39 @@ async def test_bridge_metrics_need_the_key_when_one_is_set_unless_public(scripte
             )
             == 1
         )
+
+
+async def test_bridge_counts_open_websockets_by_route():
+    servicer = ScriptedManagement()
+    servicer.hang_watch = True  # the watch stays open after its first snapshot
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    ospb_grpc.add_OperationsServiceServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        during, after = await _open_and_close_a_watch(address)
+    finally:
+        await server.stop(0)
+    route = {"route": WATCH_ROUTE}
+    assert value(during, "millm_bridge_websockets_open", **route) == 1
+    assert value(during, "millm_bridge_websocket_connections_total", **route) == 1
+    assert value(after, "millm_bridge_websockets_open", **route) == 0
+    assert value(after, "millm_bridge_websocket_connections_total", **route) == 1
+
+
+async def _open_and_close_a_watch(address: str) -> tuple[Samples, Samples]:
+    """/metrics while a WebSocket is open, and once it has closed."""
+    async with serve_bridge(address) as host, httpx.AsyncClient() as http:
+        url = f"http://{host}/metrics"
+        async with connect(f"ws://{host}/api/v1/operations/op-1/watch") as ws:
+            await ws.recv()
+            during = await scrape(http, url)
+        for _ in range(200):  # the server sees the close a moment later
+            after = await scrape(http, url)
+            if value(after, "millm_bridge_websockets_open", route=WATCH_ROUTE) == 0:
+                break
+            await asyncio.sleep(0.01)
+    return during, after
 
 
 def test_serving_gauges_follow_the_attached_sae_and_steering(tmp_path):
