@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import httpx
 import jsonschema
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
@@ -20,6 +21,7 @@ from inference_service.config import InferenceSettings
 from inference_service.host import ModelHost
 from inference_service.interceptors import ErrorInterceptor
 from inference_service.metrics import ServiceMetrics, ServingSources
+from inference_service.operations.types import OperationSnapshot, OperationState
 from inference_service.sae.active import ActiveSaeSlot
 from inference_service.steering.state import SteeringState
 from inference_service.steering.types import SteeringFeature
@@ -248,8 +250,6 @@ def test_serving_gauges_follow_the_attached_sae_and_steering(tmp_path):
     )
 
     def read() -> Samples:
-        from prometheus_client import generate_latest
-
         return parse(generate_latest(metrics.registry).decode())
 
     idle = read()
@@ -273,6 +273,57 @@ def test_serving_gauges_follow_the_attached_sae_and_steering(tmp_path):
     assert value(attached, "millm_steering_features") == 1  # strength 0 changes nothing
     steering.set_enabled(False)
     assert value(read(), "millm_steering_active") == 0
+
+
+def test_training_and_operations_are_read_from_their_managers(tmp_path):
+    running_run: list[str] = []
+    operations: list[OperationSnapshot] = []
+    metrics = ServiceMetrics()
+    slot = ActiveSaeSlot()
+    metrics.watch(
+        ServingSources(
+            host=ModelHost(InferenceSettings(data_dir=tmp_path)),
+            active_sae=slot.get,
+            steering=SteeringState(slot.get),
+            training_run=lambda: running_run[0] if running_run else None,
+            operations=lambda: operations,
+        )
+    )
+
+    def read() -> Samples:
+        return parse(generate_latest(metrics.registry).decode())
+
+    def step(n: int, *, evaluation: bool = False) -> dict:
+        return {"step": n, "tokens": n * 4096, "tokens_per_s": 2000.0 + n, "eval": evaluation}
+
+    running_run.append("run-1")
+    metrics.training.on_steps([step(1), step(2)])
+    metrics.training.on_steps([step(2, evaluation=True), step(3)])
+    training = read()
+    assert value(training, "millm_training_active") == 1
+    assert value(training, "millm_training_steps_total") == 3  # the evaluation is no step
+    assert value(training, "millm_training_tokens_total") == 3 * 4096
+    assert value(training, "millm_training_tokens_per_second") == 2003.0
+    running_run.clear()
+    assert value(read(), "millm_training_tokens_per_second") == 0
+
+    def op(id_: str, kind: str, state: OperationState, done: int) -> OperationSnapshot:
+        return OperationSnapshot(id_, kind, state, "x", "repo", bytes_done=done)
+
+    operations += [
+        op("a", "model_download", OperationState.SUCCEEDED, 1000),
+        op("b", "model_download", OperationState.FAILED, 10),
+        op("c", "sae_download", OperationState.RUNNING, 500),
+        op("d", "model_download", OperationState.SUCCEEDED, 2000),
+    ]
+    ops = read()
+    finished = "millm_operations_finished_total"
+    assert value(ops, finished, kind="model_download", state="succeeded") == 2
+    assert value(ops, finished, kind="model_download", state="failed") == 1
+    assert value(ops, "millm_operations_running", kind="sae_download") == 1
+    assert value(ops, "millm_operations_running", kind="model_download") == 0
+    assert value(ops, "millm_operation_bytes_total", kind="model_download") == 3010
+    assert value(ops, "millm_operation_bytes_total", kind="sae_download") == 500
 
 
 def _exported_names() -> set[str]:
