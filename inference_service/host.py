@@ -18,6 +18,7 @@ import psutil
 from inference_service.config import InferenceSettings
 from inference_service.engine.engine import Engine
 from inference_service.engine.loader import load_model, unload
+from inference_service.engine.meter import NO_METER, EngineMeter
 from inference_service.engine.quantization import LoadOptions
 from inference_service.errors import ModelLoadingError, NoModelLoadedError
 
@@ -41,9 +42,11 @@ class ModelHost:
         self,
         settings: InferenceSettings,
         on_state_change: Callable[[ModelState], None] = lambda state: None,
+        meter: EngineMeter = NO_METER,
     ) -> None:
         self._settings = settings
         self._on_state_change = on_state_change
+        self._meter = meter  # every engine this host builds reports to it
         self._state = ModelState.NOT_LOADED
         self._engine: Engine | None = None
         self.load_error: str | None = None
@@ -89,7 +92,7 @@ class ModelHost:
             started = time.monotonic()
             try:
                 loaded = await asyncio.to_thread(load_model, settings, options)
-                self._engine = Engine(loaded, settings)
+                self._engine = Engine(loaded, settings, self._meter)
             except Exception as exc:
                 self.load_error = str(exc)
                 self._set_state(ModelState.FAILED)

@@ -17,6 +17,7 @@ from inference_service.events import EventBus
 from inference_service.features.manager import FeatureManager
 from inference_service.host import ModelHost, ModelState, ModelStateChanged
 from inference_service.interceptors import AuthInterceptor, ErrorInterceptor
+from inference_service.metrics import MetricsEndpoint, ServiceMetrics, ServingSources
 from inference_service.models.catalog import ModelCatalog
 from inference_service.models.manager import ModelManager
 from inference_service.monitoring.hub import MonitorHub
@@ -105,7 +106,11 @@ class InferenceServer:
         self._health = health.aio.HealthServicer()
         # Every state change below is published here, for EventService.WatchEvents.
         self.events = EventBus(asyncio.get_running_loop())
-        self.host = ModelHost(settings, on_state_change=self._on_model_state)
+        # Its own registry: tests run many servers in one process.
+        self.metrics = ServiceMetrics()
+        self.host = ModelHost(
+            settings, on_state_change=self._on_model_state, meter=self.metrics.engine
+        )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(resolve_url(settings.database_url, settings.data_dir))
         self.db.migrate()
@@ -178,6 +183,16 @@ class InferenceServer:
             data_root=settings.training_data_root,
             on_sae_trained=self.features.start_after_training,
             publish=self.events.publish,
+            on_metrics=self.metrics.training.on_steps,
+        )
+        self.metrics.watch(
+            ServingSources(
+                host=self.host,
+                active_sae=self.active_sae.get,
+                steering=self.steering_state,
+                training_run=lambda: self.training.active_run_id,
+                operations=self.operations.live_snapshots,
+            )
         )
         if interrupted_runs := self.training.recover():
             log.warning(
@@ -241,6 +256,12 @@ class InferenceServer:
         self.port = self._server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
         self._load_task: asyncio.Task[None] | None = None
         self._restore_task: asyncio.Task[None] | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port /metrics is served on, once started; None when turned off."""
+        return self._metrics_endpoint.port if self._metrics_endpoint is not None else None
 
     def _served_model_id(self) -> str | None:
         engine = self.host.engine
@@ -269,6 +290,12 @@ class InferenceServer:
     async def start(self) -> None:
         for service in ("", INFERENCE_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.settings.metrics_port:
+            self._metrics_endpoint = MetricsEndpoint(
+                self.metrics.registry,
+                self.settings.metrics_host or self.settings.grpc_host,
+                self.settings.metrics_port,
+            )
         await self._server.start()
         log.info("gRPC listening on %s:%d", self.settings.grpc_host, self.port)
         self._load_task = asyncio.create_task(self.host.load())
@@ -320,6 +347,8 @@ class InferenceServer:
         # A run stops at a step boundary with a checkpoint, so it resumes after a restart.
         await asyncio.to_thread(self.training.shutdown)
         self.host.shutdown()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
         self.db.close()
 
     async def wait_for_termination(self) -> None:

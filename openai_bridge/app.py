@@ -30,6 +30,7 @@ from openai_bridge.management import profiles as management_profiles
 from openai_bridge.management import saes as management_saes
 from openai_bridge.management import steering as management_steering
 from openai_bridge.management import training as management_training
+from openai_bridge.metrics import METRICS_PATH, BridgeMetrics, MetricsMiddleware
 from openai_bridge.middleware import (
     ApiKeyMiddleware,
     CorsMiddleware,
@@ -82,9 +83,11 @@ def create_app(
     app.state.bridge = BridgeState(
         settings=settings, client=InferenceClient(calls), clock=clock, draining=draining
     )
+    metrics = BridgeMetrics()
+    app.state.metrics = metrics
     install_exception_handlers(app)
     document_openai_errors(app)
-    for module in (
+    routers = (
         chat,
         completions,
         embeddings,
@@ -100,21 +103,36 @@ def create_app(
         management_monitoring,
         management_training,
         management_events,
-    ):
+    )
+    for module in routers:
         app.include_router(module.router)
-    # The last added runs first: the request id covers everything; CORS answers
-    # preflights before the key is asked for and adds its headers to 401s; other
-    # origins' pages are refused whatever the key; the key is read from the WebSocket
-    # subprotocols before they are hidden from the routes.
+    app.add_route(METRICS_PATH, metrics.endpoint, methods=["GET"], include_in_schema=False)
+    # The last added runs first: metrics count every answer, refusals included; the
+    # request id covers everything else; CORS answers preflights before the key is
+    # asked for and adds its headers to 401s; other origins' pages are refused
+    # whatever the key; the key is read from the WebSocket subprotocols before they
+    # are hidden from the routes.
     app.add_middleware(DrainingMiddleware, draining=draining)
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(SubprotocolMiddleware)
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+        app.add_middleware(
+            ApiKeyMiddleware, api_key=settings.api_key, metrics_public=settings.metrics_public
+        )
     app.add_middleware(OriginGuardMiddleware, origins=settings.cors_origins)
     app.add_middleware(CorsMiddleware, origins=settings.cors_origins)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(
+        MetricsMiddleware,
+        metrics=metrics,
+        # The app's own routes (docs, /metrics), then every router's, in routing order.
+        routes=[
+            *(route for route in app.router.routes if hasattr(route, "path")),
+            *(route for module in routers for route in module.router.routes),
+        ],
+        ui=ADMIN_WEB_DIR.is_dir(),
+    )
     if ADMIN_WEB_DIR.is_dir():
         app.router.default = _admin_ui_fallback(
             AdminWebFiles(directory=ADMIN_WEB_DIR, html=True), app.router.not_found

@@ -24,6 +24,10 @@ class BridgeSettings(BaseSettings):
     # When set, /v1/* and /api/* require `Authorization: Bearer <key>`; the key is
     # also forwarded to the inference service.
     api_key: str = ""
+    # GET /metrics (Prometheus) asks for the API key like /v1/* whenever one is set,
+    # since it names the served model, the attached SAE and the traffic; true serves
+    # it without the key (for a scraper on a trusted network). Without a key it is open.
+    metrics_public: bool = False
     # Deadline of each unary gRPC call (models, embeddings, tokenize). Generations
     # have none: they last as long as the HTTP client stays connected.
     request_timeout_s: float = Field(default=30.0, gt=0)

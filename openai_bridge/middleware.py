@@ -53,6 +53,7 @@ class RequestIdMiddleware:
 
 # The API key's routes: the APIs, and the API's own description (it lists every route).
 _PROTECTED = re.compile(r"^/((v1|api)(/|$)|docs(/|$)|redoc$|openapi\.json$)")
+_METRICS = "/metrics"
 # WebSocket subprotocols: browsers cannot set headers on a WebSocket, and a key in
 # the URL ends up in access logs, proxies and browser history; the one header a page
 # may set is `Sec-WebSocket-Protocol`. The client offers `millm.v1` and, with a key,
@@ -89,16 +90,23 @@ def key_from_subprotocols(subprotocols: list[str]) -> bytes | None:
 
 
 class ApiKeyMiddleware:
-    """Requires the API key on /v1/*, /api/* and the API docs; the UI and /health stay open.
+    """Requires the API key on /v1/*, /api/*, the API docs and (unless `metrics_public`)
+    /metrics; the UI and /health stay open.
 
     The key comes as `Authorization: Bearer <key>`; a WebSocket from a browser, which
     cannot set that header, offers it as a subprotocol instead (see `SUBPROTOCOL`).
     `?api_key=` is refused with a 401 saying so: a key in a URL leaks into logs.
     """
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, *, metrics_public: bool = False) -> None:
         self.app = app
         self._expected = f"Bearer {api_key}".encode()
+        self._metrics_public = metrics_public
+
+    def _protects(self, path: str) -> bool:
+        if path == _METRICS:
+            return not self._metrics_public
+        return _PROTECTED.match(path) is not None
 
     def _presented(self, scope: Scope) -> bytes:
         given = Headers(scope=scope).get("authorization", "").encode()
@@ -111,7 +119,7 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] in ("http", "websocket")
-            and _PROTECTED.match(scope["path"])
+            and self._protects(scope["path"])
             and not hmac.compare_digest(self._presented(scope), self._expected)
         ):
             message = "Missing or invalid API key; send it as `Authorization: Bearer <key>`"

@@ -29,6 +29,13 @@ from inference_service.engine.grammar import Grammar, GrammarCompiler
 from inference_service.engine.lane import Lane, LaneJob, PassBoundary
 from inference_service.engine.loader import LoadedModel
 from inference_service.engine.memory import available_memory, format_bytes, kv_bytes_per_token
+from inference_service.engine.meter import (
+    NO_METER,
+    REFUSED_KV_BUDGET,
+    REFUSED_QUEUE_FULL,
+    REFUSED_UNLOADING,
+    EngineMeter,
+)
 from inference_service.engine.prompts import NO_OPTIONS, decode_tokens, encode_text, render_chat
 from inference_service.engine.row_edits import install
 from inference_service.engine.scheduler import BatchScheduler, BatchStats
@@ -118,9 +125,12 @@ class GenerationHandle:
 class Engine:
     """Serves one loaded model: generation, embeddings and tokenization."""
 
-    def __init__(self, loaded: LoadedModel, settings: InferenceSettings) -> None:
+    def __init__(
+        self, loaded: LoadedModel, settings: InferenceSettings, meter: EngineMeter = NO_METER
+    ) -> None:
         self._loaded = loaded
         self._settings = settings
+        self._meter = meter
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         # A Rust tokenizer must not be used from two threads at once, so the lane and
@@ -150,6 +160,7 @@ class Engine:
             max_batch_size=settings.max_batch_size,
             kv_bytes_per_token=kv_bytes_per_token(loaded),
             kv_budget_bytes=_kv_budget(settings, loaded),
+            on_step=meter.decode_step,
         )
         # The most recent generation's end, for operators and tests (set on the lane).
         self.last_finished: FinishedEvent | None = None
@@ -280,6 +291,7 @@ class Engine:
         )
         needed = self._scheduler.reserved_bytes([length])
         if needed > self._scheduler.kv_budget_bytes:
+            self._meter.refused("generation", REFUSED_KV_BUDGET)
             raise ContextLengthExceededError(
                 f"This request's KV cache would need {format_bytes(needed)} (prompt plus "
                 f"max_tokens = {length} tokens), more than the server's budget of "
@@ -288,20 +300,28 @@ class Engine:
                 param="max_tokens",
             )
         handle = GenerationHandle(request)
+        track = self._meter.generation(len(request.prompt_token_ids))
 
         def emit(event: GenerationEvent) -> None:
+            track.event(event)
             if isinstance(event, FinishedEvent):
                 self.last_finished = event
             handle._put(event)
 
-        def on_skip() -> None:
-            handle._put(
-                FinishedEvent("cancelled", prompt_tokens=handle.prompt_tokens, completion_tokens=0)
-            )
+        def on_error(exc: BaseException) -> None:
+            track.failed()
+            handle._put(exc)
 
-        job = self._new_job(_never_run, on_error=handle._put, on_skip=on_skip)
+        def on_skip() -> None:
+            event = FinishedEvent(
+                "cancelled", prompt_tokens=handle.prompt_tokens, completion_tokens=0
+            )
+            track.event(event)
+            handle._put(event)
+
+        job = self._new_job(_never_run, on_error=on_error, on_skip=on_skip)
         handle._job = job
-        self._reserve(job)
+        self._reserve(job, "generation")
         self._scheduler.submit(job, request, emit, length)
         return handle
 
@@ -351,7 +371,7 @@ class Engine:
                 NoModelLoadedError("The model was unloaded before this request ran; retry."),
             ),
         )
-        self._admit(job)
+        self._admit(job, "embedding")
         try:
             return await future
         finally:
@@ -466,16 +486,18 @@ class Engine:
         job = LaneJob(body, on_error=on_failure, on_skip=on_skip, on_done=on_done)
         return job
 
-    def _admit(self, job: LaneJob) -> None:
-        self._reserve(job)
+    def _admit(self, job: LaneJob, kind: str) -> None:
+        self._reserve(job, kind)
         self._lane.submit(job)
 
-    def _reserve(self, job: LaneJob) -> None:
+    def _reserve(self, job: LaneJob, kind: str) -> None:
         """Counts `job` as admitted, or refuses it with QUEUE_FULL."""
         with self._lock:
             if self._closed:
+                self._meter.refused(kind, REFUSED_UNLOADING)
                 raise NoModelLoadedError("The model is being unloaded; retry shortly.")
             if len(self._jobs) >= self._settings.max_queue:
+                self._meter.refused(kind, REFUSED_QUEUE_FULL)
                 # Up to max_batch_size jobs progress at once.
                 batch = self._scheduler.max_batch_size
                 retry = math.ceil(len(self._jobs) * self._mean_job_s / batch)
@@ -487,6 +509,7 @@ class Engine:
                     retry_after_s=retry,
                 )
             self._jobs.add(job)
+        self._meter.admitted(kind)
 
 
 def _deliverer(

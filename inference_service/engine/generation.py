@@ -205,6 +205,11 @@ class DecodeBatch:
     def final_lengths(self) -> list[int]:
         return [row.sequence.final_length for row in self.rows]
 
+    @property
+    def cache_tokens(self) -> int:
+        """Token positions the batch's KV cache holds, padding included."""
+        return self._cache.rows * self._cache.width
+
     def join(
         self,
         request: GenerationRequest,

@@ -41,6 +41,7 @@ class BatchStats:
     tokens_per_s: float  # generated tokens per second over the recent window
     kv_cache_bytes: int  # worst case the active sequences have reserved
     kv_cache_budget_bytes: int
+    kv_cache_used_bytes: int = 0  # what the batch's cache holds now (rows x columns)
 
 
 @dataclass(eq=False)
@@ -61,10 +62,12 @@ class BatchScheduler:
         max_batch_size: int,
         kv_bytes_per_token: int,
         kv_budget_bytes: int,
+        on_step: Callable[[int], None] = lambda rows: None,
     ) -> None:
         self._loaded = loaded
         self._lane = lane
         self._between_passes = between_passes
+        self._on_step = on_step
         self.max_batch_size = max_batch_size
         self.kv_bytes_per_token = kv_bytes_per_token
         self.kv_budget_bytes = kv_budget_bytes
@@ -74,6 +77,7 @@ class BatchScheduler:
         self._batch = DecodeBatch(loaded)
         self._active = 0
         self._reserved = 0
+        self._used = 0
         # (monotonic time, batch size) of recent decode steps; tokens = batch size.
         self._steps: collections.deque[tuple[float, int]] = collections.deque()
 
@@ -105,7 +109,7 @@ class BatchScheduler:
             waiting = sum(1 for w in self._waiting if w.job.state is JobState.WAITING)
             steps = [size for at, size in self._steps if now - at <= _RATE_WINDOW_S]
             span = now - self._steps[0][0] if self._steps else 0.0
-            active, reserved = self._active, self._reserved
+            active, reserved, used = self._active, self._reserved, self._used
         return BatchStats(
             waiting=waiting,
             active=active,
@@ -114,6 +118,7 @@ class BatchScheduler:
             tokens_per_s=sum(steps) / max(span, 1.0) if steps else 0.0,
             kv_cache_bytes=reserved,
             kv_cache_budget_bytes=self.kv_budget_bytes,
+            kv_cache_used_bytes=used,
         )
 
     # ---- on the lane ------------------------------------------------------------------
@@ -130,7 +135,7 @@ class BatchScheduler:
                 with self._lock:
                     if not self._waiting:
                         self._looping = False
-                        self._active = self._reserved = 0
+                        self._active = self._reserved = self._used = 0
                         return
                 continue
             self._record_step(batch.step())
@@ -169,6 +174,8 @@ class BatchScheduler:
         return self.max_batch_size if self._batch.batchable else 1
 
     def _record_step(self, tokens: int) -> None:
+        if tokens:
+            self._on_step(tokens)
         now = time.monotonic()
         with self._lock:
             self._steps.append((now, tokens))
@@ -178,9 +185,11 @@ class BatchScheduler:
 
     def _publish(self) -> None:
         lengths = self._batch.final_lengths
+        used = self._batch.cache_tokens * self.kv_bytes_per_token
         with self._lock:
             self._active = len(lengths)
             self._reserved = self.reserved_bytes(lengths)
+            self._used = used
 
     def _crashed(self, exc: BaseException) -> None:
         """The loop itself failed (not a forward pass, which fails only its rows): its

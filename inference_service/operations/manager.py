@@ -241,6 +241,11 @@ class OperationsManager:
         finally:
             self._watchers[operation_id].discard(event)
 
+    def live_snapshots(self) -> tuple[OperationSnapshot, ...]:
+        """Every operation this process started, finished or not (for metrics)."""
+        with self._lock:
+            return tuple(self._live.values())
+
     def cancel(self, operation_id: str) -> OperationSnapshot:
         with self._lock:
             context = self._contexts.get(operation_id)

@@ -114,10 +114,12 @@ class TrainingManager:
         data_root: Path | None,
         on_sae_trained: Callable[[str, Path], None] = lambda sae_id, corpus: None,
         publish: Callable[[TrainingRunChanged], None] = lambda event: None,
+        on_metrics: Callable[[list[Metrics]], None] = lambda metrics: None,
     ) -> None:
         """`on_sae_trained(sae_id, corpus)` runs (on the run's thread) after a run has
         saved its SAE; the server starts the SAE's feature statistics from it.
-        `publish` is told every change of a run's state (from any thread)."""
+        `publish` is told every change of a run's state (from any thread).
+        `on_metrics` sees every step's metrics as they come (on the run's thread)."""
         self._publish = publish
         self._db = db
         self._root = data_dir / "training"
@@ -127,6 +129,7 @@ class TrainingManager:
         self._loop = loop
         self._data_root = data_root
         self._on_sae_trained = on_sae_trained
+        self._on_metrics = on_metrics
         self._lock = threading.Lock()
         self._active: _Active | None = None
         self._watchers: dict[str, set[asyncio.Event]] = {}
@@ -543,6 +546,7 @@ class TrainingManager:
             self._update(run_id, **fields)
 
         def on_metrics(metrics: list[Metrics]) -> None:
+            self._on_metrics(metrics)
             with self._lock:
                 self._pending_metrics.extend(metrics)
             latest[0] = next((m for m in reversed(metrics) if not m["eval"]), latest[0])

@@ -181,6 +181,11 @@ async def test_full_queue_is_resource_exhausted(server, channel):
     async def run_one():
         return [r async for r in stub.Generate(iter([pb.GenerateRequest(start=start)]))]
 
+    def counted(outcome: str) -> float:
+        labels = {"kind": "generation", "outcome": outcome}
+        return server.metrics.registry.get_sample_value("millm_requests_total", labels) or 0.0
+
+    before = {outcome: counted(outcome) for outcome in ("admitted", "queue_full")}
     results = await asyncio.gather(
         *(run_one() for _ in range(server.settings.max_queue + 3)), return_exceptions=True
     )
@@ -190,8 +195,10 @@ async def test_full_queue_is_resource_exhausted(server, channel):
     assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
     assert {_error_info(e).reason for e in refused} == {"QUEUE_FULL"}
     assert all(int(_error_info(e).metadata["retry_after_s"]) >= 1 for e in refused)
-    # Nothing admitted is dropped.
+    # Nothing admitted is dropped, and the metrics count both outcomes.
     assert len(completed) + len(refused) == len(results)
+    assert counted("queue_full") - before["queue_full"] == len(refused)
+    assert counted("admitted") - before["admitted"] == len(completed)
     assert all(
         r[-1].finished.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
         for r in completed

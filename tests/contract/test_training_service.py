@@ -10,6 +10,8 @@ import json
 import grpc
 import pytest
 import torch
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import load_file
 
 from inference_service.sae.formats import load_sae
@@ -135,6 +137,9 @@ async def test_a_run_trains_and_registers_an_attachable_sae(server, channel, ref
     saes = spb_grpc.SaeServiceStub(channel)
     sae = (await saes.GetSae(spb.GetSaeRequest(id=final.sae_id))).sae
     assert sae.has_feature_statistics and sae.d_sae == 256 and sae.hook_name == HOOK
+    # The service's metrics counted the run's steps (the first run of this server).
+    trained = metric_samples(server)
+    assert trained[("millm_training_steps_total", ())] == STEPS
     await saes.AttachSae(spb.AttachSaeRequest(id=sae.id))
     try:
         steering = stpb_grpc.SteeringServiceStub(channel)
@@ -144,9 +149,25 @@ async def test_a_run_trains_and_registers_an_attachable_sae(server, channel, ref
         state = (await steering.SetSteering(stpb.SetSteeringRequest(features=[feature]))).state
         stats = load_file(str(server.saes.catalog.get(sae.id).folder / "feature_stats.safetensors"))
         assert state.max_activations[5] == pytest.approx(float(stats["max_activation"][5]))
+        attached = metric_samples(server)
+        assert attached[("millm_sae_attached", ())] == 1
+        info = {k: v for (name, labels) in attached if name == "millm_sae_info" for k, v in labels}
+        assert (info["sae_id"], info["hook"]) == (sae.id, HOOK)
+        assert attached[("millm_steering_active", ())] == 1
         await steering.ClearSteering(stpb.ClearSteeringRequest())
     finally:
         await saes.DetachSae(spb.DetachSaeRequest())
+    assert metric_samples(server)[("millm_sae_attached", ())] == 0
+
+
+def metric_samples(server) -> dict[tuple[str, tuple], float]:
+    """The service's Prometheus samples as {(name, sorted labels): value}."""
+    text = generate_latest(server.metrics.registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 async def test_output_loads_in_sae_lens_and_encodes_as_miLLM_does(server, reference):
