@@ -145,3 +145,20 @@ def test_models_lists_each_model_once_and_its_services_profiles():
             listed = http.get("/v1/models").json()
     # The fakes serve no ProfileService: the list holds the models alone.
     assert [m["id"] for m in listed["data"]] == ["m", "n"]
+
+
+def test_health_describes_the_first_service_and_lists_them_all():
+    ready, loading = serving_model("m"), serving_model("", pb.MODEL_STATE_LOADING)
+    with serving(ready) as first, serving(loading) as second:
+        down = f"127.0.0.1:{free_port()}"
+        addresses = f"{first};{second};{down}"
+        app = create_app(BridgeSettings(inference_addresses=addresses, api_key=""))
+        with TestClient(app) as http:
+            health = http.get("/health")
+    assert health.status_code == 200
+    assert health.json()["model"] == "m"
+    assert health.json()["services"] == [
+        {"address": first, "model_state": "READY", "model": "m"},
+        {"address": second, "model_state": "LOADING", "model": None},
+        {"address": down, "model_state": None, "model": None},
+    ]
