@@ -76,6 +76,9 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex[:16]
 
 
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Applies the error table and the request id to unary and streaming handlers."""
 
@@ -85,7 +88,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        # grpcio-health-checking's Watch is a coroutine that answers with
+        # `context.write`, not an async generator: wrapped, every Watch failed with
+        # INTERNAL, and with it gRPC's client-side health checking (docs/scale-out.md).
+        # The health servicer raises no domain errors to map.
+        if handler is None or (handler_call_details.method or "").startswith(_HEALTH_PREFIX):
             return handler
         return rewrap_handler(handler, _wrap_unary, _wrap_stream)
 

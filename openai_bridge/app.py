@@ -18,8 +18,6 @@ from openai_bridge.browser_guard import JsonBodyMiddleware, OriginGuardMiddlewar
 from openai_bridge.config import BridgeSettings
 from openai_bridge.draining import Draining, DrainingMiddleware
 from openai_bridge.errors import install_exception_handlers
-from openai_bridge.grpc_calls import ServiceCalls
-from openai_bridge.inference_client import InferenceClient
 from openai_bridge.limits import BodyLimitMiddleware
 from openai_bridge.management import events as management_events
 from openai_bridge.management import features as management_features
@@ -39,6 +37,7 @@ from openai_bridge.middleware import (
 )
 from openai_bridge.openai_api import chat, completions, embeddings, models, responses
 from openai_bridge.openapi import document_openai_errors
+from openai_bridge.services import Services
 from openai_bridge.state import BridgeState
 
 # The repository's admin_web/ folder, next to this package.
@@ -62,15 +61,13 @@ def create_app(
     clock: Callable[[], float] = time.time,
     draining: Draining | None = None,
 ) -> FastAPI:
-    # One connection to the service for every route.
-    calls = ServiceCalls(
-        settings.inference_address, api_key=settings.api_key, timeout_s=settings.request_timeout_s
-    )
+    # One connection to each inference service for every route.
+    services = Services.connect(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await calls.close()
+        await services.close()
 
     app = FastAPI(
         title="miLLM OpenAI-compatible API",
@@ -81,7 +78,7 @@ def create_app(
     )
     draining = draining or Draining(settings.shutdown_grace_s)
     app.state.bridge = BridgeState(
-        settings=settings, client=InferenceClient(calls), clock=clock, draining=draining
+        settings=settings, services=services, clock=clock, draining=draining
     )
     metrics = BridgeMetrics()
     app.state.metrics = metrics

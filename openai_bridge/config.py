@@ -21,6 +21,15 @@ class BridgeSettings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     # host:port of the inference service's gRPC server.
     inference_address: str = "127.0.0.1:50051"
+    # Several inference services, one per served model, as gRPC targets separated by
+    # `;` (docs/scale-out.md). One entry may list replicas of one model as a gRPC
+    # multi-address target, `ipv4:10.0.0.1:50051,10.0.0.2:50051`, which gRPC's own
+    # round_robin policy balances. Empty: `inference_address` alone. The first entry
+    # is the default service of the management API.
+    inference_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Seconds the bridge trusts what it learnt of which service serves which model
+    # before asking again; a model id it does not know makes it ask at once.
+    model_refresh_s: float = Field(default=10.0, ge=0)
     # When set, /v1/* and /api/* require `Authorization: Bearer <key>`; the key is
     # also forwarded to the inference service.
     api_key: str = ""
@@ -44,6 +53,27 @@ class BridgeSettings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
     log_json: bool = False
+
+    @property
+    def service_addresses(self) -> list[str]:
+        """The gRPC target of every inference service, the default first."""
+        return self.inference_addresses or [self.inference_address]
+
+    @field_validator("inference_addresses", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(";") if part.strip()]
+        for target in value:
+            # `a:1,b:2` without a scheme is one DNS name to gRPC, which never resolves:
+            # almost surely two services written with the wrong separator.
+            if "," in target and not target.startswith(("ipv4:", "ipv6:")):
+                raise ValueError(
+                    f"{target!r}: separate inference services with `;`; a comma joins "
+                    "replicas of one model only in an ipv4:/ipv6: target, e.g. "
+                    "ipv4:10.0.0.1:50051,10.0.0.2:50051"
+                )
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

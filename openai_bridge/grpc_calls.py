@@ -10,6 +10,7 @@ gRPC code and the service's `ErrorInfo` reason.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -47,6 +48,19 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+# gRPC's own load balancing (no balancer of ours), for a target of several replicas
+# (`ipv4:a,b`): `round_robin` spreads the calls over the replicas whose standard health
+# check of InferenceService says SERVING (its model is ready and it is not draining),
+# and each call, a whole generation stream included, stays on the replica it started
+# on. Without it a channel uses gRPC's default, `pick_first`: every call goes to the
+# first reachable address.
+REPLICAS_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": "millm.v1.InferenceService"},
+    }
 )
 
 
@@ -183,8 +197,18 @@ class ServiceCalls:
     name the message types for readers.
     """
 
-    def __init__(self, address: str, *, api_key: str = "", timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        api_key: str = "",
+        timeout_s: float = 30.0,
+        service_config: str | None = None,
+    ) -> None:
         self.address = address
+        self._options: tuple[tuple[str, str | int], ...] = CHANNEL_OPTIONS
+        if service_config is not None:
+            self._options += (("grpc.service_config", service_config),)
         # Deadline of each unary call but those in `Stubs.without_deadline`.
         self.timeout_s = timeout_s
         self._api_key = api_key
@@ -198,7 +222,7 @@ class ServiceCalls:
         # A grpc.aio channel belongs to the loop it was made on.
         loop = asyncio.get_running_loop()
         if self._stubs is None or self._loop is not loop:
-            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
             self._stubs = Stubs.on(self._channel)
             self._slow = self._stubs.without_deadline()
             self._loop = loop

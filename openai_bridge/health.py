@@ -1,4 +1,7 @@
-"""GET /health: 200 when the inference service serves a ready model, 503 otherwise."""
+"""GET /health: 200 when the inference service serves a ready model, 503 otherwise.
+
+In front of several services (docs/scale-out.md) the answer and its status describe
+the first, and `services` lists every one: its target, state and model."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from millm.v1 import inference_service_pb2 as pb
 from openai_bridge.errors import InferenceError
+from openai_bridge.services import Surveyed
 from openai_bridge.state import State
 
 router = APIRouter()
@@ -24,6 +28,8 @@ async def health(state: State) -> JSONResponse:
             "model_state": None,
             "message": error.message,
         }
+        if state.services.several:
+            body["services"] = await _services(state)
         return JSONResponse(body, status_code=503)
     model_state = pb.ModelState.Name(info.model_state).removeprefix("MODEL_STATE_")
     ready = info.model_state == pb.MODEL_STATE_READY
@@ -37,10 +43,31 @@ async def health(state: State) -> JSONResponse:
         "batch": batch_status(info.batch) if info.HasField("batch") else None,
         "memory": memory_status(info.memory) if info.HasField("memory") else None,
     }
+    if state.services.several:
+        body["services"] = await _services(state)
     headers = {}
     if not ready and info.retry_after_s:
         headers["Retry-After"] = str(info.retry_after_s)
     return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+
+async def _services(state: State) -> list[dict[str, Any]]:
+    try:
+        surveyed = await state.services.survey(max_age_s=0)
+    except InferenceError:  # none answered
+        surveyed = [Surveyed(client, None) for client in state.services.clients]
+    return [
+        {
+            "address": entry.client.calls.address,
+            "model_state": (
+                pb.ModelState.Name(entry.info.model_state).removeprefix("MODEL_STATE_")
+                if entry.info is not None
+                else None
+            ),
+            "model": entry.model.id if entry.model is not None else None,
+        }
+        for entry in surveyed
+    ]
 
 
 def batch_status(batch: pb.BatchStatus) -> dict[str, Any]:

@@ -89,6 +89,8 @@ class InferenceClient:
             self.calls.stubs.inference.Embed, request, timeout_s=timeout_s
         )
 
-    async def server_info(self) -> pb.GetServerInfoResponse:
+    async def server_info(self, timeout_s: float | None = None) -> pb.GetServerInfoResponse:
         request = pb.GetServerInfoRequest()
-        return await self.calls.unary(self.calls.stubs.inference.GetServerInfo, request)
+        return await self.calls.unary(
+            self.calls.stubs.inference.GetServerInfo, request, timeout_s=timeout_s
+        )

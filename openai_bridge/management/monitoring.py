@@ -21,7 +21,7 @@ from openai_bridge.management.common import attachment, given
 from openai_bridge.management.schemas import UINT32_MAX, MonitorControl, MonitoringConfigBody
 from openai_bridge.management.watch import report
 from openai_bridge.request_checks import loads_bounded
-from openai_bridge.state import BridgeState, Management
+from openai_bridge.state import Management, service_calls
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,6 @@ async def monitor_stream(websocket: WebSocket) -> None:
     operations watch does. A client that leaves cancels the gRPC call at once.
     """
     await websocket.accept()
-    state: BridgeState = websocket.app.state.bridge
     stream: MonitorStream | None = None
     pending: asyncio.Future[Message] | None = None
     try:
@@ -185,7 +184,8 @@ async def monitor_stream(websocket: WebSocket) -> None:
             if not _apply(pending.result(), selection):
                 return  # left before the stream started
             pending = None
-        stream = state.calls.bidi(state.calls.stubs.monitoring.Monitor)
+        calls = await service_calls(websocket)
+        stream = calls.bidi(calls.stubs.monitoring.Monitor)
         await stream.send(selection.request())
         await _relay(websocket, stream, selection, pending)
     except WebSocketDisconnect:

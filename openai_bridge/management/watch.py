@@ -22,7 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 from openai_bridge import proto_json
 from openai_bridge.errors import InferenceError, describe
 from openai_bridge.grpc_calls import ServiceCalls
-from openai_bridge.state import BridgeState
+from openai_bridge.state import service_calls
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,12 @@ async def relay(websocket: WebSocket, frames: FrameSource, what: str) -> None:
     `what` names the watched thing in the log ("operation 5f0c6a1e").
     """
     await websocket.accept()
-    state: BridgeState = websocket.app.state.bridge
-    pump = asyncio.create_task(_send_frames(websocket, state.calls, frames, f"watching {what}"))
+    try:
+        calls = await service_calls(websocket)
+    except InferenceError as exc:
+        await report(websocket, exc, what)
+        return
+    pump = asyncio.create_task(_send_frames(websocket, calls, frames, f"watching {what}"))
     listen = asyncio.create_task(_until_disconnected(websocket))
     try:
         await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)

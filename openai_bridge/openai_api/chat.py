@@ -140,7 +140,7 @@ async def run_chat(
 ) -> dict[str, Any] | Chunks:
     """A chat completion: the response object, or when streaming its chunks. Shared
     with the Responses API, which reshapes either."""
-    model = await millm.choose_model(state.client, body.model or "")
+    client, model = await millm.choose_model(state.services, body.model or "")
     plan, tool_mode = build.chat(body, model)
     logprobs = bool(body.logprobs)
 
@@ -163,7 +163,7 @@ async def run_chat(
         usage = translate.usage_total([r.finished for r in results], len(results))
         return translate.chat_completion(opened.ids, choices, usage)
 
-    return await generation.run(request, state, plan, "chatcmpl", chunks, respond)
+    return await generation.run(request, state, client, plan, "chatcmpl", chunks, respond)
 
 
 @router.post("/v1/chat/completions", response_model=None)

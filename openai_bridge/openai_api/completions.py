@@ -97,7 +97,7 @@ def completion_chunks(
 
 @router.post("/v1/completions", response_model=None)
 async def create_completion(body: CompletionRequest, request: Request, state: State) -> Response:
-    model = await millm.choose_model(state.client, body.model or "")
+    client, model = await millm.choose_model(state.services, body.model or "")
     plan = build.completion(body, model)
     logprobs = body.logprobs is not None
     echo = bool(body.echo)
@@ -124,5 +124,5 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
         usage = translate.usage_total([r.finished for r in results], plan.samples)
         return translate.text_completion(opened.ids, choices, usage)
 
-    result = await generation.run(request, state, plan, "cmpl", chunks, respond)
+    result = await generation.run(request, state, client, plan, "cmpl", chunks, respond)
     return generation.answer(result, state)

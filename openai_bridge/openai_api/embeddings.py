@@ -19,10 +19,10 @@ async def create_embeddings(
     request: Request,
     state: State,
 ) -> JSONResponse:
-    model = await millm.choose_model(state.client, body.model or "")
+    client, model = await millm.choose_model(state.services, body.model or "")
     embed, extension = build.embed_request(body, model)
     with millm.client_names(extension):
-        response = await until_disconnected(request, state.client.embed(embed))
+        response = await until_disconnected(request, client.embed(embed))
     payload = translate.embeddings(response, body.encoding_format)
     payload["model"] = model.response_model(payload["model"])
     return JSONResponse(payload)

@@ -214,14 +214,15 @@ async def sse_body(chunks: Chunks) -> AsyncIterator[bytes]:
 async def run(
     request: Request,
     state: BridgeState,
+    client: InferenceClient,
     plan: GenerationPlan,
     id_prefix: str,
     chunks: Callable[[Opened], Chunks],
     respond: Callable[[Opened, list[Collected]], dict[str, Any]],
 ) -> dict[str, Any] | Chunks:
-    """A generation request: the response object (`respond` shapes the collected
-    choices), or when streaming its chunks (`chunks`)."""
-    opened = await open_generations(state.client, plan, id_prefix, int(state.clock()))
+    """A generation request on `client`'s service: the response object (`respond`
+    shapes the collected choices), or when streaming its chunks (`chunks`)."""
+    opened = await open_generations(client, plan, id_prefix, int(state.clock()))
     if plan.stream:
         return chunks(opened)
     try:

@@ -39,6 +39,7 @@ from openai_bridge import steering_json
 from openai_bridge.errors import InferenceError, invalid_request, unsupported
 from openai_bridge.inference_client import InferenceClient
 from openai_bridge.openai_api.protocol import MillmExtension
+from openai_bridge.services import MISS_REFRESH_S, Services, Surveyed, not_served
 
 NO_FIELD = MillmExtension()
 
@@ -144,14 +145,42 @@ def split_model_id(requested: str, served: str | None) -> ModelChoice:
     return ModelChoice(requested)
 
 
-async def choose_model(client: InferenceClient, requested: str) -> ModelChoice:
-    """Splits off a profile against the served model's id (asked only when the id has a
-    ":"; GetServerInfo never queues)."""
-    if ":" not in requested:
-        return ModelChoice(requested)
-    info = await client.server_info()
-    ready = info.model_state == pb.MODEL_STATE_READY and info.HasField("model")
-    return split_model_id(requested, info.model.id if ready else None)
+async def choose_model(services: Services, requested: str) -> tuple[InferenceClient, ModelChoice]:
+    """The service that serves `requested`, and the id split into model and profile.
+
+    One service judges the id itself; the profile is split off against its model's
+    id (asked only when the id has a ":"; GetServerInfo never queues). Among several
+    the id picks the service (an exact id first, then `<id>:<profile>`), and an empty
+    id the default one; an id none of them serves is `services.not_served`."""
+    if not services.several:
+        client = services.default
+        if ":" not in requested:
+            return client, ModelChoice(requested)
+        info = await client.server_info()
+        ready = info.model_state == pb.MODEL_STATE_READY and info.HasField("model")
+        return client, split_model_id(requested, info.model.id if ready else None)
+    if not requested:
+        return services.default, ModelChoice(requested)
+    for max_age_s in (services.refresh_s, MISS_REFRESH_S):
+        surveyed = await services.survey(max_age_s=max_age_s)
+        if (found := _serving(surveyed, requested)) is not None:
+            return found
+    raise not_served(requested, surveyed)
+
+
+def _serving(
+    surveyed: Sequence[Surveyed], requested: str
+) -> tuple[InferenceClient, ModelChoice] | None:
+    served = [(s.client, s.model.id) for s in surveyed if s.model is not None]
+    for client, model in served:
+        if model == requested:
+            return client, ModelChoice(model)
+    # The longest id first: `org/m:q4:p` is profile `p` of `org/m:q4`, not of `org/m`.
+    for client, model in sorted(served, key=lambda pair: -len(pair[1])):
+        choice = split_model_id(requested, model)
+        if choice.profile:
+            return client, choice
+    return None
 
 
 # ---------------------------------------------------------------- service errors

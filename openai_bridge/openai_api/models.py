@@ -1,5 +1,8 @@
 """GET /v1/models and /v1/models/{id}: answered from GetServerInfo, which never queues.
 
+Where the bridge fronts several inference services the list is their union, each
+model with the profiles its own service knows (one for each, in a shared database).
+
 Each saved steering profile is listed as one more model, `<model>:<profile>`,
 so that a client that can only pick a model (Open WebUI, LibreChat) can pick a
 profile. Open WebUI gives the list 10 s and LibreChat 5 s, so the profiles get
@@ -31,11 +34,17 @@ PROFILE_LIST_TIMEOUT_S = 2.0
 PROFILE_PAGE_SIZE = 200
 
 
-async def _served_models(state: BridgeState) -> list[pb.ModelInfo]:
-    info = await state.client.server_info()
-    if info.model_state == pb.MODEL_STATE_READY and info.HasField("model"):
-        return [info.model]
-    return []
+async def _served_models(state: BridgeState) -> list[tuple[ServiceCalls, pb.ModelInfo]]:
+    """Every ready model, with the calls to its service; asked afresh each time, so
+    listing the models is also how a client makes the bridge notice a change."""
+    surveyed = await state.services.survey(max_age_s=0)
+    # A model served by several entries (replicas also listed one by one, to manage
+    # each through `X-Millm-Service`) is listed once, as the first: the one requests get.
+    first: dict[str, tuple[ServiceCalls, pb.ModelInfo]] = {}
+    for entry in surveyed:
+        if entry.model is not None:
+            first.setdefault(entry.model.id, (entry.client.calls, entry.model))
+    return list(first.values())
 
 
 async def _all_profile_names(management: ServiceCalls) -> list[str]:
@@ -50,11 +59,11 @@ async def _all_profile_names(management: ServiceCalls) -> list[str]:
             return names
 
 
-async def _profile_names(state: BridgeState) -> list[str]:
+async def _profile_names(management: ServiceCalls) -> list[str]:
     """Saved profile names; [] when the profiles cannot be read quickly."""
     try:
         return await asyncio.wait_for(
-            _all_profile_names(state.calls), timeout=PROFILE_LIST_TIMEOUT_S
+            _all_profile_names(management), timeout=PROFILE_LIST_TIMEOUT_S
         )
     except TimeoutError:
         log.warning("listing models without profiles: they took over %ss", PROFILE_LIST_TIMEOUT_S)
@@ -72,34 +81,44 @@ async def _profile_names(state: BridgeState) -> list[str]:
 
 @router.get("/v1/models")
 async def list_models(state: State) -> JSONResponse:
-    profiles = asyncio.ensure_future(_profile_names(state))
+    # One service's profiles are asked for beside its model, as they always were.
+    early = (
+        asyncio.ensure_future(_profile_names(state.calls)) if not state.services.several else None
+    )
     try:
         models = await _served_models(state)
     except BaseException:
-        profiles.cancel()
+        if early is not None:
+            early.cancel()
         raise
-    if not models:
-        profiles.cancel()
-    names = await profiles if models else []
+    if early is None:
+        names = await asyncio.gather(*(_profile_names(calls) for calls, _ in models))
+    elif models:
+        names = [await early]
+    else:
+        early.cancel()
+        names = []
     data = []
-    for model in models:
+    for (_, model), profiles in zip(models, names, strict=True):
         data.append(translate.model_card(model))
-        data.extend(translate.model_card(model, name) for name in names)
+        data.extend(translate.model_card(model, name) for name in profiles)
     return JSONResponse({"object": "list", "data": data})
 
 
 # `:path` because model ids may contain "/" (Hub ids) and ":".
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, state: State) -> JSONResponse:
-    for model in await _served_models(state):
+    models = await _served_models(state)
+    for _, model in models:
         if model.id == model_id:
             return JSONResponse(translate.model_card(model))
+    for calls, model in models:
         profile = millm.split_model_id(model_id, model.id).profile
         if profile:
             # PROFILE_NOT_FOUND (404, `param` "model") when there is no such profile.
             with millm.client_names(millm.Extension(source="model")):
                 request = ppb.GetProfileRequest(name=profile)
-                await state.calls.unary(state.calls.stubs.profiles.GetProfile, request)
+                await calls.unary(calls.stubs.profiles.GetProfile, request)
             return JSONResponse(translate.model_card(model, profile))
     raise InferenceError(
         grpc.StatusCode.NOT_FOUND,
