@@ -103,8 +103,10 @@ start=$(date +%s.%N)
 times=$(wait_up "$start")
 read -r cold_ready cold_healthy <<<"$times"
 
-model=$(curl -fsS "$base/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')
-reply=$(curl -fsS "$base/v1/chat/completions" -H 'Content-Type: application/json' \
+auth=()
+[ -z "${MILLM_API_KEY:-}" ] || auth=(-H "Authorization: Bearer $MILLM_API_KEY")
+model=$(curl -fsS "${auth[@]}" "$base/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')
+reply=$(curl -fsS "${auth[@]}" "$base/v1/chat/completions" -H 'Content-Type: application/json' \
   -d "{\"model\": \"$model\", \"max_tokens\": 16, \"temperature\": 0,
        \"messages\": [{\"role\": \"user\", \"content\": \"Say hello.\"}]}")
 text=$(python3 -c 'import json, sys; r = json.loads(sys.argv[1]); print(r["choices"][0]["message"]["content"])' "$reply")

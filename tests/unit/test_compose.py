@@ -84,6 +84,7 @@ def test_every_setting_reaches_its_container(service: str) -> None:
     assert unknown <= {
         "MILLM_METRICS_PORT",
         "MILLM_METRICS_HOST",
+        "MILLM_METRICS_PUBLIC",
         "MILLM_INFERENCE_ADDRESSES",
         "MILLM_MODEL_REFRESH_S",
     }
