@@ -13,7 +13,9 @@ pytestmark = pytest.mark.e2e
 
 def test_attach_as_float16_replaces_the_attached_sae(ui_stack, page, tmp_path):
     api = Api(ui_stack.http_url)
-    first = api.attach_random_sae(tmp_path / "first", "replace-first", d_sae=32)
+    # A width no other UI test imports: importing the same weights again gives back
+    # the SAE already cached, under its first name.
+    first = api.attach_random_sae(tmp_path / "first", "replace-first", d_sae=40)
     folder = write_sae(
         tmp_path / "second", random_sae(d_sae=48, hook_name="blocks.6.hook_resid_post")
     )
