@@ -13,8 +13,9 @@ endpoint, streaming, greedy (temperature 0), --max-tokens, each server applying 
 chat template stored in the GGUF. Neither is asked to ignore the end of sequence (miLLM
 has no such option), so prompts ask for long answers and every tokens/s figure counts
 what each server actually generated (its `usage`); the table shows those counts. Each
-request's prompt starts with its own number, so no server answers a repeated prompt
-from a cache; a shared chat-template prefix may still be reused by either.
+request's prompt starts with its own number (the same on both servers), so no server
+answers a repeated prompt from a cache; a shared chat-template prefix may still be
+reused by either.
 
 Measured per round and server, interleaved (each test runs on every server before the
 next test starts; the server order rotates per round):
@@ -174,9 +175,16 @@ def llama_server_command(
     threads: int,
     parallel: int,
     ctx_per_slot: int,
+    repack: bool = False,
 ) -> list[str]:
     """llama-server with `parallel` slots of `ctx_per_slot` tokens, continuous batching,
-    the GGUF's own chat template (--jinja), `threads` for decode and prompt batches."""
+    the GGUF's own chat template (--jinja), `threads` for decode and prompt batches.
+
+    Without `repack`, --no-repack: on a CPU with AMX, ggml's AMX weight buffers (the
+    only extra layout Q4_1 has) die with SIGSEGV at `ldtilecfg` where the kernel does
+    not grant AMX tile state (the development machine's sandbox); the plain AVX-512
+    Q4_1 kernels run instead.
+    """
     return [
         str(binary),
         "--model",
@@ -196,6 +204,7 @@ def llama_server_command(
         str(parallel * ctx_per_slot),
         "--jinja",
         "--no-webui",
+        "--repack" if repack else "--no-repack",
     ]
 
 
@@ -410,7 +419,9 @@ def start_llama_server(
 ) -> Server:
     port = free_port()
     parallel = max(args.clients)
-    command = llama_server_command(binary, gguf, port, args.threads, parallel, args.ctx_per_slot)
+    command = llama_server_command(
+        binary, gguf, port, args.threads, parallel, args.ctx_per_slot, args.repack
+    )
     with (logs / "llama-server.log").open("w") as out:
         procs.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT))
     url = f"http://127.0.0.1:{port}"
@@ -492,21 +503,13 @@ async def stream_one(
     return Request(first - t0, tokens, prompt_tokens, decode_rate(tokens, first, last))
 
 
-class Counter:
-    """Numbers every request's prompt, so that no prompt repeats."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def prompt(self, text: str) -> str:
-        self.n += 1
-        return f"(Request {self.n}.) {text}"
+def numbered(key: str, text: str) -> str:
+    """A prompt no earlier request had, the same on every server for one `key`."""
+    return f"(Request {key}.) {text}"
 
 
-async def burst(
-    client: openai.AsyncOpenAI, model: str, n: int, max_tokens: int, counter: Counter
-) -> Burst:
-    prompts = [counter.prompt(SHORT_PROMPTS[c % len(SHORT_PROMPTS)]) for c in range(n)]
+async def burst(client: openai.AsyncOpenAI, model: str, n: int, max_tokens: int, key: str) -> Burst:
+    prompts = [numbered(f"{key}-{c}", SHORT_PROMPTS[c % len(SHORT_PROMPTS)]) for c in range(n)]
     t0 = time.perf_counter()
     requests = await asyncio.gather(*(stream_one(client, model, p, max_tokens) for p in prompts))
     return Burst(time.perf_counter() - t0, list(requests))
@@ -520,12 +523,11 @@ async def measure(args: argparse.Namespace, servers: list[Server]) -> dict[str, 
         for s in servers
     }
     by_name = {s.name: s for s in servers}
-    counter = Counter()
     for s in servers:  # warm-up, not recorded
         c = clients[s.name]
-        await stream_one(c, s.model, counter.prompt(SHORT_PROMPTS[0]), 16)
-        await stream_one(c, s.model, counter.prompt(long_prompt()), 4)
-        await burst(c, s.model, max(args.clients), 8, counter)
+        await stream_one(c, s.model, numbered("w", SHORT_PROMPTS[0]), 16)
+        await stream_one(c, s.model, numbered("w", long_prompt()), 4)
+        await burst(c, s.model, max(args.clients), 8, "w")
     print("warm-up done", flush=True)
     results = {s.name: Measures() for s in servers}
     names = [s.name for s in servers]
@@ -534,7 +536,7 @@ async def measure(args: argparse.Namespace, servers: list[Server]) -> dict[str, 
         for name in order:
             s = by_name[name]
             r = await stream_one(
-                clients[name], s.model, counter.prompt(SHORT_PROMPTS[rnd % 8]), args.max_tokens
+                clients[name], s.model, numbered(f"{rnd}s", SHORT_PROMPTS[rnd % 8]), args.max_tokens
             )
             results[name].short.append(r)
             print(
@@ -544,7 +546,7 @@ async def measure(args: argparse.Namespace, servers: list[Server]) -> dict[str, 
             )
         for name in order:
             s = by_name[name]
-            r = await stream_one(clients[name], s.model, counter.prompt(long_prompt()), 16)
+            r = await stream_one(clients[name], s.model, numbered(f"{rnd}l", long_prompt()), 16)
             results[name].long.append(r)
             print(
                 f"  round {rnd + 1} {name:<24} long ({r.prompt_tokens} prompt tokens):"
@@ -553,7 +555,9 @@ async def measure(args: argparse.Namespace, servers: list[Server]) -> dict[str, 
             )
         for n in args.clients:
             for name in order:
-                b = await burst(clients[name], by_name[name].model, n, args.max_tokens, counter)
+                b = await burst(
+                    clients[name], by_name[name].model, n, args.max_tokens, f"{rnd}c{n}"
+                )
                 results[name].bursts.setdefault(n, []).append(b)
                 p95 = percentile([r.ttft_s for r in b.requests], 0.95)
                 print(
@@ -583,6 +587,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ctx-per-slot", type=int, default=1024, help="llama-server context per slot"
+    )
+    parser.add_argument(
+        "--repack",
+        action="store_true",
+        help="let llama-server repack weights (AMX on CPUs that have it; crashes where the"
+        " kernel refuses AMX state)",
     )
     parser.add_argument(
         "--millm-env",

@@ -78,6 +78,8 @@ def test_llama_server_command_has_slots_batching_and_threads(bench: ModuleType) 
     assert value("--parallel") == "8"
     assert value("--ctx-size") == str(8 * 1024)  # split evenly over the slots
     assert "--cont-batching" in command and "--jinja" in command
+    assert "--no-repack" in command
+    assert "--repack" in bench.llama_server_command("b", "m", 1, 1, 1, 1, repack=True)
 
 
 def test_cmake_builds_only_the_server(bench: ModuleType) -> None:
