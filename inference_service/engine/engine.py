@@ -36,6 +36,7 @@ from inference_service.engine.meter import (
     REFUSED_UNLOADING,
     EngineMeter,
 )
+from inference_service.engine.prefix_cache import PrefixCache, PrefixCacheStats
 from inference_service.engine.prompts import NO_OPTIONS, decode_tokens, encode_text, render_chat
 from inference_service.engine.row_edits import install
 from inference_service.engine.scheduler import BatchScheduler, BatchStats
@@ -153,6 +154,9 @@ class Engine:
         self._mean_job_s = 2.0
         self._closed = False
         self._grammars: GrammarCompiler | None = None  # built on first use, on that thread
+        # Kept apart from the KV budget: the batch may fill that budget while this holds
+        # its own share.
+        self._prefixes = PrefixCache(settings.prefix_cache_mb * 2**20)
         self._scheduler = BatchScheduler(
             self._lane_loaded,
             self._lane,
@@ -161,6 +165,7 @@ class Engine:
             kv_bytes_per_token=kv_bytes_per_token(loaded),
             kv_budget_bytes=_kv_budget(settings, loaded),
             on_step=meter.decode_step,
+            prefixes=self._prefixes,
         )
         # The most recent generation's end, for operators and tests (set on the lane).
         self.last_finished: FinishedEvent | None = None
@@ -327,6 +332,9 @@ class Engine:
 
     def batch_stats(self) -> BatchStats:
         return self._scheduler.stats()
+
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        return self._prefixes.stats()
 
     # ---- embeddings ----------------------------------------------------------------
 
