@@ -83,20 +83,21 @@ def long_system_prompt(loaded: LoadedModel, target_tokens: int) -> str:
 
 async def timed(
     engine: Engine, prompt: tuple[int, ...], tokens: int
-) -> tuple[float, list[int], int]:
-    """(TTFT seconds, greedy tokens, cached prompt tokens) of one request."""
+) -> tuple[float, list[int], int, float]:
+    """(TTFT seconds, greedy tokens, cached prompt tokens, prefill seconds) of one request."""
     request = GenerationRequest("bench", prompt, SamplingOptions(0.0, max_tokens=tokens))
     started = time.perf_counter()
     first = 0.0
     ids: list[int] = []
     cached = 0
+    prefill = 0.0
     async for event in engine.submit_generation(request).events():
         if isinstance(event, TokenEvent):
             first = first or time.perf_counter() - started
             ids.extend(event.token_ids)
         elif isinstance(event, FinishedEvent):
-            cached = event.cached_tokens
-    return first, ids, cached
+            cached, prefill = event.cached_tokens, event.prefill_ns / 1e9
+    return first, ids, cached, prefill
 
 
 async def main() -> None:
@@ -128,6 +129,7 @@ async def main() -> None:
 
     cases = ("short", "long")
     ttft: dict[tuple[str, str], list[float]] = {(c, e): [] for c in cases for e in engines}
+    prefill: dict[tuple[str, str], list[float]] = {(c, e): [] for c in cases for e in engines}
     cached: dict[str, list[int]] = {c: [] for c in cases}
     lengths: dict[str, list[int]] = {c: [] for c in cases}
     agree = total = 0
@@ -143,8 +145,11 @@ async def main() -> None:
                 lengths[case].append(len(ids))
                 outputs = {}
                 for name in order:
-                    seconds, outputs[name], hit = await timed(engines[name], ids, args.tokens)
+                    seconds, outputs[name], hit, pass_s = await timed(
+                        engines[name], ids, args.tokens
+                    )
                     ttft[case, name].append(seconds)
+                    prefill[case, name].append(pass_s)
                     if name == "on":
                         cached[case].append(hit)
                 total += 1
@@ -157,14 +162,21 @@ async def main() -> None:
         f"TTFT, prefix cache on vs off, {args.rounds} interleaved rounds, "
         f"quantization={args.quantization}, threads={args.threads or 'torch default'}"
     )
-    print(f"{'case':<6} {'prompt':>7} {'cached':>7} {'on ms':>8} {'off ms':>8} {'on/off':>7}")
+    print("medians in ms; TTFT: submitted to first token; prefill: the prompt's forward pass")
+    head = f"{'case':<6} {'prompt':>7} {'cached':>7}"
+    for what in ("TTFT", "prefill"):
+        head += f" {what + ' on':>11} {what + ' off':>12} {'on/off':>7}"
+    print(head)
     for case in cases:
-        on = statistics.median(ttft[case, "on"]) * 1000
-        off = statistics.median(ttft[case, "off"]) * 1000
-        print(
+        line = (
             f"{case:<6} {statistics.median(lengths[case]):>7.0f} "
-            f"{statistics.median(cached[case]):>7.0f} {on:>8.1f} {off:>8.1f} {on / off:>7.2f}"
+            f"{statistics.median(cached[case]):>7.0f}"
         )
+        for series in (ttft, prefill):
+            on = statistics.median(series[case, "on"]) * 1000
+            off = statistics.median(series[case, "off"]) * 1000
+            line += f" {on:>11.1f} {off:>12.1f} {on / off:>7.2f}"
+        print(line)
     print(f"greedy tokens identical with the cache on and off: {agree}/{total} requests")
 
 

@@ -467,6 +467,7 @@ class Engine:
         for job in jobs:
             job.cancel()
         self._lane.shutdown()
+        self._prefixes.clear()  # the kept keys and values go with the model
         # A tokenization under way finishes on its own; queued ones are dropped.
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 

@@ -183,8 +183,8 @@ class PrefixCache:
         self._bytes = 0
 
     def _drop(self, entry: _Entry) -> None:
-        del self._entries[id(entry)]
-        self._bytes -= entry.nbytes
+        if self._entries.pop(id(entry), None) is not None:
+            self._bytes -= entry.nbytes
 
 
 NO_PREFIX_CACHE = PrefixCache(0)
