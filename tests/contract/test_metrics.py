@@ -126,9 +126,8 @@ async def test_a_real_generation_is_counted_by_the_service_and_the_bridge(data_d
     assert value(after, "process_resident_memory_bytes") > 0
 
     chat = {"method": "POST", "route": "/v1/chat/completions"}
-    assert (
-        value(bridge, "millm_bridge_http_requests_total", **chat, status="200") == 2
-    )  # the warm-up and the measured one
+    # Two chats: the warm-up and the measured one.
+    assert value(bridge, "millm_bridge_http_requests_total", **chat, status="200") == 2
     assert value(bridge, "millm_bridge_http_request_duration_seconds_count", **chat) == 2
     assert value(bridge, "millm_bridge_http_requests_in_progress", **chat) == 0
     assert value(bridge, "millm_bridge_streams_in_progress", route=chat["route"]) == 0
