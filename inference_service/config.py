@@ -47,7 +47,8 @@ class InferenceSettings(BaseSettings):
     kv_cache_mb: int = Field(default=0, ge=0)
     # Keys and values of recent prompts kept for reuse by prompts that start alike
     # (engine/prefix_cache.py), in MiB on the model's device, apart from kv_cache_mb;
-    # 0 turns prefix caching off.
+    # 0 turns prefix caching off; it is off with int8_dynamic and bnb_8bit quantization,
+    # whose numbers depend on the whole pass.
     prefix_cache_mb: int = Field(default=64, ge=0)
     # Completion length when a request does not say.
     default_max_tokens: int = Field(default=512, ge=1)

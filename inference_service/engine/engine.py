@@ -36,7 +36,7 @@ from inference_service.engine.meter import (
     REFUSED_UNLOADING,
     EngineMeter,
 )
-from inference_service.engine.prefix_cache import PrefixCache, PrefixCacheStats
+from inference_service.engine.prefix_cache import PrefixCache, PrefixCacheStats, budget_bytes
 from inference_service.engine.prompts import NO_OPTIONS, decode_tokens, encode_text, render_chat
 from inference_service.engine.row_edits import install
 from inference_service.engine.scheduler import BatchScheduler, BatchStats
@@ -156,7 +156,10 @@ class Engine:
         self._grammars: GrammarCompiler | None = None  # built on first use, on that thread
         # Kept apart from the KV budget: the batch may fill that budget while this holds
         # its own share.
-        self._prefixes = PrefixCache(settings.prefix_cache_mb * 2**20)
+        quantization = loaded.description.extra.get("quantization", "none")
+        self._prefixes = PrefixCache(budget_bytes(settings.prefix_cache_mb, quantization))
+        if settings.prefix_cache_mb and not self._prefixes.enabled:
+            log.info("prefix cache off: %s quantization depends on the whole pass", quantization)
         self._scheduler = BatchScheduler(
             self._lane_loaded,
             self._lane,

@@ -45,6 +45,19 @@ from inference_service.engine.batch_cache import supports_batching
 # Shorter shared starts are prefilled again: copying them saves about nothing.
 MIN_REUSED_TOKENS = 8
 
+# Quantizations whose activation quantization looks at the whole pass (int8_dynamic:
+# one scale per call; bnb_8bit: outlier columns chosen per call), so a token's numbers
+# depend on which tokens share its pass. A prefix read in another pass is then not
+# the same numbers: with int8_dynamic, greedy 8-token replies differed in 14 of 18
+# requests (bench/prefix_cache.py). The cache is off for them.
+PASS_DEPENDENT_QUANTIZATIONS = frozenset({"int8_dynamic", "bnb_8bit"})
+
+
+def budget_bytes(prefix_cache_mb: int, quantization: str) -> int:
+    """The cache's size for a model loaded with `quantization` (0: off)."""
+    return 0 if quantization in PASS_DEPENDENT_QUANTIZATIONS else prefix_cache_mb * 2**20
+
+
 _PLAIN = "plain"  # the key of a prefill with no edit at the hook
 _EDIT = "edit"
 

@@ -5,6 +5,7 @@ captured whole. Plus the cache's own bookkeeping (LRU, budget, covering entries)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import torch
@@ -252,3 +253,14 @@ async def test_concurrent_requests_sharing_a_prefix(make_engine, loaded) -> None
     want = await asyncio.gather(*(run(off, greedy(p, f"d{i}")) for i, p in enumerate(prompts)))
     assert [g[0] for g in got] == [w[0] for w in want]
     assert all(g[1] >= 20 for g in got)
+
+
+def test_the_cache_is_off_for_quantizations_that_depend_on_the_whole_pass(loaded, settings):
+    for quantization, enabled in (("int8_dynamic", False), ("bnb_8bit", False), ("none", True)):
+        extra = {**loaded.description.extra, "quantization": quantization}
+        description = dataclasses.replace(loaded.description, extra=extra)
+        engine = Engine(dataclasses.replace(loaded, description=description), settings)
+        try:
+            assert engine.prefix_cache_stats().budget_bytes == (64 * 2**20 if enabled else 0)
+        finally:
+            engine.shutdown()
