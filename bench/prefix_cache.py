@@ -12,6 +12,9 @@ out of the engine (queue + prefill + first sampling; no HTTP), the median over
 --rounds. Each request generates --tokens greedy tokens, and the two engines'
 tokens are compared: reuse must not change what the model says.
 
+With int8_dynamic or bnb_8bit the engine turns the cache off (their numbers depend
+on the whole pass), so both columns are then the same path.
+
 Run: .venv/bin/python bench/prefix_cache.py [--rounds 9] [--tokens 8]
       [--threads N] [--quantization none|int8_dynamic]
 """
