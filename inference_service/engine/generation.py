@@ -91,7 +91,7 @@ class SequenceState:
         installed at the hook; starts from a kept prefix when one matches."""
         assert self.cache is not None
         key, reusable = prefix_key(edit)
-        if prefixes.enabled and reusable:
+        if prefixes.enabled and key is not None and reusable:
             self.cached_tokens = prefixes.restore(key, self.prompt_ids, self.cache)
         rest = self.prompt_ids[self.cached_tokens :]
         input_ids = torch.tensor([rest], dtype=torch.long, device=self.device)  # [1, P - cached]
@@ -102,7 +102,7 @@ class SequenceState:
             # Only the last position's logits: the prompt's [P, V] are never needed.
             logits_to_keep=1,
         )
-        if prefixes.enabled:
+        if prefixes.enabled and key is not None:
             prefixes.store(key, self.prompt_ids, self.cache)
         return out.logits[0, -1].float()  # [1, 1, V] -> [V]
 

@@ -31,6 +31,7 @@ bit for bit (as in vLLM and llama.cpp).
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -60,6 +61,8 @@ def budget_bytes(prefix_cache_mb: int, quantization: str) -> int:
 
 _PLAIN = "plain"  # the key of a prefill with no edit at the hook
 _EDIT = "edit"
+# The RowEdit fields prefix_key reads; a field added later keeps its edits uncached.
+_KEYED_FIELDS = frozenset({"hook", "add", "transform", "observe"})
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,18 @@ class PrefixKey:
 PLAIN = PrefixKey(_PLAIN)
 
 
-def prefix_key(edit: Any) -> tuple[PrefixKey, bool]:
-    """The key of a prefill that runs with `edit` (a RowEdit or None) at the hook, and
-    whether that prefill may reuse a prefix (False when it captures activations)."""
+def prefix_key(edit: Any) -> tuple[PrefixKey | None, bool]:
+    """The key of a prefill that runs with `edit` (a RowEdit or None) at the hook (None:
+    neither reused nor kept), and whether that prefill may reuse a prefix (False when
+    it captures activations)."""
     if edit is None:
         return PLAIN, True
+    if any(
+        getattr(edit, f.name) is not None
+        for f in dataclasses.fields(edit)
+        if f.name not in _KEYED_FIELDS
+    ):
+        return None, False  # an edit this key does not know how to name
     reusable = edit.observe is None
     transform = edit.transform
     if edit.add is None and transform is None:

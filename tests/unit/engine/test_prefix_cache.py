@@ -233,6 +233,13 @@ def test_keys_follow_the_edit_and_die_with_it() -> None:
     # Observing alone leaves the hidden states plain, but that prefill may not reuse.
     assert prefix_key(RowEdit(hook, observe=lambda before, after: None)) == (PLAIN, False)
     assert prefix_key(None) == (PLAIN, True)
+
+    @dataclasses.dataclass(frozen=True)
+    class LaterEdit(RowEdit):
+        scale: float | None = None  # a field the key does not know
+
+    assert prefix_key(LaterEdit(hook, add=vector, scale=2.0)) == (None, False)
+    assert prefix_key(LaterEdit(hook, add=vector))[0] == key
     cache = PrefixCache(2**20)
     tokens = tuple(range(20))
     cache.store(key, tokens, _cache(20))
