@@ -45,6 +45,11 @@ class InferenceSettings(BaseSettings):
     # KV cache the decoding batch may hold, in MiB; 0: a quarter of the memory free
     # on the model's device when the model is loaded.
     kv_cache_mb: int = Field(default=0, ge=0)
+    # Keys and values of recent prompts kept for reuse by prompts that start alike
+    # (engine/prefix_cache.py), in MiB on the model's device, apart from kv_cache_mb;
+    # 0 turns prefix caching off; it is off with int8_dynamic and bnb_8bit quantization,
+    # whose numbers depend on the whole pass.
+    prefix_cache_mb: int = Field(default=64, ge=0)
     # Completion length when a request does not say.
     default_max_tokens: int = Field(default=512, ge=1)
     # Monitoring: frames a live subscriber may have waiting before newer ones are

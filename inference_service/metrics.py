@@ -100,6 +100,12 @@ class EngineMetrics:
             "Prompt tokens prefilled (counted when the first token is out).",
             registry=registry,
         )
+        self.prompt_cached_tokens = Counter(
+            "millm_prompt_cached_tokens",
+            "Prompt tokens whose keys and values came from the prefix cache, not a prefill "
+            "(counted when the generation ends).",
+            registry=registry,
+        )
         self.generation_tokens = Counter(
             "millm_generation_tokens", "Completion tokens generated.", registry=registry
         )
@@ -155,6 +161,8 @@ class _Track:
         if isinstance(event, FinishedEvent):
             metrics.duration.observe((now - self._started_ns) / 1e9)
             metrics._finished[event.finish_reason].inc()
+            if event.cached_tokens:
+                metrics.prompt_cached_tokens.inc(event.cached_tokens)
             return
         if self._last_ns:
             metrics.inter_token_latency.observe((now - self._last_ns) / 1e9)

@@ -36,6 +36,7 @@ from inference_service.engine.meter import (
     REFUSED_UNLOADING,
     EngineMeter,
 )
+from inference_service.engine.prefix_cache import PrefixCache, PrefixCacheStats, budget_bytes
 from inference_service.engine.prompts import NO_OPTIONS, decode_tokens, encode_text, render_chat
 from inference_service.engine.row_edits import install
 from inference_service.engine.scheduler import BatchScheduler, BatchStats
@@ -153,6 +154,12 @@ class Engine:
         self._mean_job_s = 2.0
         self._closed = False
         self._grammars: GrammarCompiler | None = None  # built on first use, on that thread
+        # Kept apart from the KV budget: the batch may fill that budget while this holds
+        # its own share.
+        quantization = loaded.description.extra.get("quantization", "none")
+        self._prefixes = PrefixCache(budget_bytes(settings.prefix_cache_mb, quantization))
+        if settings.prefix_cache_mb and not self._prefixes.enabled:
+            log.info("prefix cache off: %s quantization depends on the whole pass", quantization)
         self._scheduler = BatchScheduler(
             self._lane_loaded,
             self._lane,
@@ -161,6 +168,7 @@ class Engine:
             kv_bytes_per_token=kv_bytes_per_token(loaded),
             kv_budget_bytes=_kv_budget(settings, loaded),
             on_step=meter.decode_step,
+            prefixes=self._prefixes,
         )
         # The most recent generation's end, for operators and tests (set on the lane).
         self.last_finished: FinishedEvent | None = None
@@ -328,6 +336,9 @@ class Engine:
     def batch_stats(self) -> BatchStats:
         return self._scheduler.stats()
 
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        return self._prefixes.stats()
+
     # ---- embeddings ----------------------------------------------------------------
 
     async def embed(
@@ -459,6 +470,7 @@ class Engine:
         for job in jobs:
             job.cancel()
         self._lane.shutdown()
+        self._prefixes.clear()  # the kept keys and values go with the model
         # A tokenization under way finishes on its own; queued ones are dropped.
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 

@@ -26,6 +26,7 @@ from transformers import DynamicCache
 from inference_service.engine.batch_cache import BatchCache, supports_batching
 from inference_service.engine.detokenizer import CompletionText
 from inference_service.engine.loader import LoadedModel
+from inference_service.engine.prefix_cache import NO_PREFIX_CACHE, PrefixCache, prefix_key
 from inference_service.engine.row_edits import install
 from inference_service.engine.sampling import (
     apply_penalties,
@@ -65,6 +66,7 @@ class SequenceState:
         self.device = loaded.device
         self.prompt_ids = list(request.prompt_token_ids)
         self.generated: list[int] = []
+        self.cached_tokens = 0  # prompt tokens a kept prefix supplied (engine.prefix_cache)
         # Its own until it joins a batch; the batch then holds it as a row.
         self.cache: DynamicCache | None = DynamicCache(config=self._model.config)
         self._generator = make_generator(self.options.seed, self.device)
@@ -82,8 +84,17 @@ class SequenceState:
     def final_length(self) -> int:
         return final_length(len(self.prompt_ids), self._max_tokens, self._max_context)
 
-    def prefill(self) -> torch.Tensor:  # -> [V] logits for the first completion token
-        input_ids = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)  # [1, P]
+    def prefill(
+        self, prefixes: PrefixCache = NO_PREFIX_CACHE, edit: Any = None
+    ) -> torch.Tensor:  # -> [V] logits for the first completion token
+        """Runs the prompt through the model, `edit` (the row's RowEdit or None)
+        installed at the hook; starts from a kept prefix when one matches."""
+        assert self.cache is not None
+        key, reusable = prefix_key(edit)
+        if prefixes.enabled and key is not None and reusable:
+            self.cached_tokens = prefixes.restore(key, self.prompt_ids, self.cache)
+        rest = self.prompt_ids[self.cached_tokens :]
+        input_ids = torch.tensor([rest], dtype=torch.long, device=self.device)  # [1, P - cached]
         out = self._model(
             input_ids=input_ids,
             past_key_values=self.cache,
@@ -91,6 +102,8 @@ class SequenceState:
             # Only the last position's logits: the prompt's [P, V] are never needed.
             logits_to_keep=1,
         )
+        if prefixes.enabled and key is not None:
+            prefixes.store(key, self.prompt_ids, self.cache)
         return out.logits[0, -1].float()  # [1, 1, V] -> [V]
 
     def choose(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
@@ -194,9 +207,10 @@ class DecodeBatch:
     """The sequences decoding together on the worker lane. Not thread-safe: the lane
     thread alone calls it."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, prefixes: PrefixCache = NO_PREFIX_CACHE) -> None:
         self._model = loaded.model
         self._loaded = loaded
+        self._prefixes = prefixes
         self._cache = BatchCache()
         self.rows: list[Row] = []
         self.batchable = True  # False once a model's cache turns out not to merge
@@ -228,10 +242,13 @@ class DecodeBatch:
         try:
             sequence = row.sequence
             with torch.inference_mode():
-                undo = install([_plan(row, sequence.prompt_ids, 0)])
+                # A plan that captures nothing edits every position alike, so it
+                # serves the shorter pass of a reused prefix too (prefix_key).
+                plan = _plan(row, sequence.prompt_ids, 0)
+                undo = install([plan])
                 try:
                     started = time.perf_counter_ns()
-                    logits = sequence.prefill()
+                    logits = sequence.prefill(self._prefixes, plan)
                     row.prefill_ns = time.perf_counter_ns() - started
                 finally:
                     undo()
@@ -328,6 +345,7 @@ class DecodeBatch:
                 finish_reason=reason,
                 prompt_tokens=len(row.sequence.prompt_ids),
                 completion_tokens=len(row.sequence.generated),
+                cached_tokens=row.sequence.cached_tokens,
                 queue_ns=row.queue_ns,
                 prefill_ns=row.prefill_ns,
                 decode_ns=decode_ns,

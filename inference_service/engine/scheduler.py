@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from inference_service.engine.generation import DecodeBatch
 from inference_service.engine.lane import JobState, Lane, LaneJob
 from inference_service.engine.loader import LoadedModel
+from inference_service.engine.prefix_cache import NO_PREFIX_CACHE, PrefixCache
 from inference_service.engine.types import FinishedEvent, GenerationEvent, GenerationRequest
 
 # Seconds of decode history behind the tokens/s and occupancy figures.
@@ -63,6 +64,7 @@ class BatchScheduler:
         kv_bytes_per_token: int,
         kv_budget_bytes: int,
         on_step: Callable[[int], None] = lambda rows: None,
+        prefixes: PrefixCache = NO_PREFIX_CACHE,
     ) -> None:
         self._loaded = loaded
         self._lane = lane
@@ -74,7 +76,8 @@ class BatchScheduler:
         self._lock = threading.Lock()
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._looping = False  # a batch-loop job is queued or running
-        self._batch = DecodeBatch(loaded)
+        self._prefixes = prefixes
+        self._batch = DecodeBatch(loaded, prefixes)
         self._active = 0
         self._reserved = 0
         self._used = 0
@@ -194,7 +197,7 @@ class BatchScheduler:
     def _crashed(self, exc: BaseException) -> None:
         """The loop itself failed (not a forward pass, which fails only its rows): its
         sequences get the error, and those still waiting get a fresh loop."""
-        rows, self._batch = self._batch.rows, DecodeBatch(self._loaded)
+        rows, self._batch = self._batch.rows, DecodeBatch(self._loaded, self._prefixes)
         for row in rows:
             row.on_error(exc)
         self._publish()

@@ -146,6 +146,8 @@ class FinishedEvent:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens whose keys and values came from the prefix cache, not a prefill.
+    cached_tokens: int = 0
     queue_ns: int = 0
     prefill_ns: int = 0
     decode_ns: int = 0

@@ -134,7 +134,9 @@ def generate_response(event: GenerationEvent) -> pb.GenerateResponse:
         finished=pb.GenerateFinished(
             finish_reason=_FINISH_REASONS[event.finish_reason],
             usage=pb.Usage(
-                prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                cached_tokens=event.cached_tokens,
             ),
             queue_ns=event.queue_ns,
             prefill_ns=event.prefill_ns,

@@ -30,12 +30,8 @@ class ResponseIds:
     model: str
 
 
-def usage(u: pb.Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-    }
+def usage(u: pb.Usage) -> dict[str, Any]:
+    return usage_total([pb.GenerateFinished(usage=u)])
 
 
 def finish_reason(finished: pb.GenerateFinished) -> str:
@@ -94,15 +90,19 @@ def _envelope(ids: ResponseIds, obj: str) -> dict[str, Any]:
     }
 
 
-def usage_total(finished: Sequence[pb.GenerateFinished], samples: int = 1) -> dict[str, int]:
+def usage_total(finished: Sequence[pb.GenerateFinished], samples: int = 1) -> dict[str, Any]:
     """Usage of choices in OpenAI's order, `samples` per prompt: each prompt counted
-    once, the completions summed."""
+    once, the completions summed. `cached_tokens`: prompt tokens the prefix cache
+    supplied (docs/openai-api.md)."""
     prompt_tokens = sum(f.usage.prompt_tokens for f in finished[::samples])
     completion_tokens = sum(f.usage.completion_tokens for f in finished)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": sum(f.usage.cached_tokens for f in finished[::samples])
+        },
     }
 
 

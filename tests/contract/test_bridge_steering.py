@@ -1111,7 +1111,12 @@ async def test_activations_come_with_a_non_streamed_chat_completion(bridge):
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4},
+        "usage": {
+            "prompt_tokens": 2,
+            "completion_tokens": 2,
+            "total_tokens": 4,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
         "millm": {
             "activations": [
                 token_json(0, 1, "Hi", 0.25),
@@ -1198,7 +1203,12 @@ async def test_compare_runs_an_unsteered_twin_with_the_same_sampling(bridge):
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4},
+        "usage": {
+            "prompt_tokens": 2,
+            "completion_tokens": 2,
+            "total_tokens": 4,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
     }
     assert len(body["millm"]["activations"]) == 3
 
@@ -1217,7 +1227,12 @@ async def test_compare_keeps_a_seed_the_client_gave(bridge):
             "choices": [
                 {"text": "hello there", "index": 0, "logprobs": None, "finish_reason": "stop"}
             ],
-            "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4},
+            "usage": {
+                "prompt_tokens": 2,
+                "completion_tokens": 2,
+                "total_tokens": 4,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
         }
     }
 

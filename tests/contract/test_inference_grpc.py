@@ -85,6 +85,13 @@ async def test_generate_streams_accepted_deltas_then_finished(channel):
     assert finished.finish_reason == pb.FINISH_REASON_STOP
     assert finished.usage.prompt_tokens == responses[0].accepted.prompt_tokens > 0
     assert finished.usage.completion_tokens == sum(len(r.delta.token_ids) for r in responses[1:-1])
+    # The same prompt again: all of it but the last token comes from the prefix cache.
+    again = await _generate(
+        channel,
+        pb.GenerateStart(chat=CAPITAL, sampling=pb.SamplingParams(temperature=0, max_tokens=20)),
+    )
+    assert "".join(r.delta.text for r in again if r.HasField("delta")) == text
+    assert again[-1].finished.usage.cached_tokens == finished.usage.prompt_tokens - 1
 
 
 async def test_cancel_message_stops_generation_within_a_step(channel):

@@ -73,8 +73,14 @@ async def test_a_real_generation_is_counted_by_the_service_and_the_bridge(data_d
         http, calls = bridge_for(f"127.0.0.1:{server.port}")
         try:
             async with httpx.AsyncClient() as scraper, http:
-                before = await scrape(scraper, url)
                 model = (await http.get("/v1/models")).json()["data"][0]["id"]
+                # The same prompt once before: the measured one reuses its prefix.
+                warm = {"role": "user", "content": "Name a colour."}
+                await http.post(
+                    "/v1/chat/completions",
+                    json={"model": model, "messages": [warm], "max_tokens": 1},
+                )
+                before = await scrape(scraper, url)
                 response = await http.post(
                     "/v1/chat/completions",
                     json={
@@ -102,6 +108,8 @@ async def test_a_real_generation_is_counted_by_the_service_and_the_bridge(data_d
     assert grew("millm_inter_token_latency_seconds_count") == usage["completion_tokens"] - 1
     assert grew("millm_generation_tokens_total") == usage["completion_tokens"]
     assert grew("millm_prompt_tokens_total") == usage["prompt_tokens"]
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    assert grew("millm_prompt_cached_tokens_total") == cached == usage["prompt_tokens"] - 1
     assert grew("millm_requests_total", kind="generation", outcome="admitted") == 1
     finished = sum(
         grew("millm_generations_finished_total", finish_reason=r) for r in ("stop", "length")
@@ -118,8 +126,9 @@ async def test_a_real_generation_is_counted_by_the_service_and_the_bridge(data_d
     assert value(after, "process_resident_memory_bytes") > 0
 
     chat = {"method": "POST", "route": "/v1/chat/completions"}
-    assert value(bridge, "millm_bridge_http_requests_total", **chat, status="200") == 1
-    assert value(bridge, "millm_bridge_http_request_duration_seconds_count", **chat) == 1
+    # Two chats: the warm-up and the measured one.
+    assert value(bridge, "millm_bridge_http_requests_total", **chat, status="200") == 2
+    assert value(bridge, "millm_bridge_http_request_duration_seconds_count", **chat) == 2
     assert value(bridge, "millm_bridge_http_requests_in_progress", **chat) == 0
     assert value(bridge, "millm_bridge_streams_in_progress", route=chat["route"]) == 0
     models = {"method": "GET", "route": "/v1/models", "status": "200"}

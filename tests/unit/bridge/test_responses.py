@@ -39,7 +39,12 @@ def test_chat_non_streaming_shape(http, fake):
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+        "usage": {
+            "prompt_tokens": 7,
+            "completion_tokens": 2,
+            "total_tokens": 9,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
     }
     assert fake.streams[0].cancelled
 
@@ -160,7 +165,12 @@ def test_completion_non_streaming_shape_and_legacy_logprobs(http, fake):
                 "finish_reason": "length",
             }
         ],
-        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+        "usage": {
+            "prompt_tokens": 4,
+            "completion_tokens": 2,
+            "total_tokens": 6,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
     }
     assert fake.starts[0].prompt == "The capital is"
     assert fake.starts[0].sampling.logprobs and fake.starts[0].sampling.top_logprobs == 1

@@ -57,7 +57,7 @@ def test_streaming_chat_include_usage_exact_bytes(http, fake):
         + b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"length"}],"usage":null}\n\n'
         b"data: {"
         + HEAD.encode()
-        + b',"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}\n\n'
+        + b',"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6,"prompt_tokens_details":{"cached_tokens":0}}}\n\n'
         b"data: [DONE]\n\n"
     )
 
@@ -93,7 +93,7 @@ def test_completions_stream_exact_bytes(http, fake):
         + b',"choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"length"}],"usage":null}\n\n'
         b"data: "
         + head
-        + b',"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}\n\n'
+        + b',"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":0}}}\n\n'
         b"data: [DONE]\n\n"
     )
     assert fake.starts[0].prompt == "The capital of France is"

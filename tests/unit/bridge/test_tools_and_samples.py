@@ -131,7 +131,12 @@ def test_n_opens_one_generation_per_sample_and_sums_usage(http, fake):
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
     assert [s.sampling.seed for s in fake.starts] == [10, 11, 12]
     assert all(dict(s.sampling.logit_bias) == {7: -100.0} for s in fake.starts)
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+    assert body["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 6,
+        "total_tokens": 11,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     chunks = sse_chunks(
         http.post(
             CHAT,
@@ -145,7 +150,12 @@ def test_n_opens_one_generation_per_sample_and_sums_usage(http, fake):
     )
     indexes = {c["choices"][0]["index"] for c in chunks if c["choices"]}
     assert indexes == {0, 1}
-    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 4,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 def test_prefill_options_reach_the_service(http, fake):
@@ -173,4 +183,9 @@ def test_completions_list_prompts_n_and_echo(http, fake):
         ("Yo", 2),
     ]
     # Two prompts counted once each, four completions.
-    assert reply["usage"] == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
+    assert reply["usage"] == {
+        "prompt_tokens": 6,
+        "completion_tokens": 4,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }

@@ -185,11 +185,11 @@ async def test_out_of_memory_reaches_the_request_and_the_lane_survives(
     real = generation_module.SequenceState.prefill
     calls = []
 
-    def failing_once(self):
+    def failing_once(self, *args):
         calls.append(1)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("simulated")
-        return real(self)
+        return real(self, *args)
 
     monkeypatch.setattr(generation_module.SequenceState, "prefill", failing_once)
     with pytest.raises(torch.OutOfMemoryError):
