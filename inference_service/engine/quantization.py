@@ -26,9 +26,12 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from inference_service.engine.defaults import AUTO, resolve_dtype
 from inference_service.errors import InvalidArgumentError, UnsupportedError
 
 Dtype = Literal["float32", "float16", "bfloat16"]
+# What a setting may say: a dtype, or "auto" (engine/defaults.py resolves it).
+DtypeSetting = Literal["auto", "float32", "float16", "bfloat16"]
 Quantization = Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -43,17 +46,24 @@ BNB_INSTALL = "pip install bitsandbytes==0.50.2"
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """What to load the weights as. `device` "auto" means CUDA when available."""
+    """What to load the weights as. `device` "auto" means CUDA when available; `dtype`
+    "auto" becomes the device's default (engine/defaults.py) when the options are made,
+    so `dtype` always names a concrete dtype afterwards."""
 
-    dtype: Dtype = "float32"
+    dtype: DtypeSetting = "float32"
     quantization: Quantization = "none"
     device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dtype == AUTO and self.device in get_args(Device):
+            resolved = resolve_dtype(AUTO, self.resolved_device(), self.quantization)
+            object.__setattr__(self, "dtype", resolved)
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> LoadOptions:
         """Options from the settings; `overrides` that are None keep the setting."""
         values: dict[str, Any] = {
-            "dtype": getattr(settings, "dtype", "float32"),
+            "dtype": getattr(settings, "dtype", AUTO),
             # Not a settings field yet: MILLM_QUANTIZATION once it is.
             "quantization": getattr(settings, "quantization", "none"),
             "device": getattr(settings, "device", "auto"),
