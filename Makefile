@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency bench-constrained bench-load demo compose-check compose-up-check lock clean
+.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency bench-constrained bench-load bench-gpu demo compose-check compose-up-check lock clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-24s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench-constrained: bootstrap ## Constrained decoding: JSON-schema vs free decode
 
 bench-load: bootstrap ## 64 and 128 streaming clients, 20% hanging up: completed/429/errors/lost, p95 TTFT
 	@$(PY) bench/load.py
+
+bench-gpu: bootstrap ## GPU: decode 1/8/32/64 clients, steering/monitoring cost, SAE training vs plain transformers/PyTorch (needs CUDA)
+	@$(PY) bench/gpu.py
 
 demo: bootstrap ## Train an SAE on the built-in model, find upper-case features, steer them
 	@$(PY) scripts/demo_caps.py
