@@ -1,4 +1,4 @@
-"""Per-device defaults: dtype "auto" and CUDA graphs."""
+"""Per-device defaults: dtype "auto"."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference_service.config import InferenceSettings
-from inference_service.engine.defaults import cuda_graphs_enabled, resolve_dtype
+from inference_service.engine.defaults import resolve_dtype
 from inference_service.engine.quantization import LoadOptions
 
 
@@ -27,11 +27,3 @@ def test_settings_default_to_auto_and_options_hold_a_concrete_dtype(
     assert options.dtype == "float32"
     assert options.torch_dtype is torch.float32
     assert LoadOptions.from_settings(settings, dtype="bfloat16").dtype == "bfloat16"
-
-
-def test_cuda_graphs_never_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MILLM_CUDA_GRAPHS", "1")
-    assert not cuda_graphs_enabled("cpu")
-    assert cuda_graphs_enabled("cuda")
-    monkeypatch.setenv("MILLM_CUDA_GRAPHS", "0")
-    assert not cuda_graphs_enabled("cuda")
