@@ -88,9 +88,9 @@ class LoadOptions:
 
 def validate(options: LoadOptions) -> list[str]:
     """Raises on options that cannot work; returns warnings for ones that work badly."""
+    _check_choice("device", options.device, Device)  # first: "auto" dtype needs it
     _check_choice("dtype", options.dtype, Dtype)
     _check_choice("quantization", options.quantization, Quantization)
-    _check_choice("device", options.device, Device)
     if options.device == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError(
             "device is cuda but no CUDA device is available; use device auto or cpu.",
