@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency bench-constrained bench-load bench-peer demo compose-check compose-up-check lock clean
+.PHONY: help bootstrap run run-inference run-bridge test test-fast test-ui lint fmt proto proto-check buf-lint bench bench-concurrency bench-training bench-training-latency bench-constrained bench-load bench-peer bench-gpu demo compose-check compose-up-check lock clean
 
 help: ## List the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-24s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ bench-load: bootstrap ## 64 and 128 streaming clients, 20% hanging up: completed
 
 bench-peer: bootstrap ## miLLM vs llama.cpp's llama-server on the same GGUF: TTFT, decode, 1/4/8 clients
 	@$(PY) bench/compare_llamacpp.py
+
+bench-gpu: bootstrap ## GPU: decode 1/8/32/64 clients, steering/monitoring cost, SAE training vs plain transformers/PyTorch (needs CUDA)
+	@$(PY) bench/gpu.py
 
 demo: bootstrap ## Train an SAE on the built-in model, find upper-case features, steer them
 	@$(PY) scripts/demo_caps.py

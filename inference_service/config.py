@@ -28,7 +28,8 @@ class InferenceSettings(BaseSettings):
     model: str = BUILTIN_MODEL
     # The id clients use in the OpenAI `model` field; derived from the source if empty.
     model_id: str = ""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # "auto": bfloat16 on CUDA, float32 on the CPU (engine/defaults.py).
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # int8_dynamic is the fast CPU path; bnb_* need bitsandbytes.
     quantization: Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"] = "none"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -26,9 +26,12 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from inference_service.engine.defaults import AUTO, resolve_dtype
 from inference_service.errors import InvalidArgumentError, UnsupportedError
 
 Dtype = Literal["float32", "float16", "bfloat16"]
+# What a setting may say: a dtype, or "auto" (engine/defaults.py resolves it).
+DtypeSetting = Literal["auto", "float32", "float16", "bfloat16"]
 Quantization = Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -43,17 +46,24 @@ BNB_INSTALL = "pip install bitsandbytes==0.50.2"
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """What to load the weights as. `device` "auto" means CUDA when available."""
+    """What to load the weights as. `device` "auto" means CUDA when available; `dtype`
+    "auto" becomes the device's default (engine/defaults.py) when the options are made,
+    so `dtype` always names a concrete dtype afterwards."""
 
-    dtype: Dtype = "float32"
+    dtype: DtypeSetting = "float32"
     quantization: Quantization = "none"
     device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dtype == AUTO and self.device in get_args(Device):
+            resolved = resolve_dtype(AUTO, self.resolved_device(), self.quantization)
+            object.__setattr__(self, "dtype", resolved)
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> LoadOptions:
         """Options from the settings; `overrides` that are None keep the setting."""
         values: dict[str, Any] = {
-            "dtype": getattr(settings, "dtype", "float32"),
+            "dtype": getattr(settings, "dtype", AUTO),
             # Not a settings field yet: MILLM_QUANTIZATION once it is.
             "quantization": getattr(settings, "quantization", "none"),
             "device": getattr(settings, "device", "auto"),
@@ -78,9 +88,9 @@ class LoadOptions:
 
 def validate(options: LoadOptions) -> list[str]:
     """Raises on options that cannot work; returns warnings for ones that work badly."""
+    _check_choice("device", options.device, Device)  # first: "auto" dtype needs it
     _check_choice("dtype", options.dtype, Dtype)
     _check_choice("quantization", options.quantization, Quantization)
-    _check_choice("device", options.device, Device)
     if options.device == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError(
             "device is cuda but no CUDA device is available; use device auto or cpu.",

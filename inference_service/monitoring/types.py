@@ -96,7 +96,9 @@ class Capture:
     positions: tuple[int, ...]  # sequence positions of the rows of `activations`
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]  # display text per position
-    activations: Tensor  # [positions, d_sae], float32, on the CPU, after steering
+    # [positions, d_sae], float32, on the model's device (frames copy out only the
+    # numbers they show), after steering.
+    activations: Tensor
     captured_at_unix_ms: int
     # The same before steering; None when steering left the hidden state unchanged.
     unedited_activations: Tensor | None = None
@@ -118,43 +120,52 @@ class Capture:
 
 def select_tokens(capture: Capture, selection: Selection) -> tuple[TokenActivations, ...]:
     """Per position: the selected features' values (after the edit and, when steering
-    edited the state, before it) and the top-k active features."""
+    edited the state, before it) and the top-k active features.
+
+    The top-k and the selected columns are taken where the activations are (the
+    model's device) and leave it in one copy of [T, 2k + 2n] numbers: float64
+    holds float32 values and feature indices exactly, so the frames are the same
+    as from a CPU tensor."""
     acts = capture.activations  # [T, d_sae]
-    chosen = _selected(acts, selection.features)
-    unedited = _selected(capture.unedited_activations, selection.features)
-    top_values: list[list[float]] = []
-    top_indices: list[list[int]] = []
-    if selection.top_k:
-        k = min(selection.top_k, acts.shape[-1])
+    features = list(selection.features)
+    parts: list[Tensor] = []
+    k = min(selection.top_k, acts.shape[-1]) if selection.top_k else 0
+    if k:
         values, indices = torch.topk(acts, k, dim=-1)  # [T, k]
-        top_values, top_indices = values.tolist(), indices.tolist()
+        parts += [values.double(), indices.double()]
+    unedited_acts = capture.unedited_activations if features else None
+    if features:
+        columns = torch.tensor(features, device=acts.device)
+        parts.append(acts.index_select(-1, columns).double())
+        if unedited_acts is not None:
+            parts.append(unedited_acts.index_select(-1, columns).double())
+    rows: list[list[float]] = (
+        torch.cat(parts, dim=-1).tolist() if parts else [[] for _ in capture.positions]
+    )
+    n = len(features)
     out = []
     for row, position in enumerate(capture.positions):
-        top = (
-            tuple(
-                FeatureValue(i, v)
-                for i, v in zip(top_indices[row], top_values[row], strict=True)
+        numbers = rows[row]
+        top: tuple[FeatureValue, ...] = ()
+        if k:
+            top = tuple(
+                FeatureValue(int(i), v)
+                for v, i in zip(numbers[:k], numbers[k : 2 * k], strict=True)
                 if v > 0.0  # an inactive feature is not among the most active
             )
-            if selection.top_k
-            else ()
-        )
+        chosen = numbers[2 * k : 2 * k + n]
+        before: tuple[FeatureValue, ...] = ()
+        if unedited_acts is not None:
+            values_before = numbers[2 * k + n :]
+            before = tuple(FeatureValue(i, v) for i, v in zip(features, values_before, strict=True))
         out.append(
             TokenActivations(
                 position,
                 capture.token_ids[row],
                 capture.tokens[row],
-                chosen[row] if chosen else (),
+                tuple(FeatureValue(i, v) for i, v in zip(features, chosen, strict=True)),
                 top,
-                unedited[row] if unedited else (),
+                before,
             )
         )
     return tuple(out)
-
-
-def _selected(acts: Tensor | None, features: tuple[int, ...]) -> list[tuple[FeatureValue, ...]]:
-    """Per row of acts [T, d_sae], the values of `features`; empty without either."""
-    if acts is None or not features:
-        return []
-    rows = acts[:, list(features)].tolist()  # [T, n]
-    return [tuple(FeatureValue(i, v) for i, v in zip(features, row, strict=True)) for row in rows]

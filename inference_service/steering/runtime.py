@@ -179,8 +179,10 @@ class PassContext:
     ) -> None:
         """`hidden` is the state after this request's steering; `unedited` the state
         before it, None when the steering left it unchanged."""
-        acts = active.sae.encode(hidden.float()).cpu()  # [T, d_sae]
-        unedited_acts = None if unedited is None else active.sae.encode(unedited.float()).cpu()
+        # [T, d_sae], left on the device: frames copy out only their top-k and
+        # selected features (monitoring.types.select_tokens), once per frame.
+        acts = active.sae.encode(hidden.float())
+        unedited_acts = None if unedited is None else active.sae.encode(unedited.float())
         capture = Capture(
             request_id=self.request_id,
             source=self._source,

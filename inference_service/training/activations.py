@@ -6,6 +6,12 @@ training windows, cut into chunks; each chunk's rows are shuffled by a generator
 seeded from (seed, epoch, chunk). A `Cursor` (epoch, chunk, row offset) is
 therefore enough to resume exactly where a run stopped, which is what makes a
 stopped-and-resumed run end with the same weights as an uninterrupted one.
+
+Where the rows live when the model is on a GPU (`store_device`): the current chunk
+stays on the device when it fits `device_budget_bytes` (a quarter of the device's
+free memory), and batches are cut from it with no copy at all; otherwise it is kept
+in pinned host memory and each batch goes over with one asynchronous copy. On the
+CPU both are the CPU and nothing moves.
 """
 
 from __future__ import annotations
@@ -113,9 +119,11 @@ class CachedActivations:
                         "w+",
                         shape=(n_windows, per_window, y.shape[1]),
                     )
-            x_file[start : start + len(indices)] = x.view(len(indices), per_window, -1).numpy()
+            x_host = x.cpu().view(len(indices), per_window, -1).numpy()
+            x_file[start : start + len(indices)] = x_host
             if y_file is not None:
-                y_file[start : start + len(indices)] = y.view(len(indices), per_window, -1).numpy()
+                y_host = y.cpu().view(len(indices), per_window, -1).numpy()
+                y_file[start : start + len(indices)] = y_host
             progress(start + len(indices), n_windows)
         assert x_file is not None
         x_file.flush()
@@ -133,6 +141,31 @@ class CachedActivations:
             return x, x
         y = torch.from_numpy(np.ascontiguousarray(self._y[index])).reshape(-1, self._y.shape[2])
         return x, y
+
+
+# Share of a GPU's free memory the current chunk of activations may keep there.
+_DEVICE_BUDGET_FRACTION = 0.25
+
+
+def device_budget_bytes(device: torch.device | str) -> int:
+    """Bytes of activations a chunk may keep on `device`; 0 on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free * _DEVICE_BUDGET_FRACTION)
+
+
+def store_device(
+    device: torch.device | str, chunk_bytes: int, budget: int | None = None
+) -> torch.device:
+    """Where a chunk of `chunk_bytes` bytes is kept for training on `device`: the
+    device itself when it fits its budget, else the host (pinned by BatchStream)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return device
+    limit = device_budget_bytes(device) if budget is None else budget
+    return device if chunk_bytes <= limit else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -165,7 +198,12 @@ class BatchStream:
         start: Cursor,
         scale_in: float = 1.0,
         scale_out: float = 1.0,
+        device: torch.device | str = "cpu",
+        store: torch.device | str | None = None,
     ) -> None:
+        """Batches come out on `device`; chunks are kept on `store` (default: `device`)."""
+        self.device = torch.device(device)
+        self.store = self.device if store is None else torch.device(store)
         self._source = source
         self._n = n_windows
         self._batch = batch_size
@@ -195,7 +233,22 @@ class BatchStream:
         x, y = self._source.rows(order[start : start + self._chunk_windows])
         generator = _generator(self._seed, self._epoch, self._chunk)
         shuffle = torch.randperm(x.shape[0], generator=generator)
-        return x[shuffle], (None if y is x else y[shuffle])
+        return self._keep(x[shuffle]), (None if y is x else self._keep(y[shuffle]))
+
+    def _keep(self, rows: Tensor) -> Tensor:
+        """`rows` where chunks are kept: on the device (one copy, from pinned memory
+        when it comes from the host), or in pinned host memory for a GPU run."""
+        if self.store == self.device:
+            if rows.device != self.device and self.device.type == "cuda":
+                return rows.pin_memory().to(self.device, non_blocking=True)
+            return rows.to(self.device)
+        rows = rows.to(self.store)
+        if self.device.type == "cuda" and not rows.is_pinned():
+            rows = rows.pin_memory()
+        return rows
+
+    def _to_device(self, part: Tensor) -> Tensor:
+        return part.to(self.device, non_blocking=True)
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """The next `batch_size` (input, target) rows, scaled; crosses chunks and epochs."""
@@ -210,9 +263,9 @@ class BatchStream:
                 self._advance()
                 continue
             take = min(need, x.shape[0] - self._offset)
-            xs.append(x[self._offset : self._offset + take])
+            xs.append(self._to_device(x[self._offset : self._offset + take]))
             if y is not None:
-                ys.append(y[self._offset : self._offset + take])
+                ys.append(self._to_device(y[self._offset : self._offset + take]))
             self._offset += take
             need -= take
         x = torch.cat(xs) * self._scale_in

@@ -52,6 +52,7 @@ from inference_service.training.activations import (
     CachedActivations,
     Cursor,
     LiveActivations,
+    store_device,
 )
 from inference_service.training.config import ModelFacts, TrainingConfig, resolve
 from inference_service.training.corpora import CorpusStore
@@ -418,8 +419,20 @@ class TrainingManager:
             eval_fraction=config.eval_fraction,
             seed=config.seed,
         )
-        harvest = self._harvester(active, engine, sites)
         rows_per_window = config.context_size - (0 if config.keep_first_position else 1)
+        chunk_windows = max(1, _CHUNK_BATCHES * config.batch_size_tokens // rows_per_window)
+        # Training runs on the model's device; the chunk of activations stays there
+        # when it fits (activations.store_device), else in pinned host memory.
+        device = engine.loaded_model.device
+        chunk_bytes = chunk_windows * rows_per_window * hidden_size(model) * 4 * len(sites)
+        store = store_device(device, chunk_bytes)
+        if store != device:
+            log.info(
+                "run %s keeps its %d MiB activation chunks in pinned host memory",
+                run_id,
+                chunk_bytes >> 20,
+            )
+        harvest = self._harvester(active, engine, sites, store)
         steps = total_steps(config, len(windows.train) * rows_per_window)
         if steps < 1:
             raise InvalidArgumentError(
@@ -438,9 +451,11 @@ class TrainingManager:
             source,
             len(windows.train),
             batch_size=config.batch_size_tokens,
-            chunk_windows=max(1, _CHUNK_BATCHES * config.batch_size_tokens // rows_per_window),
+            chunk_windows=chunk_windows,
             seed=config.seed,
             start=Cursor(),
+            device=device,
+            store=store,
         )
         trainer = Trainer(
             config,
@@ -450,6 +465,7 @@ class TrainingManager:
             eval_rows=eval_rows,
             steps=steps,
             checkpoint_dir=self._run_dir(run_id) / "checkpoints",
+            device=device,
         )
         if resume and trainer.resume_from_latest():
             log.info("run %s resumes at step %d", run_id, trainer.step)
@@ -505,7 +521,7 @@ class TrainingManager:
         return CachedActivations(folder, rows_per_window)
 
     def _harvester(
-        self, active: _Active, engine: Engine, sites: list[CaptureSite]
+        self, active: _Active, engine: Engine, sites: list[CaptureSite], store: torch.device
     ) -> Callable[[Tensor], list[Tensor]]:
         def harvest(windows: Tensor) -> list[Tensor]:
             self._wait_for_turn(active, engine)
@@ -515,7 +531,7 @@ class TrainingManager:
                 raise UnavailableError(
                     "The model changed while training ran; load it again and resume the run."
                 )
-            return engine.run_background(lambda model: capture(model, sites, windows))
+            return engine.run_background(lambda model: capture(model, sites, windows, store))
 
         return harvest
 

@@ -50,9 +50,10 @@ class FeatureStatistics:
     @torch.no_grad()
     def add(self, f: Tensor) -> None:
         self.rows += f.shape[0]
-        self.fired += (f > 0).sum(dim=0)
-        self.max = torch.maximum(self.max, f.max(dim=0).values.float())
-        self.sum += f.sum(dim=0).double()
+        # Reduced where `f` is (the GPU when training there); [d_sae] comes back.
+        self.fired += (f > 0).sum(dim=0).cpu()
+        self.max = torch.maximum(self.max, f.max(dim=0).values.float().cpu())
+        self.sum += f.sum(dim=0).double().cpu()
 
     @property
     def frequency(self) -> Tensor:

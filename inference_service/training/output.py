@@ -49,7 +49,7 @@ def folded_tensors(sae: TrainableSae, scale_in: float, scale_out: float) -> dict
         threshold = sae.architecture.saved_threshold(sae)
         if threshold is not None:
             tensors["threshold"] = threshold
-    return {name: t.detach().float().contiguous() for name, t in tensors.items()}
+    return {name: t.detach().float().cpu().contiguous() for name, t in tensors.items()}
 
 
 def saved_architecture(config: TrainingConfig) -> str:

@@ -74,14 +74,20 @@ class _Captured(Exception):
 
 
 @torch.inference_mode()
-def capture(model: nn.Module, sites: list[CaptureSite], input_ids: Tensor) -> list[Tensor]:
+def capture(
+    model: nn.Module,
+    sites: list[CaptureSite],
+    input_ids: Tensor,
+    out_device: torch.device | str = "cpu",
+) -> list[Tensor]:
     """Runs `model` on `input_ids` [B, T] until every site is read; one [B, T, d] tensor
-    per site, float32 on the CPU. Layers after the deepest site never run."""
+    per site, float32 on `out_device` (training on a GPU keeps them on the model's
+    device). Layers after the deepest site never run."""
     found: dict[int, Tensor] = {}
     handles = []
 
     def keep(index: int, hidden: Tensor) -> None:
-        found[index] = hidden.detach().float().cpu()
+        found[index] = hidden.detach().float().to(out_device)
         if len(found) == len(sites):
             raise _Captured
 

@@ -90,15 +90,24 @@ class Trainer:
         eval_rows: tuple[Tensor, Tensor],
         steps: int,
         checkpoint_dir: Path,
+        device: torch.device | str = "cpu",
     ) -> None:
+        """Trains on `device`: the SAE, Adam's moments, the dead-feature counters and
+        the held-out rows live there (batches arrive there from `stream`)."""
         self.config = config
         self.steps = steps
+        self.device = torch.device(device)
         self._stream = stream
-        self._eval_x, self._eval_y = eval_rows
+        eval_x, eval_y = eval_rows
+        self._eval_x = eval_x.to(self.device)
+        self._eval_y = self._eval_x if eval_y is eval_x else eval_y.to(self.device)
         self._dir = checkpoint_dir
-        self.sae = TrainableSae(config, d_in, d_out, torch.Generator().manual_seed(config.seed))
+        # Initialised on the CPU from the seed (the same weights on every device),
+        # then moved; the optimizer is made after the move, so its state is there too.
+        sae = TrainableSae(config, d_in, d_out, torch.Generator().manual_seed(config.seed))
+        self.sae = sae.to(self.device)
         self._optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.learning_rate)
-        self._since_fired = torch.zeros(config.d_sae, dtype=torch.long)
+        self._since_fired = torch.zeros(config.d_sae, dtype=torch.long, device=self.device)
         self.step = 0
         self.scale_in = self.scale_out = 1.0
         self._start_fresh()
@@ -122,13 +131,13 @@ class Trainer:
         """Loads the newest readable checkpoint; False when there is none."""
         for path in sorted(self._dir.glob("step_*.pt"), reverse=True):
             try:
-                state = torch.load(path, weights_only=True)
+                state = torch.load(path, weights_only=True, map_location=self.device)
             except Exception:  # a torn file; atomic writes make this rare
                 log.warning("skipping unreadable checkpoint %s", path.name)
                 continue
             self.sae.load_state_dict(state["sae"])
             self._optimizer.load_state_dict(state["optimizer"])
-            self._since_fired = state["since_fired"]
+            self._since_fired = state["since_fired"].to(self.device)
             self.step = int(state["step"])
             self.scale_in, self.scale_out = float(state["scale_in"]), float(state["scale_out"])
             self._stream.set_scales(self.scale_in, self.scale_out)
@@ -246,9 +255,13 @@ class Trainer:
         sae = self.sae
         direction = y[worst] - y_hat[worst]
         sae.W_dec[dead] = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        alive = torch.ones(sae.d_sae, dtype=torch.bool)
+        alive = torch.ones(sae.d_sae, dtype=torch.bool, device=self.device)
         alive[dead] = False
-        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        enc_norm = (
+            sae.W_enc[:, alive].norm(dim=0).mean()
+            if alive.any()
+            else torch.tensor(1.0, device=self.device)
+        )
         inputs = x[worst] - (sae.b_dec if sae.apply_b_dec_to_input else 0)
         inputs = inputs / inputs.norm(dim=1, keepdim=True).clamp_min(1e-12)
         sae.W_enc[:, dead] = (inputs * enc_norm * _RESAMPLE_ENCODER_SCALE).T

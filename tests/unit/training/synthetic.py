@@ -58,6 +58,9 @@ def make_trainer(
     eval_rows: tuple[Tensor, Tensor],
     steps: int,
     checkpoints: Path,
+    *,
+    device: torch.device | str = "cpu",
+    store: torch.device | str | None = None,
 ) -> Trainer:
     stream = BatchStream(
         source,
@@ -66,6 +69,8 @@ def make_trainer(
         chunk_windows=64,
         seed=config.seed,
         start=Cursor(),
+        device=device,
+        store=store,
     )
     d_out = eval_rows[1].shape[1]
     return Trainer(
@@ -76,4 +81,5 @@ def make_trainer(
         eval_rows=eval_rows,
         steps=steps,
         checkpoint_dir=checkpoints,
+        device=device,
     )
