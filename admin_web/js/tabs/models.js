@@ -109,7 +109,8 @@ function openLoadPanel(model) {
   );
   const spec = () => {
     const data = Object.fromEntries(new FormData(form));
-    const body = { quantization: data.quantization };
+    const body = {};
+    if (data.quantization) body.quantization = data.quantization;
     if (data.dtype) body.dtype = data.dtype;
     if (data.device) body.device = data.device;
     if (data.context_tokens) body.context_tokens = Number(data.context_tokens);
