@@ -85,7 +85,7 @@ def speed(models: dict[str, LoadedModel], args: argparse.Namespace) -> None:
     first = next(iter(models.values()))
     prompt = render_chat(first.tokenizer, [ChatTurn("user", PROMPTS[0])])
     threads = [int(t) for t in args.threads.split(",")]
-    default_threads = torch.get_num_threads()
+    default_threads = args.default_threads
     keys = [(c, t) for t in threads for c in models]
     for config, t in keys:  # warm-up
         torch.set_num_threads(t)
@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
     args = parser.parse_args()
+    args.default_threads = torch.get_num_threads()
     settings = InferenceSettings(data_dir=DATA_DIR, device="cpu")
     models: dict[str, Any] = {}
     for config in args.configs.split(","):
@@ -205,7 +206,7 @@ def main() -> None:
             settings,
             LoadOptions(dtype=dtype, quantization=quantization, device="cpu"),  # type: ignore[arg-type]
         )
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} default threads")
+    print(f"torch {torch.__version__}, {args.default_threads} default threads")
     if args.profile:
         profile(models, args)
     if not args.no_speed:

@@ -7,11 +7,13 @@ Modes:
   `LoadOptions.resolved()`. Measured in ``bench/cpu_decode.py`` (README, "Speed").
 - ``int8_weight``: every ``nn.Linear`` (the output layer included) holds int8 weights with
   one scale per output row and computes in bfloat16 through PyTorch's weight-only
-  kernel (`Int8WeightLinear`). CPU only; the fastest CPU decode measured here. Works
+  kernel (`Int8WeightLinear`). CPU only; the fastest CPU decode that keeps quality. Works
   with any ``dtype`` (float32 activations are cast to bfloat16 around each layer).
 - ``int8_dynamic``: the float32 model with every ``nn.Linear`` replaced by
   ``torch.ao.quantization.quantize_dynamic``'s int8 version (weights int8, activations
-  quantized per call). CPU only; the fast CPU path, because decode on a CPU is bound by
+  quantized per call). CPU only; it decodes fastest, but measured a large quality loss
+  (perplexity 18.8 -> 59 on the built-in model, bench/cpu_decode.py), so the default
+  is int8_weight. Decode on a CPU is bound by
   memory bandwidth and int8 weights are a quarter of the float32 bytes.
   The output layer is quantized too. When its weight is tied to the input embedding
   (as in SmolLM2) that breaks the tie: the embedding stays float32 for lookups and the
@@ -132,7 +134,7 @@ def validate(options: LoadOptions) -> list[str]:
         if device.type == "cpu":
             warnings_.append(
                 f"quantization {options.quantization} on the CPU is slow (a few tokens/s); "
-                "int8_dynamic is the fast CPU path."
+                "int8_weight is the fast CPU path."
             )
     if options.dtype == "float16" and device.type == "cpu":
         warnings_.append(

@@ -91,7 +91,7 @@ class _QuantizationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quantiza
     QUANTIZATION_NONE: _Quantization.ValueType  # 1
     """Weights in the chosen dtype."""
     QUANTIZATION_INT8_DYNAMIC: _Quantization.ValueType  # 2
-    """Dynamic int8 quantization of linear layers (CPU only; the fast CPU path)."""
+    """Dynamic int8 quantization of linear layers (CPU only; fast but lossy)."""
     QUANTIZATION_BNB_8BIT: _Quantization.ValueType  # 3
     """bitsandbytes 8-bit."""
     QUANTIZATION_BNB_4BIT: _Quantization.ValueType  # 4
@@ -111,7 +111,7 @@ QUANTIZATION_UNSPECIFIED: Quantization.ValueType  # 0
 QUANTIZATION_NONE: Quantization.ValueType  # 1
 """Weights in the chosen dtype."""
 QUANTIZATION_INT8_DYNAMIC: Quantization.ValueType  # 2
-"""Dynamic int8 quantization of linear layers (CPU only; the fast CPU path)."""
+"""Dynamic int8 quantization of linear layers (CPU only; fast but lossy)."""
 QUANTIZATION_BNB_8BIT: Quantization.ValueType  # 3
 """bitsandbytes 8-bit."""
 QUANTIZATION_BNB_4BIT: Quantization.ValueType  # 4
