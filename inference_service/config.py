@@ -30,8 +30,11 @@ class InferenceSettings(BaseSettings):
     model_id: str = ""
     # "auto": bfloat16 on CUDA, float32 on the CPU (engine/defaults.py).
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    # int8_dynamic is the fast CPU path; bnb_* need bitsandbytes.
-    quantization: Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"] = "none"
+    # auto: int8_weight (the fastest CPU decode) on a CPU, none on CUDA; bnb_* need
+    # bitsandbytes. README "Speed".
+    quantization: Literal["auto", "none", "int8_weight", "int8_dynamic", "bnb_8bit", "bnb_4bit"] = (
+        "auto"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_dir: Path = Path.home() / ".cache" / "millm"
     # Empty: SQLite at <data_dir>/millm.db. Otherwise a SQLAlchemy URL, for example
@@ -57,7 +60,8 @@ class InferenceSettings(BaseSettings):
     # dropped (a prompt's frame holds every prompt token), and frames of history.
     monitor_queue_frames: int = Field(default=64, ge=1)
     monitor_history_frames: int = Field(default=2000, ge=1, le=100_000)
-    # Torch intra-op threads; 0 lets torch decide.
+    # Torch intra-op threads; 0: on a CPU model with 8 cores or fewer, one fewer than
+    # the cores (the gRPC server and the bridge need one), else torch's default.
     torch_threads: int = Field(default=0, ge=0)
     # SAE training may read corpora from paths under this folder; unset allows
     # uploaded corpora only (the server never reads arbitrary paths for a client).

@@ -30,8 +30,10 @@ from inference_service.engine.prefix_cache import NO_PREFIX_CACHE, PrefixCache, 
 from inference_service.engine.row_edits import install
 from inference_service.engine.sampling import (
     apply_penalties,
-    choose_token,
+    draw_token,
+    greedy_tokens,
     make_generator,
+    read_tokens,
     token_logprobs,
 )
 from inference_service.engine.types import (
@@ -106,10 +108,28 @@ class SequenceState:
             prefixes.store(key, self.prompt_ids, self.cache)
         return out.logits[0, -1].float()  # [1, 1, V] -> [V]
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that shapes the logits or reports them: the batch's
+        argmax fast path may pick this row's token."""
+        return (
+            self.options.temperature == 0.0
+            and self._bias is None
+            and not self._penalised
+            and self._mask is None
+            and not self.options.logprobs
+        )
+
     def choose(self, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
-        """Samples the next token from [V] logits and reports its logprobs if asked.
-        Order: logit_bias, penalties, then the grammar's mask (after steering, which
-        already shaped the logits), so every choice, greedy or sampled, is allowed."""
+        """Samples the next token from [V] logits and reports its logprobs if asked."""
+        adjusted = self.adjust(logits)
+        token_id = int(self.draw(adjusted))
+        return token_id, self.report(adjusted, token_id)
+
+    def adjust(self, logits: torch.Tensor) -> torch.Tensor:  # [V] -> [V]
+        """The logits the token is drawn from. Order: logit_bias, penalties, then the
+        grammar's mask (after steering, which already shaped the logits), so every
+        choice, greedy or sampled, is allowed."""
         if self._bias is not None:
             ids, values = self._bias
             logits = logits.index_add(0, ids, values)
@@ -121,13 +141,17 @@ class SequenceState:
             )
         if self._mask is not None:
             logits = self._mask.apply(logits)
-        token_id = choose_token(
-            logits, self.options.temperature, self.options.top_p, self._generator
-        )
+        return logits
+
+    def draw(self, adjusted: torch.Tensor) -> torch.Tensor:  # [V] -> [] on the device
+        return draw_token(adjusted, self.options.temperature, self.options.top_p, self._generator)
+
+    def report(self, adjusted: torch.Tensor, token_id: int) -> TokenLogprob | None:
+        """The chosen token's logprob and the top ones, if the request asked."""
         if not self.options.logprobs:
-            return token_id, None
-        chosen, top = token_logprobs(logits, token_id, self.options.top_logprobs)
-        return token_id, TokenLogprob(
+            return None
+        chosen, top = token_logprobs(adjusted, token_id, self.options.top_logprobs)
+        return TokenLogprob(
             *self._token_text(token_id),
             logprob=chosen,
             top_logprobs=tuple(TopLogprob(*self._token_text(i), logprob=lp) for i, lp in top),
@@ -253,7 +277,7 @@ class DecodeBatch:
                 finally:
                     undo()
                 row.decode_started_ns = time.perf_counter_ns()
-                if self._advance(row, logits):
+                if self._advance(row, *sequence.choose(logits)):
                     return
             assert sequence.cache is not None  # prefilled, not yet joined
             if not supports_batching(sequence.cache):
@@ -292,7 +316,12 @@ class DecodeBatch:
                     undo()
                 self._cache.advance()
                 logits = out.logits[:, -1].float()  # [rows, V]
-                staying = [row for r, row in enumerate(live) if not self._advance(row, logits[r])]
+                choices = choose_all([row.sequence for row in live], logits)
+                staying = [
+                    row
+                    for row, choice in zip(live, choices, strict=True)
+                    if not self._advance(row, *choice)
+                ]
         except BaseException as exc:
             self._cache.keep([])
             self.rows = []
@@ -316,11 +345,9 @@ class DecodeBatch:
         self._cache.keep([index[id(row)] for row in rows])
         self.rows = rows
 
-    def _advance(self, row: Row, logits: torch.Tensor) -> bool:
-        """Samples and emits the row's next token; True if the row is finished."""
-        sequence = row.sequence
-        token_id, logprob = sequence.choose(logits)
-        step = sequence.accept(token_id, logprob)
+    def _advance(self, row: Row, token_id: int, logprob: TokenLogprob | None) -> bool:
+        """Emits the row's next token; True if the row is finished."""
+        step = row.sequence.accept(token_id, logprob)
         event = step.event
         if row.observer is not None:
             event = dataclasses.replace(event, activations=row.observer.take_activations())
@@ -351,6 +378,25 @@ class DecodeBatch:
                 decode_ns=decode_ns,
             )
         )
+
+
+def choose_all(
+    sequences: list[SequenceState], logits: torch.Tensor
+) -> list[tuple[int, TokenLogprob | None]]:
+    """Every row's next token from [rows, V] logits, read back to the host once for the
+    whole batch (a GPU waits once per step, not once per row). Plain greedy rows take
+    one argmax together; the others draw on the device with their own generators.
+    Rows that report logprobs read those back after the tokens."""
+    if all(sequence.plain_greedy for sequence in sequences):
+        return [(token_id, None) for token_id in greedy_tokens(logits)]
+    adjusted = [sequence.adjust(logits[r]) for r, sequence in enumerate(sequences)]
+    token_ids = read_tokens(
+        [sequence.draw(row) for sequence, row in zip(sequences, adjusted, strict=True)]
+    )
+    return [
+        (token_id, sequence.report(row, token_id))
+        for sequence, row, token_id in zip(sequences, adjusted, token_ids, strict=True)
+    ]
 
 
 def _plan(row: Row, token_ids: Any, start_position: int) -> Any:

@@ -36,6 +36,7 @@ from inference_service.engine.quantization import (
     bnb_config,
     model_bytes,
     quantize_int8_dynamic,
+    quantize_int8_weight,
     silence_bnb_cast_warning,
     validate,
 )
@@ -79,7 +80,7 @@ def load_model(settings: InferenceSettings, options: LoadOptions | None = None) 
     for options that cannot work before any weight is read.
     """
     started = time.monotonic()
-    options = options or LoadOptions.from_settings(settings)
+    options = (options or LoadOptions.from_settings(settings)).resolved()
     for warning in validate(options):
         log.warning("%s", warning)
     source, folder, model_id = resolve_source(settings)
@@ -107,6 +108,9 @@ def load_model(settings: InferenceSettings, options: LoadOptions | None = None) 
         if options.quantization == "int8_dynamic":
             parameter_count = _parameter_count(model)
             model = quantize_int8_dynamic(model)
+        elif options.quantization == "int8_weight":
+            parameter_count = _parameter_count(model)
+            model = quantize_int8_weight(model)
     if options.quantization != "none":
         _copy_out_of_file(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, **where)

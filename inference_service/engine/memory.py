@@ -43,7 +43,13 @@ _OVERHEAD_WEIGHT_SHARE = 0.02
 # 0.9 bytes (fbgemm's packed layout and quantization temporaries; 517 MiB measured
 # against 236 MiB of weights), bnb_8bit about 2 and bnb_4bit about 1 (bitsandbytes'
 # CPU kernels convert weights per call; 366-594 MiB measured, noisy).
-_EXTRA_PER_QUANTIZED_WEIGHT = {"none": 0.0, "int8_dynamic": 0.9, "bnb_8bit": 2.0, "bnb_4bit": 1.0}
+_EXTRA_PER_QUANTIZED_WEIGHT = {
+    "none": 0.0,
+    "int8_weight": 0.0,
+    "int8_dynamic": 0.9,
+    "bnb_8bit": 2.0,
+    "bnb_4bit": 1.0,
+}
 # bitsandbytes 4-bit: one float32 absmax per block of 64 weights.
 _BNB4_BLOCK = 64
 
@@ -130,6 +136,7 @@ def _count(config: Any) -> ParameterCounts:
 
 def weights_bytes(counts: ParameterCounts, options: LoadOptions) -> int:
     """Bytes of the loaded weights in `options`' dtype and quantization."""
+    options = options.resolved()
     dtype_bytes = DTYPES[options.dtype].itemsize
     rest = counts.total - counts.linear  # embedding, norms, biases, untied output layer
     mode = options.quantization
@@ -140,6 +147,12 @@ def weights_bytes(counts: ParameterCounts, options: LoadOptions) -> int:
         # int8; a tied output layer gets its own int8 copy (the embedding stays float32).
         quantized = counts.linear + counts.output_numel
         return quantized + (counts.total - counts.linear - counts.output) * 4
+    if mode == "int8_weight":
+        # Like int8_dynamic, with one bfloat16 scale per output row (the output layer's
+        # few hundred KiB of scales left out), and the rest in dtype.
+        quantized = counts.linear + counts.output_numel
+        rest_bytes = (counts.total - counts.linear - counts.output) * dtype_bytes
+        return quantized + counts.linear_out_features * 2 + rest_bytes
     if mode == "bnb_8bit":
         return counts.linear + counts.linear_out_features * 4 + rest * dtype_bytes
     if mode == "bnb_4bit":
@@ -178,6 +191,7 @@ def estimate_memory(
     sae_bytes: int = 0,
 ) -> MemoryEstimate:
     """Memory a load of the model `config` describes needs to serve `context_tokens` x `batch`."""
+    options = options.resolved()
     counts = count_parameters(config)
     weights = weights_bytes(counts, options)
     return MemoryEstimate(

@@ -43,41 +43,71 @@ def choose_token(
     top_p: float,
     generator: torch.Generator,
 ) -> int:
+    """One row's next token as an int (reads it back: a host sync on a GPU)."""
+    return int(draw_token(logits, temperature, top_p, generator))
+
+
+def draw_token(
+    logits: torch.Tensor,  # [V], float32
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator,
+) -> torch.Tensor:  # [] long, on the logits' device
+    """The next token as a device tensor: nothing is read back to the host (on CUDA;
+    the CPU nucleus reads one sum, which costs nothing there), so a batch's tokens can
+    be read back together (`read_tokens`)."""
     if temperature == 0.0:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits)
     probs = torch.softmax(logits / temperature, dim=-1)  # [V]
     if top_p >= 1.0:
         return _draw(probs, generator)
     candidates, candidate_probs = _nucleus(probs, top_p)  # [K], [K]
-    return int(candidates[_draw(candidate_probs, generator)])
+    return candidates[_draw(candidate_probs, generator)]
 
 
-def _draw(weights: torch.Tensor, generator: torch.Generator) -> int:  # [N] -> index
+def read_tokens(tokens: list[torch.Tensor]) -> list[int]:
+    """Every row's [] token tensor read back to the host at once: one sync per step."""
+    if len(tokens) == 1:
+        return [int(tokens[0])]
+    return torch.stack(tokens).tolist()
+
+
+def greedy_tokens(logits: torch.Tensor) -> list[int]:  # [rows, V] -> rows' argmax
+    """Greedy rows with nothing to adjust: one argmax and one read-back for them all."""
+    return logits.argmax(dim=-1).tolist()
+
+
+def _draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # [N] -> []
     """One draw by inverse CDF: a single random number per token, and on CPU
-    about 40x cheaper than torch.multinomial over a 50k vocabulary."""
+    about 40x cheaper than torch.multinomial over a 50k vocabulary. Zero-weight
+    entries are never drawn (the first index whose cumulative mass exceeds u)."""
     cdf = torch.cumsum(weights, dim=-1)  # [N]
     u = torch.rand((), generator=generator, device=weights.device) * cdf[-1]
-    # First index whose cumulative mass exceeds u; never a zero-weight token.
-    index = int(torch.searchsorted(cdf, u.reshape(1), right=True))
-    return min(index, weights.shape[-1] - 1)  # guards u == cdf[-1] from rounding
+    index = torch.searchsorted(cdf, u.reshape(1), right=True)[0]
+    return index.clamp(max=weights.shape[-1] - 1)  # guards u == cdf[-1] from rounding
 
 
-# Nucleus candidates are looked for among the top K tokens first; a full sort of
-# the vocabulary (slow on CPU) is needed only when those K hold less than top_p.
+# Nucleus candidates are looked for among the top K tokens first on a CPU; a full sort
+# of the vocabulary (slow on CPU) is needed only when those K hold less than top_p.
+# A GPU sorts the whole vocabulary at once, which needs no read-back to decide.
 _NUCLEUS_FIRST_K = 256
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The smallest set of most likely tokens whose mass reaches top_p: (ids [K], probs [K])."""
-    k = min(_NUCLEUS_FIRST_K, probs.shape[-1])
-    top_probs, top_ids = torch.topk(probs, k)  # [k], [k], descending
-    if float(top_probs.sum()) < top_p and k < probs.shape[-1]:
+    """The most likely tokens, best first, with the mass of those beyond the smallest
+    set reaching top_p zeroed: (ids [K], probs [K]). Drawing from it draws from the
+    nucleus; zeroing instead of cutting keeps the size (and the host) out of it."""
+    if probs.device.type == "cpu":
+        k = min(_NUCLEUS_FIRST_K, probs.shape[-1])
+        top_probs, top_ids = torch.topk(probs, k)  # [k], [k], descending
+        if float(top_probs.sum()) < top_p and k < probs.shape[-1]:
+            top_probs, top_ids = torch.sort(probs, descending=True)  # [V], [V]
+    else:
         top_probs, top_ids = torch.sort(probs, descending=True)  # [V], [V]
     # A token is kept while the mass before it is below top_p, so the most likely
     # token always survives.
     mass_before = torch.cumsum(top_probs, dim=-1) - top_probs
-    keep = int((mass_before < top_p).sum())
-    return top_ids[:keep], top_probs[:keep]
+    return top_ids, torch.where(mass_before < top_p, top_probs, 0.0)
 
 
 def token_logprobs(

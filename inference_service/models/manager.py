@@ -39,7 +39,7 @@ class LoadSpec:
 
     model_id: str
     dtype: str | None = None
-    quantization: str = "none"
+    quantization: str | None = None  # None: the service's setting
     device: str | None = None
     context_tokens: int | None = None  # the KV-cache estimate's plan; None: the model's own
     allow_overcommit: bool = False  # load with a warning when the estimate does not fit

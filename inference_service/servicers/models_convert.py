@@ -60,6 +60,8 @@ _QUANTIZATIONS = {
     model_service_pb2.QUANTIZATION_INT8_DYNAMIC: "int8_dynamic",
     model_service_pb2.QUANTIZATION_BNB_8BIT: "bnb_8bit",
     model_service_pb2.QUANTIZATION_BNB_4BIT: "bnb_4bit",
+    model_service_pb2.QUANTIZATION_INT8_WEIGHT: "int8_weight",
+    model_service_pb2.QUANTIZATION_AUTO: "auto",
 }
 
 
@@ -70,7 +72,7 @@ def load_spec(
     return LoadSpec(
         model_id=model_id,
         dtype=spec.dtype or None,
-        quantization=_QUANTIZATIONS.get(spec.quantization, "none"),
+        quantization=_QUANTIZATIONS.get(spec.quantization),
         device=spec.device or None,
         context_tokens=spec.context_tokens or None,
         allow_overcommit=allow_overcommit,

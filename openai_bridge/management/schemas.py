@@ -31,7 +31,7 @@ TEMPLATE_NAME_MAX = 64
 TRAINING_ID_MAX = 200
 
 WeightFormatName = Literal["safetensors", "pytorch"]
-QuantizationName = Literal["none", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
+QuantizationName = Literal["auto", "none", "int8_weight", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
 
 
 class ManagementBody(BaseModel):

@@ -74,6 +74,7 @@ def test_memory_estimate_shows_before_loading(ui_stack, page):
         f"/models/{served['id']}/estimate", {"quantization": "none", "dtype": "float32"}
     )
     panel.get_by_label("Dtype").select_option("float32")
+    panel.get_by_label("Quantization").select_option("none")  # the default is the server's
     expect(estimate).to_contain_text(f"weights {_mib(expected['weights_bytes'])}")
     expect(estimate).to_contain_text("Fits")
     # A quantization choice changes the estimate before anything loads.

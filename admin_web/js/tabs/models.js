@@ -101,7 +101,7 @@ function openLoadPanel(model) {
   const submit = h("button", { class: "primary", type: "submit" }, "Load");
   const form = h("form", { class: "grid-form", "aria-label": `Load ${model.id}` },
     select("dtype", "Dtype", [["", "server default"], ["float32", "float32"], ["bfloat16", "bfloat16"], ["float16", "float16"]]),
-    select("quantization", "Quantization", [["none", "none"], ["int8_dynamic", "int8 dynamic (CPU)"], ["bnb_8bit", "bitsandbytes 8-bit"], ["bnb_4bit", "bitsandbytes 4-bit"]]),
+    select("quantization", "Quantization", [["", "server default"], ["auto", "auto (fastest for the device)"], ["none", "none"], ["int8_weight", "int8 weight-only (CPU)"], ["int8_dynamic", "int8 dynamic (CPU)"], ["bnb_8bit", "bitsandbytes 8-bit"], ["bnb_4bit", "bitsandbytes 4-bit"]]),
     select("device", "Device", [["", "server default"], ["auto", "auto"], ["cpu", "cpu"], ["cuda", "cuda"]]),
     field("Context tokens (for the KV-cache estimate)", h("input", { name: "context_tokens", type: "number", min: "1", step: "1", placeholder: "the model's own" })),
     estimate, overcommit,
@@ -109,7 +109,8 @@ function openLoadPanel(model) {
   );
   const spec = () => {
     const data = Object.fromEntries(new FormData(form));
-    const body = { quantization: data.quantization };
+    const body = {};
+    if (data.quantization) body.quantization = data.quantization;
     if (data.dtype) body.dtype = data.dtype;
     if (data.device) body.device = data.device;
     if (data.context_tokens) body.context_tokens = Number(data.context_tokens);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from inference_service.engine.generation import run_generation
@@ -132,3 +133,66 @@ def test_penalties_change_a_repetitive_greedy_answer(loaded, chat_ids) -> None:
         loaded, prompt, temperature=0.0, max_tokens=8, frequency_penalty=2.0, presence_penalty=2.0
     )[1]
     assert penalised != plain
+
+
+def test_a_batch_reads_every_rows_token_back_once_per_step(loaded, chat_ids, monkeypatch) -> None:
+    """Greedy, seeded sampling with and without top_p, and logprobs, decoded as one
+    batch: each row's tokens equal the row alone, and each step reads the batch's
+    tokens back to the host in one call (one GPU sync per step, not one per row)."""
+    from inference_service.engine import generation
+
+    options = [
+        {"temperature": 0.0},
+        {"temperature": 1.0, "seed": 7},
+        {"temperature": 0.8, "top_p": 0.9, "seed": 3, "logprobs": True, "top_logprobs": 2},
+    ]
+    prompts = [chat_ids(q) for q in ("Name a colour.", "Tell me a joke.", "Count to five.")]
+    alone = [
+        generate(loaded, p, max_tokens=6, **o)[1:3] for p, o in zip(prompts, options, strict=True)
+    ]
+    reads: list[int] = []
+    real_read = generation.read_tokens
+    monkeypatch.setattr(generation, "read_tokens", lambda t: reads.append(len(t)) or real_read(t))
+    batch = generation.DecodeBatch(loaded)
+    events: list[list[GenerationEvent]] = [[] for _ in prompts]
+    for p, o, out in zip(prompts, options, events, strict=True):
+        request = GenerationRequest("b", tuple(p), SamplingOptions(max_tokens=6, **o))
+        batch.join(request, out.append, lambda: False, pytest_fail)
+    steps = 0
+    while batch.rows:
+        batch.step()
+        steps += 1
+    # One read-back per step for all the rows it decoded (a row may end early at EOS).
+    assert len(reads) == steps and reads[0] == 3
+    for (ids, tokens), out in zip(alone, events, strict=True):
+        assert [i for e in out[:-1] for i in e.token_ids] == ids  # type: ignore[union-attr]
+        # A batched pass sums in another order than a lone one: equal to ~1e-5.
+        got = [lp for e in out[:-1] for lp in e.logprobs]  # type: ignore[union-attr]
+        want = [lp for e in tokens for lp in e.logprobs]
+        assert [lp.token_id for lp in got] == [lp.token_id for lp in want]
+        assert [lp.logprob for lp in got] == pytest.approx([lp.logprob for lp in want], abs=1e-3)
+        assert [[t.token_id for t in lp.top_logprobs] for lp in got] == [
+            [t.token_id for t in lp.top_logprobs] for lp in want
+        ]
+
+
+def test_greedy_rows_take_one_argmax_together(loaded, chat_ids, monkeypatch) -> None:
+    from inference_service.engine import generation
+
+    calls: list[tuple[int, ...]] = []
+    real = generation.greedy_tokens
+    monkeypatch.setattr(
+        generation,
+        "greedy_tokens",
+        lambda logits: calls.append(tuple(logits.shape)) or real(logits),
+    )
+    batch = generation.DecodeBatch(loaded)
+    for q in ("Hi", "Hello there"):
+        request = GenerationRequest("g", chat_ids(q), SamplingOptions(0.0, max_tokens=3))
+        batch.join(request, lambda e: None, lambda: False, pytest_fail)
+    batch.step()
+    assert calls == [(2, loaded.model.config.vocab_size)]
+
+
+def pytest_fail(exc: BaseException) -> None:
+    raise AssertionError("the batch failed") from exc

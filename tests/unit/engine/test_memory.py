@@ -95,8 +95,8 @@ def test_parameters_are_counted_without_loading_weights(config) -> None:
 
 
 def test_kv_cache_and_weights_follow_dtype_and_quantization(config) -> None:
-    f32 = estimate_memory(config, LoadOptions("float32"), context_tokens=8192)
-    bf16 = estimate_memory(config, LoadOptions("bfloat16"), context_tokens=8192, batch=2)
+    f32 = estimate_memory(config, LoadOptions("float32", "none"), context_tokens=8192)
+    bf16 = estimate_memory(config, LoadOptions("bfloat16", "none"), context_tokens=8192, batch=2)
     # 2 x 30 layers x 3 KV heads x 64 dims x 8192 tokens x 4 bytes.
     assert f32.kv_cache_bytes == 2 * 30 * 3 * 64 * 8192 * 4
     assert bf16.kv_cache_bytes == f32.kv_cache_bytes  # half the bytes, twice the sequences
@@ -104,7 +104,7 @@ def test_kv_cache_and_weights_follow_dtype_and_quantization(config) -> None:
     assert bf16.weights_bytes == 134_515_008 * 2
     sizes = [
         estimate_memory(config, LoadOptions(quantization=q), context_tokens=0).weights_bytes
-        for q in ("none", "int8_dynamic", "bnb_8bit", "bnb_4bit")
+        for q in ("none", "int8_weight", "int8_dynamic", "bnb_8bit", "bnb_4bit")
     ]
     assert sizes == sorted(sizes, reverse=True)
 
@@ -114,7 +114,7 @@ def test_estimate_is_within_15_percent_of_measured_growth(config, data_dir, dtyp
     measured = measure(data_dir, dtype)
     assert measured["tokens"] == CONTEXT
     growth = measured["loaded"] - measured["before"]
-    estimate = estimate_memory(config, LoadOptions(dtype), context_tokens=CONTEXT)  # type: ignore[arg-type]
+    estimate = estimate_memory(config, LoadOptions(dtype, "none"), context_tokens=CONTEXT)  # type: ignore[arg-type]
     freed = measured["loaded"] - measured["unloaded"]
     print(
         f"{dtype}: estimate {estimate.total_bytes / MiB:.0f} MiB, measured "
@@ -127,7 +127,7 @@ def test_estimate_is_within_15_percent_of_measured_growth(config, data_dir, dtyp
 
 
 def test_check_fits_refuses_with_a_clear_message(config) -> None:
-    estimate = estimate_memory(config, LoadOptions("float32"), context_tokens=8192)
+    estimate = estimate_memory(config, LoadOptions("float32", "none"), context_tokens=8192)
     assert check_fits(estimate, estimate.total_bytes) is None
     with pytest.raises(OutOfMemoryError) as caught:
         check_fits(estimate, 300 * MiB)

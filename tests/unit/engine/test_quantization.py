@@ -71,6 +71,60 @@ def test_int8_dynamic_answers_and_reports_itself(load) -> None:
     assert 200 << 20 < int(d.extra["weights_bytes"]) < 260 << 20
 
 
+def test_int8_weight_answers_like_float32(load, loaded: LoadedModel) -> None:
+    fast = load(quantization="int8_weight")
+    assert "Paris" in answer(fast, "What is the capital of France?", 12)
+    d = fast.description
+    assert (d.dtype, d.extra["quantization"]) == ("float32", "int8_weight")
+    assert d.parameter_count == 134_515_008
+    assert isinstance(fast.model.lm_head, quantization.Int8WeightLinear)
+    assert isinstance(fast.model.model.layers[0].mlp.up_proj, quantization.Int8WeightLinear)
+    assert fast.model.model.embed_tokens.weight.dtype == torch.float32
+    assert fast.model.config.tie_word_embeddings is False
+    assert 200 << 20 < int(d.extra["weights_bytes"]) < 260 << 20
+    # float32's greedy tokens forced: the int8 model picks the same next token almost
+    # everywhere (bench/cpu_decode.py measures more prompts).
+    prompt = render_chat(loaded.tokenizer, [ChatTurn("user", "Explain how a fridge works.")])
+    events: list[GenerationEvent] = []
+    request = GenerationRequest("r", tuple(prompt), SamplingOptions(0.0, max_tokens=24))
+    run_generation(loaded, request, events.append, lambda: False)
+    want = [i for e in events[:-1] for i in e.token_ids]  # type: ignore[union-attr]
+    with torch.inference_mode():
+        logits = fast.model(input_ids=torch.tensor([prompt + want])).logits[0]
+    picked = logits[len(prompt) - 1 : -1].argmax(-1).tolist()
+    assert sum(p == w for p, w in zip(picked, want, strict=True)) >= 0.9 * len(want)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])  # the GEMV kernel, and the dequantized product
+def test_int8_weight_linear_computes_its_int8_weights(rows: int) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    layer = quantization.Int8WeightLinear(linear)
+    x = torch.randn(2, rows, 64)
+    got = layer(x)
+    assert got.shape == (2, rows, 48) and got.dtype == torch.float32
+    expected = torch.nn.functional.linear(x, layer.weight.float(), linear.bias)
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.02)
+    # ...which are the float weights to within half a quantization step per row.
+    step = linear.weight.abs().amax(dim=1, keepdim=True) / 127
+    assert bool(((layer.weight.float() - linear.weight).abs() <= step * 0.51 + 1e-2).all())
+
+
+def test_auto_picks_the_fast_mode_for_the_device() -> None:
+    assert LoadOptions(device="cpu").resolved() == LoadOptions("float32", "int8_weight", "cpu")
+    assert LoadOptions(device="cuda").resolved().quantization == "none"
+    explicit = LoadOptions("bfloat16", "none", "cpu")
+    assert explicit.resolved() is explicit
+    assert InferenceSettings().quantization == "auto"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_int8_weight_is_refused_on_cuda() -> None:
+    with pytest.raises(InvalidArgumentError, match="CPU only") as caught:
+        quantization.validate(LoadOptions("float32", "int8_weight", "cuda"))
+    assert caught.value.param == "quantization"
+
+
 @needs_bnb
 @pytest.mark.parametrize(
     ("mode", "layer", "max_bytes"),
@@ -88,7 +142,7 @@ def test_bitsandbytes_answers_on_cpu(load, mode: str, layer: str, max_bytes: int
 
 def test_options_come_from_settings_with_overrides() -> None:
     settings = InferenceSettings(dtype="bfloat16", device="cpu")
-    assert LoadOptions.from_settings(settings) == LoadOptions("bfloat16", "none", "cpu")
+    assert LoadOptions.from_settings(settings) == LoadOptions("bfloat16", "auto", "cpu")
     assert LoadOptions.from_settings(settings, dtype=None, quantization="bnb_4bit") == (
         LoadOptions("bfloat16", "bnb_4bit", "cpu")
     )

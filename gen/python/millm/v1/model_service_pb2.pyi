@@ -91,11 +91,17 @@ class _QuantizationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quantiza
     QUANTIZATION_NONE: _Quantization.ValueType  # 1
     """Weights in the chosen dtype."""
     QUANTIZATION_INT8_DYNAMIC: _Quantization.ValueType  # 2
-    """Dynamic int8 quantization of linear layers (CPU only; the fast CPU path)."""
+    """Dynamic int8 quantization of linear layers (CPU only; fast but lossy)."""
     QUANTIZATION_BNB_8BIT: _Quantization.ValueType  # 3
     """bitsandbytes 8-bit."""
     QUANTIZATION_BNB_4BIT: _Quantization.ValueType  # 4
     """bitsandbytes 4-bit."""
+    QUANTIZATION_INT8_WEIGHT: _Quantization.ValueType  # 5
+    """Weight-only int8 linear layers computing in bfloat16 (CPU only; the fastest
+    CPU decode).
+    """
+    QUANTIZATION_AUTO: _Quantization.ValueType  # 6
+    """The fastest mode for the device: INT8_WEIGHT on a CPU, NONE on CUDA."""
 
 class Quantization(_Quantization, metaclass=_QuantizationEnumTypeWrapper):
     """Quantization selects how weights are held in memory."""
@@ -105,11 +111,17 @@ QUANTIZATION_UNSPECIFIED: Quantization.ValueType  # 0
 QUANTIZATION_NONE: Quantization.ValueType  # 1
 """Weights in the chosen dtype."""
 QUANTIZATION_INT8_DYNAMIC: Quantization.ValueType  # 2
-"""Dynamic int8 quantization of linear layers (CPU only; the fast CPU path)."""
+"""Dynamic int8 quantization of linear layers (CPU only; fast but lossy)."""
 QUANTIZATION_BNB_8BIT: Quantization.ValueType  # 3
 """bitsandbytes 8-bit."""
 QUANTIZATION_BNB_4BIT: Quantization.ValueType  # 4
 """bitsandbytes 4-bit."""
+QUANTIZATION_INT8_WEIGHT: Quantization.ValueType  # 5
+"""Weight-only int8 linear layers computing in bfloat16 (CPU only; the fastest
+CPU decode).
+"""
+QUANTIZATION_AUTO: Quantization.ValueType  # 6
+"""The fastest mode for the device: INT8_WEIGHT on a CPU, NONE on CUDA."""
 Global___Quantization: _TypeAlias = Quantization  # noqa: Y015
 
 @_typing.final
@@ -183,7 +195,7 @@ class LoadSpec(_message.Message):
     server default.
     """
     quantization: Global___Quantization.ValueType
-    """Quantization; UNSPECIFIED means NONE."""
+    """Quantization; UNSPECIFIED means the server default."""
     device: _builtins.str
     """Device: "auto", "cpu" or "cuda"; empty means the server default."""
     context_tokens: _builtins.int
