@@ -46,8 +46,10 @@ def decoder_row_logits(model: nn.Module, row: Tensor) -> Tensor:
     """[d_model] decoder row -> [vocab] logits through the final norm and unembedding."""
     language_model: Any = model  # a transformers PreTrainedModel
     unembedding = language_model.get_output_embeddings()
-    assert isinstance(unembedding, nn.Linear), "a language model's head is a Linear layer"
-    weight = unembedding.weight
+    # An nn.Linear, or a quantized stand-in that still exposes its (dequantized) weight.
+    weight = getattr(unembedding, "weight", None)
+    if not isinstance(weight, Tensor):
+        raise UnsupportedError(f"The output layer of {type(model).__name__} exposes no weight.")
     normed = final_norm(model)(row.to(device=weight.device, dtype=weight.dtype).view(1, 1, -1))
     return unembedding(normed).view(-1).float().cpu()
 
