@@ -44,6 +44,8 @@ CONFIGS = [
     "float32/int8_dynamic",
     "float32/int8_weight",
     "bfloat16/int8_weight",
+    "float32/int4_weight",
+    "bfloat16/int4_weight",
 ]
 PROMPTS = [
     "Write a long story about a dragon who cooks.",
@@ -128,6 +130,7 @@ def profile(models: dict[str, LoadedModel], args: argparse.Namespace) -> None:
                 "aten::addmm",
                 "aten::mm",
                 "aten::_weight_int8pack_mm",
+                "aten::_weight_int4pack_mm_for_cpu",
                 "quantized::linear_dynamic",
             )
             linear = sum(e.self_cpu_time_total for e in table if e.key in linear_ops)

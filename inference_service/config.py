@@ -32,9 +32,9 @@ class InferenceSettings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # auto: int8_weight (the fastest CPU decode) on a CPU, none on CUDA; bnb_* need
     # bitsandbytes. README "Speed".
-    quantization: Literal["auto", "none", "int8_weight", "int8_dynamic", "bnb_8bit", "bnb_4bit"] = (
-        "auto"
-    )
+    quantization: Literal[
+        "auto", "none", "int4_weight", "int8_weight", "int8_dynamic", "bnb_8bit", "bnb_4bit"
+    ] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data_dir: Path = Path.home() / ".cache" / "millm"
     # Empty: SQLite at <data_dir>/millm.db. Otherwise a SQLAlchemy URL, for example

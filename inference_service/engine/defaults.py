@@ -5,9 +5,12 @@ bytes per weight read, tensor-core matmuls, and the range of float32) and float3
 on the CPU. `int8_dynamic` always runs on a float32 model, so "auto" gives
 float32 there whatever the device.
 
-`quantization` "auto" (the default of `MILLM_QUANTIZATION`) becomes `int8_weight` on
-the CPU, where decode is bound by the bytes read per token and the weight-only int8
-kernel keeps quality (README "Speed"), and `none` on CUDA.
+`quantization` "auto" (the default of `MILLM_QUANTIZATION`) becomes `none` on CUDA and,
+on the CPU, where decode is bound by the bytes read per token, weight-only layers that
+lose nothing against the loaded weights: 4-bit for each layer whose weights already
+hold 4-bit values (a 4-bit GGUF, such as the built-in model), int8 for the others
+(`quantization.quantize_weight_only`, README "Speed"). Before the weights are read
+(validation, memory estimates) it counts as `int8_weight`, the larger of the two.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import hashlib
 import importlib.util
@@ -32,11 +33,12 @@ from inference_service.config import BUILTIN_MODEL, InferenceSettings
 from inference_service.engine.cpu_linear import use_row_batched_linear
 from inference_service.engine.quantization import (
     BNB_MODES,
+    CPU_WEIGHT_MODES,
     LoadOptions,
     bnb_config,
     model_bytes,
     quantize_int8_dynamic,
-    quantize_int8_weight,
+    quantize_weight_only,
     silence_bnb_cast_warning,
     validate,
 )
@@ -80,7 +82,8 @@ def load_model(settings: InferenceSettings, options: LoadOptions | None = None) 
     for options that cannot work before any weight is read.
     """
     started = time.monotonic()
-    options = (options or LoadOptions.from_settings(settings)).resolved()
+    requested = options or LoadOptions.from_settings(settings)
+    options = requested.resolved()
     for warning in validate(options):
         log.warning("%s", warning)
     source, folder, model_id = resolve_source(settings)
@@ -108,9 +111,13 @@ def load_model(settings: InferenceSettings, options: LoadOptions | None = None) 
         if options.quantization == "int8_dynamic":
             parameter_count = _parameter_count(model)
             model = quantize_int8_dynamic(model)
-        elif options.quantization == "int8_weight":
+        elif options.quantization in CPU_WEIGHT_MODES:
             parameter_count = _parameter_count(model)
-            model = quantize_int8_weight(model)
+            # auto: 4-bit where the loaded weights already hold 4-bit values.
+            made = quantize_weight_only(model, requested.quantization)
+            log.info("weight-only layers: %d 4-bit, %d int8", made["int4"], made["int8"])
+            if made["int4"]:
+                options = dataclasses.replace(options, quantization="int4_weight")
     if options.quantization != "none":
         _copy_out_of_file(model)
     tokenizer = AutoTokenizer.from_pretrained(folder, **where)

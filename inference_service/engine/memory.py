@@ -45,6 +45,7 @@ _OVERHEAD_WEIGHT_SHARE = 0.02
 # CPU kernels convert weights per call; 366-594 MiB measured, noisy).
 _EXTRA_PER_QUANTIZED_WEIGHT = {
     "none": 0.0,
+    "int4_weight": 0.0,
     "int8_weight": 0.0,
     "int8_dynamic": 0.9,
     "bnb_8bit": 2.0,
@@ -153,6 +154,12 @@ def weights_bytes(counts: ParameterCounts, options: LoadOptions) -> int:
         quantized = counts.linear + counts.output_numel
         rest_bytes = (counts.total - counts.linear - counts.output) * dtype_bytes
         return quantized + counts.linear_out_features * 2 + rest_bytes
+    if mode == "int4_weight":
+        # Two half-byte copies per linear weight (the kernel's packed one and a plain
+        # one for long prefills), a bfloat16 scale and zero per 32, the output layer in
+        # int8 (its scales left out, as above), the rest in dtype.
+        rest_bytes = (counts.total - counts.linear - counts.output) * dtype_bytes
+        return counts.linear + counts.linear // 8 + counts.output_numel + rest_bytes
     if mode == "bnb_8bit":
         return counts.linear + counts.linear_out_features * 4 + rest * dtype_bytes
     if mode == "bnb_4bit":

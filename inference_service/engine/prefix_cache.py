@@ -50,8 +50,12 @@ MIN_REUSED_TOKENS = 8
 # one scale per call; bnb_8bit: outlier columns chosen per call), so a token's numbers
 # depend on which tokens share its pass. A prefix read in another pass is then not
 # the same numbers: with int8_dynamic, greedy 8-token replies differed in 14 of 18
-# requests (bench/prefix_cache.py). The cache is off for them.
-PASS_DEPENDENT_QUANTIZATIONS = frozenset({"int8_dynamic", "bnb_8bit"})
+# requests (bench/prefix_cache.py). The weight-only modes round every layer's input
+# to bfloat16, which turns the float32 parts' last-bit differences between a whole
+# prompt and a reused prefix plus its rest (attention over another query count:
+# logits 3e-5 apart in float32) into logits 0.25 apart on the built-in model, enough
+# to change greedy answers between two identical requests. The cache is off for all.
+PASS_DEPENDENT_QUANTIZATIONS = frozenset({"int8_dynamic", "bnb_8bit", "int4_weight", "int8_weight"})
 
 
 def budget_bytes(prefix_cache_mb: int, quantization: str) -> int:

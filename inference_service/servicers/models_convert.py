@@ -62,6 +62,7 @@ _QUANTIZATIONS = {
     model_service_pb2.QUANTIZATION_BNB_4BIT: "bnb_4bit",
     model_service_pb2.QUANTIZATION_INT8_WEIGHT: "int8_weight",
     model_service_pb2.QUANTIZATION_AUTO: "auto",
+    model_service_pb2.QUANTIZATION_INT4_WEIGHT: "int4_weight",
 }
 
 

@@ -31,7 +31,10 @@ TEMPLATE_NAME_MAX = 64
 TRAINING_ID_MAX = 200
 
 WeightFormatName = Literal["safetensors", "pytorch"]
-QuantizationName = Literal["auto", "none", "int8_weight", "int8_dynamic", "bnb_8bit", "bnb_4bit"]
+# In the proto's order (tests/unit/bridge/test_proto_json.py).
+QuantizationName = Literal[
+    "none", "int8_dynamic", "bnb_8bit", "bnb_4bit", "int8_weight", "auto", "int4_weight"
+]
 
 
 class ManagementBody(BaseModel):

@@ -25,7 +25,8 @@ CAPITAL = pb.ChatMessages(
 
 @pytest.fixture(scope="module")
 async def server(data_dir):
-    settings = InferenceSettings(grpc_port=0, data_dir=data_dir, max_queue=4)
+    # float32 without quantization: the prefix cache is on only there (prefix_cache.py).
+    settings = InferenceSettings(grpc_port=0, data_dir=data_dir, max_queue=4, quantization="none")
     srv = InferenceServer(settings)
     await srv.start()
     # Checked here, before the load finishes: health must not claim SERVING early.

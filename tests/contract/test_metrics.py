@@ -67,7 +67,10 @@ def usage_of(sse: str) -> dict:
 
 
 async def test_a_real_generation_is_counted_by_the_service_and_the_bridge(data_dir, tmp_path):
-    async with running_server(data_dir, tmp_path, metrics_port=free_port()) as server:
+    # quantization none: the prefix cache, whose tokens are counted, is on only there.
+    async with running_server(
+        data_dir, tmp_path, metrics_port=free_port(), quantization="none"
+    ) as server:
         assert server.metrics_port is not None
         url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         http, calls = bridge_for(f"127.0.0.1:{server.port}")

@@ -176,12 +176,18 @@ async def test_estimate_and_quantized_load_of_the_builtin_model(channel):
     models = pb_grpc.ModelServiceStub(channel)
     f32 = await models.EstimateModelMemory(
         pb.EstimateModelMemoryRequest(
-            id="builtin", spec=pb.LoadSpec(dtype="float32", context_tokens=512)
+            id="builtin",
+            spec=pb.LoadSpec(
+                dtype="float32", quantization=pb.QUANTIZATION_NONE, context_tokens=512
+            ),
         )
     )
     bf16 = await models.EstimateModelMemory(
         pb.EstimateModelMemoryRequest(
-            id="builtin", spec=pb.LoadSpec(dtype="bfloat16", context_tokens=512)
+            id="builtin",
+            spec=pb.LoadSpec(
+                dtype="bfloat16", quantization=pb.QUANTIZATION_NONE, context_tokens=512
+            ),
         )
     )
     assert f32.weights_bytes == 2 * bf16.weights_bytes

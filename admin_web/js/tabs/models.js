@@ -101,7 +101,7 @@ function openLoadPanel(model) {
   const submit = h("button", { class: "primary", type: "submit" }, "Load");
   const form = h("form", { class: "grid-form", "aria-label": `Load ${model.id}` },
     select("dtype", "Dtype", [["", "server default"], ["float32", "float32"], ["bfloat16", "bfloat16"], ["float16", "float16"]]),
-    select("quantization", "Quantization", [["", "server default"], ["auto", "auto (fastest for the device)"], ["none", "none"], ["int8_weight", "int8 weight-only (CPU)"], ["int8_dynamic", "int8 dynamic (CPU)"], ["bnb_8bit", "bitsandbytes 8-bit"], ["bnb_4bit", "bitsandbytes 4-bit"]]),
+    select("quantization", "Quantization", [["", "server default"], ["auto", "auto (fastest for the device)"], ["none", "none"], ["int4_weight", "4-bit weight-only (CPU)"], ["int8_weight", "int8 weight-only (CPU)"], ["int8_dynamic", "int8 dynamic (CPU)"], ["bnb_8bit", "bitsandbytes 8-bit"], ["bnb_4bit", "bitsandbytes 4-bit"]]),
     select("device", "Device", [["", "server default"], ["auto", "auto"], ["cpu", "cpu"], ["cuda", "cuda"]]),
     field("Context tokens (for the KV-cache estimate)", h("input", { name: "context_tokens", type: "number", min: "1", step: "1", placeholder: "the model's own" })),
     estimate, overcommit,

@@ -263,7 +263,13 @@ async def test_concurrent_requests_sharing_a_prefix(make_engine, loaded) -> None
 
 
 def test_the_cache_is_off_for_quantizations_that_depend_on_the_whole_pass(loaded, settings):
-    for quantization, enabled in (("int8_dynamic", False), ("bnb_8bit", False), ("none", True)):
+    for quantization, enabled in (
+        ("int8_dynamic", False),
+        ("bnb_8bit", False),
+        ("int4_weight", False),
+        ("int8_weight", False),
+        ("none", True),
+    ):
         extra = {**loaded.description.extra, "quantization": quantization}
         description = dataclasses.replace(loaded.description, extra=extra)
         engine = Engine(dataclasses.replace(loaded, description=description), settings)

@@ -82,17 +82,104 @@ def test_int8_weight_answers_like_float32(load, loaded: LoadedModel) -> None:
     assert fast.model.model.embed_tokens.weight.dtype == torch.float32
     assert fast.model.config.tie_word_embeddings is False
     assert 200 << 20 < int(d.extra["weights_bytes"]) < 260 << 20
-    # float32's greedy tokens forced: the int8 model picks the same next token almost
-    # everywhere (bench/cpu_decode.py measures more prompts).
-    prompt = render_chat(loaded.tokenizer, [ChatTurn("user", "Explain how a fridge works.")])
+    assert agreement_with(loaded, fast) >= 0.9
+
+
+def agreement_with(reference: LoadedModel, fast: LoadedModel) -> float:
+    """With the reference's greedy tokens forced, how often `fast` picks the same next
+    token (bench/cpu_decode.py measures more prompts)."""
+    prompt = render_chat(reference.tokenizer, [ChatTurn("user", "Explain how a fridge works.")])
     events: list[GenerationEvent] = []
     request = GenerationRequest("r", tuple(prompt), SamplingOptions(0.0, max_tokens=24))
-    run_generation(loaded, request, events.append, lambda: False)
+    run_generation(reference, request, events.append, lambda: False)
     want = [i for e in events[:-1] for i in e.token_ids]  # type: ignore[union-attr]
     with torch.inference_mode():
         logits = fast.model(input_ids=torch.tensor([prompt + want])).logits[0]
     picked = logits[len(prompt) - 1 : -1].argmax(-1).tolist()
-    assert sum(p == w for p, w in zip(picked, want, strict=True)) >= 0.9 * len(want)
+    return sum(p == w for p, w in zip(picked, want, strict=True)) / len(want)
+
+
+def test_auto_on_a_cpu_keeps_the_built_in_models_4bit_layers_4bit(load, loaded) -> None:
+    # The built-in model is a Q4_1 GGUF: its decoder layers hold 4-bit values, its
+    # output layer (the tied embedding) does not.
+    fast = load()  # quantization: the default, auto
+    d = fast.description
+    assert (d.dtype, d.extra["quantization"]) == ("float32", "int4_weight")
+    layers = fast.model.model.layers
+    assert isinstance(layers[0].mlp.up_proj, quantization.Int4WeightLinear)
+    assert isinstance(layers[-1].self_attn.k_proj, quantization.Int4WeightLinear)
+    assert isinstance(fast.model.lm_head, quantization.Int8WeightLinear)
+    # 4-bit groups reproduce the loaded weights: bfloat16 scales are all that differ.
+    original = loaded.model.model.layers[0].mlp.up_proj.weight
+    assert layers[0].mlp.up_proj.relative_error(original) < 0.005
+    # Two half-byte copies per 4-bit weight (see Int4WeightLinear) + the float32 embedding.
+    assert 230 << 20 < int(d.extra["weights_bytes"]) < 265 << 20
+    assert "Paris" in answer(fast, "What is the capital of France?", 12)
+    assert agreement_with(loaded, fast) >= 0.9
+
+
+def four_bit_weight(out_features: int, in_features: int) -> torch.Tensor:
+    """A weight that holds 4-bit values: each group of 32 is min + q * step."""
+    q = torch.randint(0, 16, (out_features, in_features // 32, 32)).float()
+    q[..., 0], q[..., 1] = 0, 15  # a 4-bit file's groups span their codes (as Q4_1's do)
+    step = torch.rand(out_features, in_features // 32, 1) * 0.02 + 0.001
+    low = torch.randn(out_features, in_features // 32, 1) * 0.05
+    return (low + q * step).view(out_features, in_features)
+
+
+class _Tiny(torch.nn.Module):
+    """The parts of a causal LM quantize_weight_only reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = type("Config", (), {"tie_word_embeddings": False})()
+        self.four = torch.nn.Linear(64, 48)
+        self.four.weight.data = four_bit_weight(48, 64)
+        self.plain = torch.nn.Linear(64, 48)
+        self.odd = torch.nn.Linear(40, 8)  # 40 inputs: no whole groups of 32
+        self.head = torch.nn.Linear(64, 100, bias=False)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.head
+
+
+@pytest.mark.parametrize(
+    ("mode", "kinds"),
+    [
+        ("auto", ("int4", "int8", "int8", "int8")),
+        ("int4_weight", ("int4", "int4", "int8", "int8")),  # the head stays int8
+        ("int8_weight", ("int8", "int8", "int8", "int8")),
+    ],
+)
+def test_weight_only_modes_choose_bits_per_layer(mode: str, kinds: tuple[str, ...]) -> None:
+    torch.manual_seed(0)
+    model = _Tiny()
+    made = quantization.quantize_weight_only(model, mode)
+    classes = {"int4": quantization.Int4WeightLinear, "int8": quantization.Int8WeightLinear}
+    layers = (model.four, model.plain, model.odd, model.head)
+    assert [type(layer) for layer in layers] == [classes[k] for k in kinds]
+    assert made == {"int4": kinds.count("int4"), "int8": kinds.count("int8")}
+
+
+@pytest.mark.parametrize("rows", [1, 5, 120])  # the int4 kernel, and the unpacked product
+def test_int4_weight_linear_computes_its_4bit_weights(rows: int) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    layer = quantization.Int4WeightLinear(linear)
+    x = torch.randn(2, rows, 64)
+    got = layer(x)
+    assert got.shape == (2, rows, 48) and got.dtype == torch.float32
+    expected = torch.nn.functional.linear(x, layer.weight.float(), linear.bias)
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.02)
+    # ...which are the float weights to within half a step of their group of 32.
+    groups = linear.weight.detach().view(48, 2, 32)
+    step = (groups.amax(-1, keepdim=True) - groups.amin(-1, keepdim=True)) / 15
+    error = (layer.weight.float() - linear.weight).abs().view(48, 2, 32)
+    assert bool((error <= step * 0.51 + 2e-3).all())
+    # Weights that hold 4-bit values come back almost exactly.
+    exact = torch.nn.Linear(64, 48)
+    exact.weight.data = four_bit_weight(48, 64)
+    assert quantization.Int4WeightLinear(exact).relative_error(exact.weight) < 0.005
 
 
 @pytest.mark.parametrize("rows", [1, 3, 40])  # the GEMV kernel, and the dequantized product

@@ -101,7 +101,14 @@ class _QuantizationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quantiza
     CPU decode).
     """
     QUANTIZATION_AUTO: _Quantization.ValueType  # 6
-    """The fastest mode for the device: INT8_WEIGHT on a CPU, NONE on CUDA."""
+    """The fastest mode for the device that keeps the loaded weights' quality: on a
+    CPU, INT4_WEIGHT when the weights already hold 4-bit values (a 4-bit GGUF),
+    else INT8_WEIGHT; NONE on CUDA.
+    """
+    QUANTIZATION_INT4_WEIGHT: _Quantization.ValueType  # 7
+    """Weight-only 4-bit linear layers (groups of 32 with a scale and a minimum, as
+    llama.cpp's Q4_1) computing in bfloat16; the output layer in int8 (CPU only).
+    """
 
 class Quantization(_Quantization, metaclass=_QuantizationEnumTypeWrapper):
     """Quantization selects how weights are held in memory."""
@@ -121,7 +128,14 @@ QUANTIZATION_INT8_WEIGHT: Quantization.ValueType  # 5
 CPU decode).
 """
 QUANTIZATION_AUTO: Quantization.ValueType  # 6
-"""The fastest mode for the device: INT8_WEIGHT on a CPU, NONE on CUDA."""
+"""The fastest mode for the device that keeps the loaded weights' quality: on a
+CPU, INT4_WEIGHT when the weights already hold 4-bit values (a 4-bit GGUF),
+else INT8_WEIGHT; NONE on CUDA.
+"""
+QUANTIZATION_INT4_WEIGHT: Quantization.ValueType  # 7
+"""Weight-only 4-bit linear layers (groups of 32 with a scale and a minimum, as
+llama.cpp's Q4_1) computing in bfloat16; the output layer in int8 (CPU only).
+"""
 Global___Quantization: _TypeAlias = Quantization  # noqa: Y015
 
 @_typing.final
