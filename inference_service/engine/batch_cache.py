@@ -94,6 +94,12 @@ class BatchCache:
             "cache_position": torch.tensor([width], device=device),
         }
 
+    @property
+    def padded(self) -> bool:
+        """Whether some row has padding columns (else a step's mask hides nothing)."""
+        width = self.width
+        return any(n != width for n in self.lengths)
+
     def advance(self) -> None:
         """Every row gained the token of the step just run."""
         self.lengths = [n + 1 for n in self.lengths]

@@ -24,6 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from inference_service.engine.batch_cache import BatchCache, supports_batching
+from inference_service.engine.decode_step import LlamaDecodeStep
 from inference_service.engine.detokenizer import CompletionText
 from inference_service.engine.loader import LoadedModel
 from inference_service.engine.prefix_cache import NO_PREFIX_CACHE, PrefixCache, prefix_key
@@ -236,6 +237,8 @@ class DecodeBatch:
         self._loaded = loaded
         self._prefixes = prefixes
         self._cache = BatchCache()
+        # Llama-family models decode without transformers' per-call work (decode_step.py).
+        self._fast_step = LlamaDecodeStep.for_model(loaded.model)
         self.rows: list[Row] = []
         self.batchable = True  # False once a model's cache turns out not to merge
 
@@ -305,17 +308,13 @@ class DecodeBatch:
                 last = [[row.sequence.generated[-1]] for row in live]
                 undo = install(plans)
                 try:
-                    out = self._model(
-                        input_ids=torch.tensor(last, dtype=torch.long, device=self._loaded.device),
-                        past_key_values=self._cache.cache,
-                        use_cache=True,
-                        logits_to_keep=1,
-                        **(self._cache.step_inputs() if self.batchable else {}),
+                    step_logits = self._forward(
+                        torch.tensor(last, dtype=torch.long, device=self._loaded.device)
                     )
                 finally:
                     undo()
                 self._cache.advance()
-                logits = out.logits[:, -1].float()  # [rows, V]
+                logits = step_logits[:, -1].float()  # [rows, V]
                 choices = choose_all([row.sequence for row in live], logits)
                 staying = [
                     row
@@ -332,6 +331,23 @@ class DecodeBatch:
         if len(staying) != len(live):
             self._keep(staying)
         return len(live)
+
+    def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [rows, 1] -> [rows, 1, V]
+        """One pass over the batch's new tokens: the model's own forward pass, or the
+        same operations without its per-call work where decode_step.py applies."""
+        inputs = self._cache.step_inputs() if self.batchable else {}
+        fast = self._fast_step
+        if self.batchable and fast is not None and fast.usable():
+            # No mask when nothing is padding: what transformers passes to attention then.
+            mask = inputs["attention_mask"] if self._cache.padded else None
+            return fast(input_ids, self._cache.cache, mask, inputs["position_ids"])
+        return self._model(
+            input_ids=input_ids,
+            past_key_values=self._cache.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **inputs,
+        ).logits
 
     def cancel_all(self) -> None:
         """Ends every row as cancelled (the lane stopped under them)."""

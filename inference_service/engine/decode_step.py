@@ -1,0 +1,149 @@
+"""One decode step of a Llama-family model without transformers' per-call plumbing.
+
+On a CPU with a small model, decoding one token per row spends as much time in the
+work around the kernels (argument handling, mask and output objects, cache
+bookkeeping, one Python module call per projection) as in the weight kernels
+themselves. `LlamaDecodeStep` runs the decoder's operations in the order the
+model's own forward pass runs them, with transformers' own attention function, so
+its logits equal the model's bit for bit (tests/unit/engine/test_decode_step.py),
+and it calls each decoder layer's forward pre-hooks and hooks as calling the layer
+would: that is where steering, monitoring and training's harvest read and edit
+the residual stream (sae/hook_sites.py). A hook anywhere else in the model, a
+model outside the family, or an attention implementation other than SDPA takes
+the model's own forward pass (`for_model` answers None).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+# Families whose decoder layer this module reproduces: checked against their forward.
+_FAMILIES = frozenset({"llama"})
+
+
+class LlamaDecodeStep:
+    """Computes [rows, 1, V] logits for one new token per row of a batch cache."""
+
+    def __init__(self, model: Any) -> None:
+        base = model.model
+        self._embed = base.embed_tokens
+        self._rotary = base.rotary_emb
+        self._norm = base.norm
+        self._head = model.lm_head
+        self._layers: list[nn.Module] = list(base.layers[: model.config.num_hidden_layers])
+        own = {id(layer) for layer in self._layers}
+        # Every module but the decoder layers themselves: a hook on any of them (their
+        # submodules included) is one this step would not call.
+        self._others = [m for m in model.modules() if id(m) not in own]
+
+    @classmethod
+    def for_model(cls, model: Any) -> LlamaDecodeStep | None:
+        config = getattr(model, "config", None)
+        if (
+            getattr(config, "model_type", None) not in _FAMILIES
+            or getattr(config, "_attn_implementation", None) != "sdpa"
+            or model.training
+        ):
+            return None
+        return cls(model)
+
+    def usable(self) -> bool:
+        """False while a hook this step would not call is on the model."""
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self._others)
+
+    def __call__(
+        self, input_ids: Tensor, cache: Any, attention_mask: Tensor | None, position_ids: Tensor
+    ) -> Tensor:
+        """`input_ids` [rows, 1]; `cache` the batch's DynamicCache, which gains the new
+        keys and values; `attention_mask` [rows, width + 1] (1: a real column) or None
+        when no row has padding; `position_ids` [rows, 1]."""
+        rows = input_ids.shape[0]
+        hidden = self._embed(input_ids)
+        cos, sin = self._rotary(hidden, position_ids)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        # The boolean [rows, 1, 1, width + 1] mask transformers builds for SDPA.
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        for index, layer in enumerate(self._layers):
+            hidden = _pre_hooks(layer, hidden)
+            hidden = _layer(layer, hidden, cache.layers[index], cos, sin, mask, rows)
+            hidden = _hooks(layer, hidden)
+        return self._head(self._norm(hidden))
+
+
+def _layer(
+    layer: Any, hidden: Tensor, kv: Any, cos: Tensor, sin: Tensor, mask: Tensor | None, rows: int
+) -> Tensor:
+    """LlamaDecoderLayer.forward for one position per row, without module calls
+    where a plain function does the same operations."""
+    attention = layer.self_attn
+    residual = hidden
+    x = _rms_norm(layer.input_layernorm, hidden)
+    shape = (rows, 1, -1, attention.head_dim)
+    query = attention.q_proj(x).view(shape).transpose(1, 2)
+    key = attention.k_proj(x).view(shape).transpose(1, 2)
+    value = attention.v_proj(x).view(shape).transpose(1, 2)
+    query = query * cos + _rotate_half(query) * sin
+    key = key * cos + _rotate_half(key) * sin
+    keys, values = kv.update(key, value)
+    out, _ = sdpa_attention_forward(
+        attention, query, keys, values, mask, dropout=0.0, scaling=attention.scaling
+    )
+    hidden = residual + attention.o_proj(out.reshape(rows, 1, -1).contiguous())
+    residual = hidden
+    x = _rms_norm(layer.post_attention_layernorm, hidden)
+    mlp = layer.mlp
+    return residual + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+
+def _rms_norm(norm: Any, hidden: Tensor) -> Tensor:
+    """LlamaRMSNorm.forward's operations."""
+    dtype = hidden.dtype
+    x = hidden.to(torch.float32)
+    variance = x.pow(2).mean(-1, keepdim=True)
+    x = x * torch.rsqrt(variance + norm.variance_epsilon)
+    return norm.weight * x.to(dtype)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _pre_hooks(module: nn.Module, hidden: Tensor) -> Tensor:
+    """The module's forward pre-hooks, as `module(hidden)` would call them."""
+    if not module._forward_pre_hooks:
+        return hidden
+    args: tuple[Any, ...] = (hidden,)
+    kwargs: dict[str, Any] = {}
+    for hook_id, hook in module._forward_pre_hooks.items():
+        if hook_id in module._forward_pre_hooks_with_kwargs:
+            result = hook(module, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        else:
+            result = hook(module, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _hooks(module: nn.Module, hidden: Tensor) -> Tensor:
+    """The module's forward hooks, as `module(hidden)` would call them."""
+    if not module._forward_hooks:
+        return hidden
+    args = (hidden,)
+    output: Any = hidden
+    for hook_id, hook in module._forward_hooks.items():
+        if hook_id in module._forward_hooks_with_kwargs:
+            result = hook(module, args, {}, output)
+        else:
+            result = hook(module, args, output)
+        if result is not None:
+            output = result
+    return output[0] if isinstance(output, tuple) else output

@@ -1,0 +1,105 @@
+"""The decode step without transformers' per-call work computes the model's own logits,
+bit for bit, and calls the decoder layers' hooks as the model would."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from inference_service.engine.batch_cache import BatchCache
+from inference_service.engine.decode_step import LlamaDecodeStep
+from inference_service.engine.loader import LoadedModel
+from inference_service.sae.hook_sites import hook_hidden_state
+
+PROMPTS = ["The capital of France is", "Once upon a time, in a land far away, there", "Hi"]
+
+
+def batch_cache(loaded: LoadedModel, prompts: list[str]) -> BatchCache:
+    """Each prompt prefilled alone and joined as a row, as the decode batch does."""
+    cache = BatchCache()
+    with torch.inference_mode():
+        for text in prompts:
+            ids = torch.tensor([loaded.tokenizer.encode(text)])
+            cache.add(loaded.model(input_ids=ids, use_cache=True).past_key_values)
+    return cache
+
+
+def both_ways(loaded: LoadedModel, cache: BatchCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's logits from the model's forward pass and from LlamaDecodeStep, each
+    on its own copy of the cache; the copies must also end equal."""
+    step = LlamaDecodeStep.for_model(loaded.model)
+    assert step is not None and step.usable()
+    ids = torch.tensor([[13]] * cache.rows)
+    inputs = cache.step_inputs()
+    theirs, ours = copy.deepcopy(cache.cache), copy.deepcopy(cache.cache)
+    with torch.inference_mode():
+        expected = loaded.model(
+            input_ids=ids, past_key_values=theirs, use_cache=True, logits_to_keep=1, **inputs
+        ).logits
+        mask = inputs["attention_mask"] if cache.padded else None
+        got = step(ids, ours, mask, inputs["position_ids"])
+    for a, b in zip(theirs.layers, ours.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    return expected, got
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS[:2], PROMPTS])
+def test_logits_equal_the_models_forward_pass(loaded: LoadedModel, prompts: list[str]) -> None:
+    cache = batch_cache(loaded, prompts)
+    assert cache.padded == (len(prompts) > 1)  # the prompts have different lengths
+    expected, got = both_ways(loaded, cache)
+    assert got.shape == expected.shape == (len(prompts), 1, loaded.model.config.vocab_size)
+    assert torch.equal(got, expected)
+
+
+def test_the_decoder_layers_hooks_edit_as_in_the_forward_pass(loaded: LoadedModel) -> None:
+    cache = batch_cache(loaded, PROMPTS)
+    plain, _ = both_ways(loaded, cache)
+    layers = loaded.model.model.layers
+    push = torch.randn(loaded.model.config.hidden_size) * 4
+    seen: list[tuple[int, ...]] = []
+
+    def add(hidden: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(hidden.shape))
+        return hidden + push
+
+    handles = [
+        hook_hidden_state(layers[3], "output", add),
+        hook_hidden_state(layers[6], "input", add),
+        hook_hidden_state(layers[9], "output", lambda hidden: None),  # reads only
+    ]
+    try:
+        expected, got = both_ways(loaded, cache)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(got, expected)
+    assert not torch.allclose(got, plain)  # the edits changed the answer
+    rows = (3, 1, loaded.model.config.hidden_size)
+    assert seen == [rows, rows, rows, rows]  # two hooks, once in each pass
+
+
+def test_a_hook_it_would_not_call_sends_the_step_to_the_model(loaded: LoadedModel) -> None:
+    step = LlamaDecodeStep.for_model(loaded.model)
+    assert step is not None and step.usable()
+    handle = loaded.model.model.layers[2].mlp.register_forward_hook(lambda *args: None)
+    try:
+        assert not step.usable()
+    finally:
+        handle.remove()
+    assert step.usable()
+
+
+def test_other_families_and_training_take_the_models_forward(loaded: LoadedModel) -> None:
+    model = loaded.model
+    config = model.config
+    for name, value in (("model_type", "gpt2"), ("_attn_implementation", "eager")):
+        saved = getattr(config, name)
+        object.__setattr__(config, name, value)
+        try:
+            assert LlamaDecodeStep.for_model(model) is None
+        finally:
+            object.__setattr__(config, name, saved)
+    assert LlamaDecodeStep.for_model(model) is not None
