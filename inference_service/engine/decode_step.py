@@ -4,11 +4,19 @@ On a CPU with a small model, decoding one token per row spends as much time in t
 work around the kernels (argument handling, mask and output objects, cache
 bookkeeping, one Python module call per projection) as in the weight kernels
 themselves. `LlamaDecodeStep` runs the decoder's operations in the order the
-model's own forward pass runs them, with transformers' own attention function, so
-its logits equal the model's bit for bit (tests/unit/engine/test_decode_step.py),
-and it calls each decoder layer's forward pre-hooks and hooks as calling the layer
-would: that is where steering, monitoring and training's harvest read and edit
-the residual stream (sae/hook_sites.py). A hook anywhere else in the model, a
+model's own forward pass runs them, with transformers' own attention function, and
+calls each decoder layer's forward pre-hooks and hooks as calling the layer would:
+that is where steering, monitoring and training's harvest read and edit the
+residual stream (sae/hook_sites.py).
+
+A row decodes to the same numbers alone or in any batch
+(tests/unit/engine/test_decode_step.py): alone, the logits equal the model's own
+forward pass bit for bit; in a batch whose rows have padding, each row attends
+over its own columns alone (the masked batched kernel sums in another grouping),
+and weight-only layers take their row-by-row kernel whatever the row count
+(`WeightOnlyLinear.decode_rows`). The weight-only modes round each layer's input to
+bfloat16, which turns last-bit differences into different greedy answers, so
+without this a reply would depend on the traffic beside it. A hook anywhere else in the model, a
 model outside the family, or an attention implementation other than SDPA takes
 the model's own forward pass (`for_model` answers None).
 """
@@ -58,26 +66,30 @@ class LlamaDecodeStep:
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self._others)
 
     def __call__(
-        self, input_ids: Tensor, cache: Any, attention_mask: Tensor | None, position_ids: Tensor
+        self, input_ids: Tensor, cache: Any, lengths: list[int] | None, position_ids: Tensor
     ) -> Tensor:
         """`input_ids` [rows, 1]; `cache` the batch's DynamicCache, which gains the new
-        keys and values; `attention_mask` [rows, width + 1] (1: a real column) or None
-        when no row has padding; `position_ids` [rows, 1]."""
+        keys and values; `lengths` each row's real columns after this step (its right
+        end of the cache), or None when no row has padding; `position_ids` [rows, 1]."""
         rows = input_ids.shape[0]
         hidden = self._embed(input_ids)
         cos, sin = self._rotary(hidden, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        # The boolean [rows, 1, 1, width + 1] mask transformers builds for SDPA.
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for index, layer in enumerate(self._layers):
             hidden = _pre_hooks(layer, hidden)
-            hidden = _layer(layer, hidden, cache.layers[index], cos, sin, mask, rows)
+            hidden = _layer(layer, hidden, cache.layers[index], cos, sin, lengths, rows)
             hidden = _hooks(layer, hidden)
-        return self._head(self._norm(hidden))
+        return _project(self._head, self._norm(hidden))
 
 
 def _layer(
-    layer: Any, hidden: Tensor, kv: Any, cos: Tensor, sin: Tensor, mask: Tensor | None, rows: int
+    layer: Any,
+    hidden: Tensor,
+    kv: Any,
+    cos: Tensor,
+    sin: Tensor,
+    lengths: list[int] | None,
+    rows: int,
 ) -> Tensor:
     """LlamaDecoderLayer.forward for one position per row, without module calls
     where a plain function does the same operations."""
@@ -85,20 +97,46 @@ def _layer(
     residual = hidden
     x = _rms_norm(layer.input_layernorm, hidden)
     shape = (rows, 1, -1, attention.head_dim)
-    query = attention.q_proj(x).view(shape).transpose(1, 2)
-    key = attention.k_proj(x).view(shape).transpose(1, 2)
-    value = attention.v_proj(x).view(shape).transpose(1, 2)
+    query = _project(attention.q_proj, x).view(shape).transpose(1, 2)
+    key = _project(attention.k_proj, x).view(shape).transpose(1, 2)
+    value = _project(attention.v_proj, x).view(shape).transpose(1, 2)
     query = query * cos + _rotate_half(query) * sin
     key = key * cos + _rotate_half(key) * sin
     keys, values = kv.update(key, value)
-    out, _ = sdpa_attention_forward(
-        attention, query, keys, values, mask, dropout=0.0, scaling=attention.scaling
-    )
-    hidden = residual + attention.o_proj(out.reshape(rows, 1, -1).contiguous())
+    if lengths is None:
+        out = _attend(attention, query, keys, values)
+    else:  # each row over its own columns, as it would alone
+        width = keys.shape[2]
+        out = torch.cat(
+            [
+                _attend(
+                    attention,
+                    query[r : r + 1],
+                    keys[r : r + 1, :, width - n :],
+                    values[r : r + 1, :, width - n :],
+                )
+                for r, n in enumerate(lengths)
+            ]
+        )
+    hidden = residual + _project(attention.o_proj, out.reshape(rows, 1, -1).contiguous())
     residual = hidden
     x = _rms_norm(layer.post_attention_layernorm, hidden)
     mlp = layer.mlp
-    return residual + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+    up = _project(mlp.up_proj, x)
+    return residual + _project(mlp.down_proj, mlp.act_fn(_project(mlp.gate_proj, x)) * up)
+
+
+def _attend(attention: Any, query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    out, _ = sdpa_attention_forward(
+        attention, query, keys, values, None, dropout=0.0, scaling=attention.scaling
+    )
+    return out
+
+
+def _project(linear: Any, x: Tensor) -> Tensor:
+    """`linear(x)`, by the row-by-row kernel where the layer has one."""
+    decode_rows = getattr(linear, "decode_rows", None)
+    return linear(x) if decode_rows is None else decode_rows(x)
 
 
 def _rms_norm(norm: Any, hidden: Tensor) -> Tensor:

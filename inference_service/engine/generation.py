@@ -338,9 +338,9 @@ class DecodeBatch:
         inputs = self._cache.step_inputs() if self.batchable else {}
         fast = self._fast_step
         if self.batchable and fast is not None and fast.usable():
-            # No mask when nothing is padding: what transformers passes to attention then.
-            mask = inputs["attention_mask"] if self._cache.padded else None
-            return fast(input_ids, self._cache.cache, mask, inputs["position_ids"])
+            # Each row's real columns after this step, when some row has padding.
+            lengths = [n + 1 for n in self._cache.lengths] if self._cache.padded else None
+            return fast(input_ids, self._cache.cache, lengths, inputs["position_ids"])
         return self._model(
             input_ids=input_ids,
             past_key_values=self._cache.cache,

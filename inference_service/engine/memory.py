@@ -155,11 +155,12 @@ def weights_bytes(counts: ParameterCounts, options: LoadOptions) -> int:
         rest_bytes = (counts.total - counts.linear - counts.output) * dtype_bytes
         return quantized + counts.linear_out_features * 2 + rest_bytes
     if mode == "int4_weight":
-        # Two half-byte copies per linear weight (the kernel's packed one and a plain
-        # one for long prefills), a bfloat16 scale and zero per 32, the output layer in
-        # int8 (its scales left out, as above), the rest in dtype.
+        # Per linear weight the kernel's half byte and a bfloat16 copy for many-row
+        # passes, a bfloat16 scale and zero per 32; the output layer in int8 (its
+        # scales left out, as above), the rest in dtype.
         rest_bytes = (counts.total - counts.linear - counts.output) * dtype_bytes
-        return counts.linear + counts.linear // 8 + counts.output_numel + rest_bytes
+        linear_bytes = counts.linear * 5 // 2 + counts.linear // 8
+        return linear_bytes + counts.output_numel + rest_bytes
     if mode == "bnb_8bit":
         return counts.linear + counts.linear_out_features * 4 + rest * dtype_bytes
     if mode == "bnb_4bit":

@@ -221,7 +221,48 @@ def model_bytes(model: Any) -> int:
     return total
 
 
-class Int8WeightLinear(torch.nn.Module):
+class WeightOnlyLinear(torch.nn.Module):
+    """What the weight-only layers share: bfloat16 computation around a weight kernel
+    for a few rows (`kernel`) and a matrix product for many (`many_rows`).
+
+    The kernels compute each row on its own, so a row's result does not depend on
+    the rows beside it; `decode_rows` always takes them, which the decode step uses
+    (decode_step.py) so that a sequence decodes to the same numbers alone or in any
+    batch. `forward` picks the faster of the two by the row count."""
+
+    GEMV_MAX_ROWS = 16
+    in_features: int
+    out_features: int
+    bias: torch.Tensor | None
+
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:  # [rows, in] bfloat16
+        raise NotImplementedError
+
+    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:  # [rows, in] bfloat16
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, row_invariant=False)
+
+    def decode_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, row_invariant=True)
+
+    def _run(self, x: torch.Tensor, *, row_invariant: bool) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if flat.dtype != torch.bfloat16:
+            flat = flat.to(torch.bfloat16)
+        if row_invariant or flat.shape[0] <= self.GEMV_MAX_ROWS:
+            out = self.kernel(flat)
+        else:
+            out = self.many_rows(flat)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+class Int8WeightLinear(WeightOnlyLinear):
     """A linear layer with int8 weights (one scale per output row) and bfloat16
     activations: `torch.ops.aten._weight_int8pack_mm`, the weight-only int8 kernel
     PyTorch ships for CPUs. Decode on a CPU reads every weight once per token, so
@@ -258,41 +299,35 @@ class Int8WeightLinear(torch.nn.Module):
     def weight(self) -> torch.Tensor:  # [out, in] dequantized, for readers such as the lens
         return (self.qweight.to(torch.bfloat16) * self.scales[:, None]).to(self.compute_dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        if flat.dtype != torch.bfloat16:
-            flat = flat.to(torch.bfloat16)
-        if flat.shape[0] <= self.GEMV_MAX_ROWS:
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
-        else:
-            weight = self.qweight.to(torch.bfloat16) * self.scales[:, None]
-            out = torch.nn.functional.linear(flat, weight)
-        if out.dtype != x.dtype:
-            out = out.to(x.dtype)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features)
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+
+    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        weight = self.qweight.to(torch.bfloat16) * self.scales[:, None]
+        return torch.nn.functional.linear(flat, weight)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-class Int4WeightLinear(torch.nn.Module):
+class Int4WeightLinear(WeightOnlyLinear):
     """A linear layer with 4-bit weights in groups of `GROUP` along the input (one
     bfloat16 scale and minimum per group: the layout of llama.cpp's Q4_1) and bfloat16
     activations, through `aten._weight_int4pack_mm_for_cpu`, PyTorch's weight-only
     int4 CPU kernel. Decode reads every weight once per token; half of int8's bytes
     measured 1.9x faster over the built-in model's 211 layers (bench/cpu_decode.py).
 
-    The kernel's cost grows with each input row, so more rows than `GEMV_MAX_ROWS`
-    (a long prefill) unpack the weight to bfloat16 for one matrix product instead;
-    that unpacking reads a plain nibble copy (`nibbles`), because the kernel's own
-    packed layout is private to it. Both compute the same 4-bit weights."""
+    The kernel unpacks the weights again for every input row, so above `GEMV_MAX_ROWS`
+    rows a bfloat16 matrix product is faster (at 8 rows 130 against 173 us for a
+    576 x 1536 layer, at 48 rows several times): prefills and batches of more rows use
+    `dense`, the same 4-bit weights unpacked to bfloat16 once at load. That copy costs
+    2 bytes per weight beside the kernel's half byte, so the layer takes 2.5 bytes per
+    weight (float32 takes 4); it is what keeps time to first token down."""
 
     GROUP = 32
-    GEMV_MAX_ROWS = 96
+    GEMV_MAX_ROWS = 5
     packed: torch.Tensor  # the kernel's layout
-    nibbles: torch.Tensor  # [out, in / 2] uint8, two weights per byte, low nibble first
+    dense: torch.Tensor  # [out, in] bfloat16: the same weights for many-row passes
     scales_and_zeros: torch.Tensor  # [in / GROUP, out, 2] bfloat16, for the kernel
     bias: torch.Tensor | None
 
@@ -309,13 +344,13 @@ class Int4WeightLinear(torch.nn.Module):
         self.register_buffer(
             "packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         )
-        self.register_buffer("nibbles", (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous())
         # The kernel computes (q - 8) * scale + zero, so its zero is the group's minimum
         # plus eight steps.
-        self.register_buffer(
-            "scales_and_zeros",
-            torch.stack([scale.t(), (low + 8 * scale).t()], dim=-1).to(torch.bfloat16).contiguous(),
-        )
+        scales_and_zeros = torch.stack([scale.t(), (low + 8 * scale).t()], dim=-1)
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(torch.bfloat16).contiguous())
+        step, zero = self.scales_and_zeros.float().transpose(0, 1).unbind(-1)  # [out, groups]
+        dense = (q.view(out_features, groups, self.GROUP).float() - 8) * step[..., None]
+        self.register_buffer("dense", (dense + zero[..., None]).view_as(q).to(torch.bfloat16))
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.compute_dtype = linear.weight.dtype
@@ -325,36 +360,22 @@ class Int4WeightLinear(torch.nn.Module):
         # The kernel's packing needs whole groups and output rows in sixteens.
         return linear.in_features % Int4WeightLinear.GROUP == 0 and linear.out_features % 16 == 0
 
-    def dequantized(self) -> torch.Tensor:  # [out, in] bfloat16
-        q = torch.stack((self.nibbles & 15, self.nibbles >> 4), dim=-1)
-        q = q.view(self.out_features, -1, self.GROUP).to(torch.bfloat16)
-        scale, zero = self.scales_and_zeros.transpose(0, 1).unbind(-1)  # [out, groups] each
-        return ((q - 8) * scale[..., None] + zero[..., None]).view(self.out_features, -1)
-
     @property
     def weight(self) -> torch.Tensor:  # [out, in] dequantized, for readers such as the lens
-        return self.dequantized().to(self.compute_dtype)
+        return self.dense.to(self.compute_dtype)
 
     def relative_error(self, original: torch.Tensor) -> float:
         """How far the 4-bit weights are from `original`, relative to its norm."""
         original = original.detach().float()
-        return float((self.dequantized().float() - original).norm() / original.norm())
+        return float((self.dense.float() - original).norm() / original.norm())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        if flat.dtype != torch.bfloat16:
-            flat = flat.to(torch.bfloat16)
-        if flat.shape[0] <= self.GEMV_MAX_ROWS:
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                flat, self.packed, self.GROUP, self.scales_and_zeros
-            )
-        else:
-            out = torch.nn.functional.linear(flat, self.dequantized())
-        if out.dtype != x.dtype:
-            out = out.to(x.dtype)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features)
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            flat, self.packed, self.GROUP, self.scales_and_zeros
+        )
+
+    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(flat, self.dense)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights"

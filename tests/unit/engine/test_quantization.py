@@ -112,8 +112,9 @@ def test_auto_on_a_cpu_keeps_the_built_in_models_4bit_layers_4bit(load, loaded) 
     # 4-bit groups reproduce the loaded weights: bfloat16 scales are all that differ.
     original = loaded.model.model.layers[0].mlp.up_proj.weight
     assert layers[0].mlp.up_proj.relative_error(original) < 0.005
-    # Two half-byte copies per 4-bit weight (see Int4WeightLinear) + the float32 embedding.
-    assert 230 << 20 < int(d.extra["weights_bytes"]) < 265 << 20
+    # 2.5 bytes per 4-bit weight (see Int4WeightLinear), the int8 output layer and the
+    # float32 embedding: under float32's 513 MiB.
+    assert 380 << 20 < int(d.extra["weights_bytes"]) < 430 << 20
     assert "Paris" in answer(fast, "What is the capital of France?", 12)
     assert agreement_with(loaded, fast) >= 0.9
 
@@ -161,7 +162,7 @@ def test_weight_only_modes_choose_bits_per_layer(mode: str, kinds: tuple[str, ..
     assert made == {"int4": kinds.count("int4"), "int8": kinds.count("int8")}
 
 
-@pytest.mark.parametrize("rows", [1, 5, 120])  # the int4 kernel, and the unpacked product
+@pytest.mark.parametrize("rows", [1, 5, 40])  # the int4 kernel, and the bfloat16 product
 def test_int4_weight_linear_computes_its_4bit_weights(rows: int) -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
