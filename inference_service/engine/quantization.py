@@ -3,17 +3,21 @@
 Modes:
 
 - ``none``: plain weights in ``dtype``.
-- ``auto`` (the default): ``int8_weight`` on a CPU, ``none`` on CUDA; see
-  `LoadOptions.resolved()`. Measured in ``bench/cpu_decode.py`` (README, "Speed").
+- ``auto`` (the default): ``none`` on CUDA; on a CPU, weight-only layers that lose
+  nothing against the loaded weights: 4-bit where a layer's weights already hold
+  4-bit values, int8 elsewhere (`quantize_weight_only`; engine/defaults.py).
+  Measured in ``bench/cpu_decode.py`` (README, "Speed").
+- ``int4_weight``: 4-bit linear layers (`Int4WeightLinear`, groups of 32 as llama.cpp's
+  Q4_1), the output layer int8. CPU only; the fastest CPU decode.
 - ``int8_weight``: every ``nn.Linear`` (the output layer included) holds int8 weights with
   one scale per output row and computes in bfloat16 through PyTorch's weight-only
-  kernel (`Int8WeightLinear`). CPU only; the fastest CPU decode that keeps quality. Works
+  kernel (`Int8WeightLinear`). CPU only. Works
   with any ``dtype`` (float32 activations are cast to bfloat16 around each layer).
 - ``int8_dynamic``: the float32 model with every ``nn.Linear`` replaced by
   ``torch.ao.quantization.quantize_dynamic``'s int8 version (weights int8, activations
   quantized per call). CPU only; it decodes fastest, but measured a large quality loss
-  (perplexity 18.8 -> 59 on the built-in model, bench/cpu_decode.py), so the default
-  is int8_weight. Decode on a CPU is bound by
+  (perplexity 18.8 -> 59 on the built-in model, bench/cpu_decode.py), so it is never
+  chosen by auto. Decode on a CPU is bound by
   memory bandwidth and int8 weights are a quarter of the float32 bytes.
   The output layer is quantized too. When its weight is tied to the input embedding
   (as in SmolLM2) that breaks the tie: the embedding stays float32 for lookups and the
