@@ -16,21 +16,31 @@ over its own columns alone (the masked batched kernel sums in another grouping),
 and weight-only layers take their row-by-row kernel whatever the row count
 (`WeightOnlyLinear.decode_rows`). The weight-only modes round each layer's input to
 bfloat16, which turns last-bit differences into different greedy answers, so
-without this a reply would depend on the traffic beside it. A hook anywhere else in the model, a
+without this a reply would depend on the traffic beside it.
+
+With weight-only layers, the query, key and value projections run as one kernel
+call, and so do the MLP's gate and up projections (`quantization.joined_kernel`;
+the layers' weights become views of the joined ones): the kernels compute each
+output column alone, so the numbers are the same, and a step makes 90 fewer calls
+on the built-in model (about 10 % of a step on one CPU thread). A hook anywhere else in the model, a
 model outside the family, or an attention implementation other than SDPA takes
 the model's own forward pass (`for_model` answers None).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from inference_service.engine.quantization import WeightOnlyLinear, joined_kernel
+
 # Families whose decoder layer this module reproduces: checked against their forward.
 _FAMILIES = frozenset({"llama"})
+_STEPS: weakref.WeakKeyDictionary[Any, LlamaDecodeStep] = weakref.WeakKeyDictionary()
 
 
 class LlamaDecodeStep:
@@ -43,6 +53,8 @@ class LlamaDecodeStep:
         self._norm = base.norm
         self._head = model.lm_head
         self._layers: list[nn.Module] = list(base.layers[: model.config.num_hidden_layers])
+        # Built once: joining re-points the layers' weights at the joined copies.
+        self._joined = [_Joined.of(layer) for layer in self._layers]
         own = {id(layer) for layer in self._layers}
         # Every module but the decoder layers themselves: a hook on any of them (their
         # submodules included) is one this step would not call.
@@ -50,6 +62,7 @@ class LlamaDecodeStep:
 
     @classmethod
     def for_model(cls, model: Any) -> LlamaDecodeStep | None:
+        """The model's step (one per model: building it joins weights), or None."""
         config = getattr(model, "config", None)
         if (
             getattr(config, "model_type", None) not in _FAMILIES
@@ -57,7 +70,10 @@ class LlamaDecodeStep:
             or model.training
         ):
             return None
-        return cls(model)
+        step = _STEPS.get(model)
+        if step is None:
+            step = _STEPS[model] = cls(model)
+        return step
 
     def usable(self) -> bool:
         """False while a hook this step would not call is on the model."""
@@ -77,13 +93,39 @@ class LlamaDecodeStep:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         for index, layer in enumerate(self._layers):
             hidden = _pre_hooks(layer, hidden)
-            hidden = _layer(layer, hidden, cache.layers[index], cos, sin, lengths, rows)
+            hidden = _layer(
+                layer, self._joined[index], hidden, cache.layers[index], cos, sin, lengths, rows
+            )
             hidden = _hooks(layer, hidden)
         return _project(self._head, self._norm(hidden))
 
 
+class _Joined:
+    """A decoder layer's projections that share an input, as single kernel calls."""
+
+    def __init__(self, qkv: WeightOnlyLinear | None, gate_up: WeightOnlyLinear | None) -> None:
+        self.qkv = qkv
+        self.gate_up = gate_up
+
+    @classmethod
+    def of(cls, layer: Any) -> _Joined:
+        attention, mlp = layer.self_attn, layer.mlp
+        return cls(
+            joined_kernel([attention.q_proj, attention.k_proj, attention.v_proj]),
+            joined_kernel([mlp.gate_proj, mlp.up_proj]),
+        )
+
+
+def _joined_outputs(joined: WeightOnlyLinear, x: Tensor, sizes: list[int]) -> list[Tensor]:
+    """What the joined layers' `decode_rows` would each give, [rows, 1, size] apiece."""
+    flat = x.reshape(-1, joined.in_features)
+    out = joined.kernel(flat if flat.dtype == torch.bfloat16 else flat.to(torch.bfloat16))
+    return list(out.to(x.dtype).view(*x.shape[:-1], -1).split(sizes, dim=-1))
+
+
 def _layer(
     layer: Any,
+    joined: _Joined,
     hidden: Tensor,
     kv: Any,
     cos: Tensor,
@@ -97,9 +139,16 @@ def _layer(
     residual = hidden
     x = _rms_norm(layer.input_layernorm, hidden)
     shape = (rows, 1, -1, attention.head_dim)
-    query = _project(attention.q_proj, x).view(shape).transpose(1, 2)
-    key = _project(attention.k_proj, x).view(shape).transpose(1, 2)
-    value = _project(attention.v_proj, x).view(shape).transpose(1, 2)
+    if joined.qkv is not None:
+        sizes = [attention.q_proj.out_features, attention.k_proj.out_features]
+        query, key, value = _joined_outputs(joined.qkv, x, [*sizes, sizes[1]])
+    else:
+        query = _project(attention.q_proj, x)
+        key = _project(attention.k_proj, x)
+        value = _project(attention.v_proj, x)
+    query = query.view(shape).transpose(1, 2)
+    key = key.view(shape).transpose(1, 2)
+    value = value.view(shape).transpose(1, 2)
     query = query * cos + _rotate_half(query) * sin
     key = key * cos + _rotate_half(key) * sin
     keys, values = kv.update(key, value)
@@ -122,8 +171,12 @@ def _layer(
     residual = hidden
     x = _rms_norm(layer.post_attention_layernorm, hidden)
     mlp = layer.mlp
-    up = _project(mlp.up_proj, x)
-    return residual + _project(mlp.down_proj, mlp.act_fn(_project(mlp.gate_proj, x)) * up)
+    if joined.gate_up is not None:
+        size = mlp.gate_proj.out_features
+        gate, up = _joined_outputs(joined.gate_up, x, [size, size])
+    else:
+        gate, up = _project(mlp.gate_proj, x), _project(mlp.up_proj, x)
+    return residual + _project(mlp.down_proj, mlp.act_fn(gate) * up)
 
 
 def _attend(attention: Any, query: Tensor, keys: Tensor, values: Tensor) -> Tensor:

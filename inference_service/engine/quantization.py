@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, cast, get_args
 
@@ -242,6 +243,21 @@ class WeightOnlyLinear(torch.nn.Module):
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:  # [rows, in] bfloat16
         raise NotImplementedError
 
+    @classmethod
+    def join(cls, parts: Sequence[WeightOnlyLinear]) -> WeightOnlyLinear:
+        """One layer whose output is the parts' outputs side by side, for the kernel
+        only (`kernel`); the parts' weights become views of its weights."""
+        raise NotImplementedError
+
+    @classmethod
+    def _bare(cls, parts: Sequence[WeightOnlyLinear]) -> WeightOnlyLinear:
+        joined = cls.__new__(cls)
+        torch.nn.Module.__init__(joined)
+        joined.in_features = parts[0].in_features
+        joined.out_features = sum(p.out_features for p in parts)
+        joined.bias = None
+        return joined
+
     def many_rows(self, flat: torch.Tensor) -> torch.Tensor:  # [rows, in] bfloat16
         raise NotImplementedError
 
@@ -305,6 +321,15 @@ class Int8WeightLinear(WeightOnlyLinear):
 
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+
+    @classmethod
+    def join(cls, parts: Sequence[WeightOnlyLinear]) -> WeightOnlyLinear:
+        joined = cls._bare(parts)
+        joined.register_buffer("qweight", torch.cat(_each(parts, "qweight")))
+        joined.register_buffer("scales", torch.cat(_each(parts, "scales")))
+        _rows_as_views(parts, joined, "qweight", dim=0)
+        _rows_as_views(parts, joined, "scales", dim=0)
+        return joined
 
     def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
         weight = self.qweight.to(torch.bfloat16) * self.scales[:, None]
@@ -378,11 +403,48 @@ class Int4WeightLinear(WeightOnlyLinear):
             flat, self.packed, self.GROUP, self.scales_and_zeros
         )
 
+    @classmethod
+    def join(cls, parts: Sequence[WeightOnlyLinear]) -> WeightOnlyLinear:
+        # The kernel's packing keeps each output row's bytes to itself, so the packed
+        # weights join by rows; scales join along their output dimension (a copy: a
+        # slice of it would not be contiguous, and the kernel wants it so).
+        joined = cls._bare(parts)
+        joined.register_buffer("packed", torch.cat(_each(parts, "packed")))
+        zeros = torch.cat(_each(parts, "scales_and_zeros"), dim=1).contiguous()
+        joined.register_buffer("scales_and_zeros", zeros)
+        _rows_as_views(parts, joined, "packed", dim=0)
+        return joined
+
     def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(flat, self.dense)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights"
+
+
+def _each(parts: Sequence[Any], name: str) -> list[torch.Tensor]:
+    return [cast(torch.Tensor, getattr(part, name)) for part in parts]
+
+
+def _rows_as_views(parts: Sequence[Any], joined: torch.nn.Module, name: str, dim: int) -> None:
+    """Points each part's buffer `name` at its rows of the joined one (no second copy)."""
+    whole = getattr(joined, name)
+    start = 0
+    for part in parts:
+        size = getattr(part, name).shape[dim]
+        setattr(part, name, whole.narrow(dim, start, size))
+        start += size
+
+
+def joined_kernel(parts: Sequence[Any]) -> WeightOnlyLinear | None:
+    """The parts as one kernel call (`WeightOnlyLinear.join`) when they are weight-only
+    layers of one kind, without biases, reading the same input; else None."""
+    kinds = {type(p) for p in parts}
+    if len(kinds) != 1 or not issubclass(next(iter(kinds)), WeightOnlyLinear):
+        return None
+    if any(p.bias is not None or p.in_features != parts[0].in_features for p in parts):
+        return None
+    return type(parts[0]).join(parts)
 
 
 # A layer's weights "already hold 4-bit values" when 4-bit groups reproduce them to

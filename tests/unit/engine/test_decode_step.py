@@ -141,3 +141,24 @@ def test_other_families_and_training_take_the_models_forward(loaded: LoadedModel
         finally:
             object.__setattr__(config, name, saved)
     assert LlamaDecodeStep.for_model(model) is not None
+
+
+def test_weight_only_projections_that_share_an_input_join_without_a_copy(four_bit) -> None:
+    step = LlamaDecodeStep.for_model(four_bit.model)
+    assert step is not None and step is LlamaDecodeStep.for_model(four_bit.model)
+    attention, mlp = four_bit.model.model.layers[0].self_attn, four_bit.model.model.layers[0].mlp
+    joined = step._joined[0]
+    assert joined.qkv is not None and joined.gate_up is not None
+    assert joined.qkv.out_features == sum(
+        p.out_features for p in (attention.q_proj, attention.k_proj, attention.v_proj)
+    )
+    # The layers' own 4-bit weights are rows of the joined ones.
+    whole = joined.qkv.packed.untyped_storage().data_ptr()
+    assert attention.k_proj.packed.untyped_storage().data_ptr() == whole
+    assert (
+        mlp.up_proj.packed.untyped_storage().data_ptr()
+        == joined.gate_up.packed.untyped_storage().data_ptr()
+    )
+    # ...and still answer as before through their own forward.
+    x = torch.randn(2, 1, attention.q_proj.in_features)
+    torch.testing.assert_close(attention.k_proj(x), attention.k_proj.decode_rows(x))
