@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from inference_service.engine.quantization import WeightOnlyLinear, joined_kernel
+from inference_service.engine.threads import all_cores
 
 # Families whose decoder layer this module reproduces: checked against their forward.
 _FAMILIES = frozenset({"llama"})
@@ -97,7 +98,9 @@ class LlamaDecodeStep:
                 layer, self._joined[index], hidden, cache.layers[index], cos, sin, lengths, rows
             )
             hidden = _hooks(layer, hidden)
-        return _project(self._head, self._norm(hidden))
+        normed = self._norm(hidden)
+        with all_cores():  # the one kernel per step long enough for a second thread
+            return _project(self._head, normed)
 
 
 class _Joined:
