@@ -431,10 +431,18 @@ def start_llama_server(
 
 
 def torch_threads(env: dict[str, str]) -> int:
-    """What torch.get_num_threads() is in a process with miLLM's environment `env`."""
-    threads = env.get("MILLM_TORCH_THREADS", "0")
-    if threads not in ("", "0"):
-        return int(threads)
+    """What torch.get_num_threads() is in a process with miLLM's environment `env`:
+    the service's own rule (engine.torch_threads), else torch's default."""
+    # Here, not at the top: `stack` puts the repository on sys.path first.
+    import torch
+
+    from inference_service.engine.engine import torch_threads as engine_threads
+
+    setting = int(env.get("MILLM_TORCH_THREADS") or 0)
+    device = torch.device("cuda" if env.get("MILLM_DEVICE") == "cuda" else "cpu")
+    threads = engine_threads(setting, device)
+    if threads:
+        return threads
     done = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
         capture_output=True,

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -41,6 +40,7 @@ from inference_service.engine.prefix_cache import PrefixCache, PrefixCacheStats,
 from inference_service.engine.prompts import NO_OPTIONS, decode_tokens, encode_text, render_chat
 from inference_service.engine.row_edits import install
 from inference_service.engine.scheduler import BatchScheduler, BatchStats
+from inference_service.engine.threads import usable_cores
 from inference_service.engine.types import (
     ChatOptions,
     ChatTurn,
@@ -135,8 +135,7 @@ def torch_threads(setting: int, device: torch.device) -> int:
     cores, one fewer than the cores this process may use; else 0 (torch's default)."""
     if setting or device.type != "cpu":
         return setting
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = usable_cores()
     return max(1, cores - 1) if cores <= _SHARE_CORES_UP_TO else 0
 
 

@@ -20,11 +20,18 @@ from contextlib import contextmanager
 import torch
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 @contextmanager
 def all_cores() -> Iterator[None]:
     """Torch runs on every core inside; the thread count before comes back after."""
     before = torch.get_num_threads()
-    cores = os.cpu_count() or before
+    cores = usable_cores()
     if cores <= before:
         yield
         return
