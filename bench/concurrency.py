@@ -54,7 +54,9 @@ from typing import Any
 import httpx
 import openai
 from stack import (  # puts the repository root on sys.path, for `tests`
+    PROMPTS,
     isolated_stack,
+    percentile,
     streaming_chat,
 )
 
@@ -66,24 +68,6 @@ TARGET_LINE = 8  # the client count the targets are stated at
 # Closed loop: each client's k-th request asks for this share of --max-tokens, shifted
 # per client, so that clients finish at different steps and arrive while others decode.
 LENGTH_SHARES = (1.0, 0.5, 0.75, 0.625)
-PROMPTS = (
-    "Write a long story about a lighthouse keeper.",
-    "Write a long story about a dragon who learns to cook.",
-    "Write a long essay on the history of the printing press.",
-    "Write a long story about two friends crossing a desert.",
-    "Describe, in great detail, a day in the life of a medieval blacksmith.",
-    "Write a long story about a robot that wants to become a gardener.",
-    "Write a long letter from a sailor to his family, describing the voyage.",
-    "Write a long story about a city that floats above the clouds.",
-    "Explain at length how a steam engine works and why it changed the world.",
-    "Write a long story about a detective solving a mystery in a snowy village.",
-    "Write a long fairy tale about a fox, a crow and a stolen crown.",
-    "Write a long story about the first people to live on Mars.",
-    "Describe in detail a journey by train across a large country.",
-    "Write a long story about a musician who loses her hearing.",
-    "Write a long essay on why forests matter to the planet.",
-    "Write a long story about a child who finds a map in the attic.",
-)
 
 
 @dataclass
@@ -112,16 +96,6 @@ class Summary:
     p95_ttft_s: float
     requests: int
     tokens: list[int] = field(default_factory=list)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), so 2 samples work."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q
-    low, high = math.floor(pos), math.ceil(pos)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def steering_for(client: int, d_sae: int, mode: str) -> list[dict[str, Any]]:

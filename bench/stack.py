@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,25 @@ from tests.conftest import TEST_DATA_DIR, free_port  # noqa: E402
 from tests.fixtures.stack import spawn, stop, wait_healthy  # noqa: E402 - re-exported
 
 START_TIMEOUT_S = 300
+# Prompts that ask for long answers, so a generation runs to max_tokens.
+PROMPTS = (
+    "Write a long story about a lighthouse keeper.",
+    "Write a long story about a dragon who learns to cook.",
+    "Write a long essay on the history of the printing press.",
+    "Write a long story about two friends crossing a desert.",
+    "Describe, in great detail, a day in the life of a medieval blacksmith.",
+    "Write a long story about a robot that wants to become a gardener.",
+    "Write a long letter from a sailor to his family, describing the voyage.",
+    "Write a long story about a city that floats above the clouds.",
+    "Explain at length how a steam engine works and why it changed the world.",
+    "Write a long story about a detective solving a mystery in a snowy village.",
+    "Write a long fairy tale about a fox, a crow and a stolen crown.",
+    "Write a long story about the first people to live on Mars.",
+    "Describe in detail a journey by train across a large country.",
+    "Write a long story about a musician who loses her hearing.",
+    "Write a long essay on why forests matter to the planet.",
+    "Write a long story about a child who finds a map in the attic.",
+)
 
 
 @dataclass
@@ -130,3 +150,13 @@ def isolated_stack(name: str) -> Iterator[tuple[str, Path]]:
             raise
         finally:
             stop(procs)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), so 2 samples work."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    pos = (len(ordered) - 1) * q
+    low, high = math.floor(pos), math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)

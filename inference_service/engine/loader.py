@@ -175,7 +175,7 @@ def resolve_source(settings: InferenceSettings) -> tuple[str, str, str]:
     """Returns (source kind, what to pass to from_pretrained, model id)."""
     spec = settings.model.strip()
     if spec == BUILTIN_MODEL:
-        gguf = _builtin_gguf()
+        gguf = builtin_gguf()
         folder = _converted_copy(gguf, Path(settings.data_dir))
         return "builtin", str(folder), settings.model_id or BUILTIN_MODEL_ID
 
@@ -192,7 +192,7 @@ def resolve_source(settings: InferenceSettings) -> tuple[str, str, str]:
     return "hub", spec, settings.model_id or spec.rstrip("/").split("/")[-1].lower()
 
 
-def _builtin_gguf() -> Path:
+def builtin_gguf() -> Path:
     # find_spec without importing: the package's __init__ pulls in dependencies
     # we deliberately do not install.
     spec = importlib.util.find_spec(BUILTIN_PACKAGE)
@@ -222,7 +222,7 @@ def _content_key(gguf: Path) -> str:
 def converted_builtin(data_dir: Path) -> Path:
     """The built-in model's safetensors copy under `data_dir`, converted on first use
     (a test or tool that copies the converted folder can make sure it exists)."""
-    return _converted_copy(_builtin_gguf(), data_dir)
+    return _converted_copy(builtin_gguf(), data_dir)
 
 
 def _converted_copy(gguf: Path, data_dir: Path) -> Path:

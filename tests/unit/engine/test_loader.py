@@ -33,7 +33,7 @@ def test_description_holds_no_server_path(loaded, data_dir: Path) -> None:
 
 
 def test_conversion_is_cached_and_complete(data_dir: Path) -> None:
-    gguf = loader._builtin_gguf()
+    gguf = loader.builtin_gguf()
     started = time.monotonic()
     folder = loader._converted_copy(gguf, data_dir)
     assert time.monotonic() - started < 2.0  # reused, not converted again
@@ -45,7 +45,7 @@ def test_conversion_is_cached_and_complete(data_dir: Path) -> None:
 
 
 def test_local_folder_source_and_derived_id(data_dir: Path) -> None:
-    folder = loader._converted_copy(loader._builtin_gguf(), data_dir)
+    folder = loader._converted_copy(loader.builtin_gguf(), data_dir)
     loaded = loader.load_model(InferenceSettings(model=str(folder), data_dir=data_dir))
     assert loaded.description.source == "local"
     assert loaded.description.id == folder.name.lower()
