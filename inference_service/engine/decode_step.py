@@ -59,7 +59,10 @@ class LlamaDecodeStep:
         own = {id(layer) for layer in self._layers}
         # Every module but the decoder layers themselves: a hook on any of them (their
         # submodules included) is one this step would not call.
-        self._others = [m for m in model.modules() if id(m) not in own]
+        # The model itself by weak reference: the step lives in `_STEPS` as long as the
+        # model does, and must not be what keeps it alive.
+        self._model = weakref.ref(model)
+        self._others = [m for m in model.modules() if id(m) not in own and m is not model]
 
     @classmethod
     def for_model(cls, model: Any) -> LlamaDecodeStep | None:
@@ -79,6 +82,9 @@ class LlamaDecodeStep:
     def usable(self) -> bool:
         """False while a hook this step would not call is on the model."""
         if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return False
+        model = self._model()
+        if model is None or model._forward_hooks or model._forward_pre_hooks:
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self._others)
 

@@ -162,3 +162,30 @@ def test_weight_only_projections_that_share_an_input_join_without_a_copy(four_bi
     # ...and still answer as before through their own forward.
     x = torch.randn(2, 1, attention.q_proj.in_features)
     torch.testing.assert_close(attention.k_proj(x), attention.k_proj.decode_rows(x))
+
+
+def test_the_step_neither_keeps_its_model_alive_nor_misses_a_hook_on_it() -> None:
+    import gc
+    import weakref
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config).eval()
+    step = LlamaDecodeStep.for_model(model)
+    assert step is not None and step.usable()
+    handle = model.register_forward_hook(lambda *args: None)
+    assert not step.usable()
+    handle.remove()
+    gone = weakref.ref(model)
+    del model, step
+    gc.collect()
+    assert gone() is None
