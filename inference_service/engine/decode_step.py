@@ -11,8 +11,9 @@ residual stream (sae/hook_sites.py).
 
 A row decodes to the same numbers alone or in any batch
 (tests/unit/engine/test_decode_step.py): alone, the logits equal the model's own
-forward pass bit for bit; in a batch whose rows have padding, each row attends
-over its own columns alone (the masked batched kernel sums in another grouping),
+forward pass bit for bit; in a batch whose rows have padding, on a CPU each row
+attends over its own columns alone (the masked batched kernel sums in another
+grouping; a GPU takes that one masked call, as transformers does),
 and weight-only layers take their row-by-row kernel whatever the row count
 (`WeightOnlyLinear.decode_rows`). The weight-only modes round each layer's input to
 bfloat16, which turns last-bit differences into different greedy answers, so
@@ -59,6 +60,10 @@ class LlamaDecodeStep:
         own = {id(layer) for layer in self._layers}
         # Every module but the decoder layers themselves: a hook on any of them (their
         # submodules included) is one this step would not call.
+        # Padded rows attend one by one on a CPU (a handful of rows; what makes a row
+        # the same alone or in a batch); on a GPU one masked call for the batch, as
+        # transformers does, since a call per row and layer would cost launches.
+        self.rows_alone = self._embed.weight.device.type == "cpu"
         # The model itself by weak reference: the step lives in `_STEPS` as long as the
         # model does, and must not be what keeps it alive.
         self._model = weakref.ref(model)
@@ -98,10 +103,13 @@ class LlamaDecodeStep:
         hidden = self._embed(input_ids)
         cos, sin = self._rotary(hidden, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        padding: list[int] | Tensor | None = lengths
+        if lengths is not None and not self.rows_alone:
+            padding = _padding_mask(lengths, cache.layers[0].keys.shape[2] + 1, hidden.device)
         for index, layer in enumerate(self._layers):
             hidden = _pre_hooks(layer, hidden)
             hidden = _layer(
-                layer, self._joined[index], hidden, cache.layers[index], cos, sin, lengths, rows
+                layer, self._joined[index], hidden, cache.layers[index], cos, sin, padding, rows
             )
             hidden = _hooks(layer, hidden)
         normed = self._norm(hidden)
@@ -139,7 +147,7 @@ def _layer(
     kv: Any,
     cos: Tensor,
     sin: Tensor,
-    lengths: list[int] | None,
+    padding: list[int] | Tensor | None,
     rows: int,
 ) -> Tensor:
     """LlamaDecoderLayer.forward for one position per row, without module calls
@@ -161,8 +169,8 @@ def _layer(
     query = query * cos + _rotate_half(query) * sin
     key = key * cos + _rotate_half(key) * sin
     keys, values = kv.update(key, value)
-    if lengths is None:
-        out = _attend(attention, query, keys, values)
+    if padding is None or isinstance(padding, Tensor):
+        out = _attend(attention, query, keys, values, padding)
     else:  # each row over its own columns, as it would alone
         width = keys.shape[2]
         out = torch.cat(
@@ -173,7 +181,7 @@ def _layer(
                     keys[r : r + 1, :, width - n :],
                     values[r : r + 1, :, width - n :],
                 )
-                for r, n in enumerate(lengths)
+                for r, n in enumerate(padding)
             ]
         )
     hidden = residual + _project(attention.o_proj, out.reshape(rows, 1, -1).contiguous())
@@ -188,11 +196,21 @@ def _layer(
     return residual + _project(mlp.down_proj, mlp.act_fn(gate) * up)
 
 
-def _attend(attention: Any, query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+def _attend(
+    attention: Any, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None
+) -> Tensor:
     out, _ = sdpa_attention_forward(
-        attention, query, keys, values, None, dropout=0.0, scaling=attention.scaling
+        attention, query, keys, values, mask, dropout=0.0, scaling=attention.scaling
     )
     return out
+
+
+def _padding_mask(lengths: list[int], width: int, device: torch.device) -> Tensor:
+    """The boolean [rows, 1, 1, width] mask transformers builds for a padded decode
+    step: each row sees its last `lengths[r]` columns."""
+    columns = torch.arange(width, device=device)
+    real = torch.tensor(lengths, device=device)
+    return (columns >= (width - real).unsqueeze(1))[:, None, None, :]
 
 
 def _project(linear: Any, x: Tensor) -> Tensor:

@@ -189,3 +189,15 @@ def test_the_step_neither_keeps_its_model_alive_nor_misses_a_hook_on_it() -> Non
     del model, step
     gc.collect()
     assert gone() is None
+
+
+def test_one_masked_call_for_a_padded_batch_equals_the_models_forward(loaded) -> None:
+    # What a GPU model does (rows_alone is False there): transformers' own masked pass.
+    step = LlamaDecodeStep.for_model(loaded.model)
+    assert step is not None and step.rows_alone  # a CPU model attends row by row
+    step.rows_alone = False
+    try:
+        expected, got = both_ways(loaded, batch_cache(loaded, PROMPTS))
+    finally:
+        step.rows_alone = True
+    assert torch.equal(got, expected)
