@@ -119,7 +119,7 @@ async def measure(
                 results[name].append(await run(engine, prompt, tokens, None))
                 continue
             if slot.get() is None:
-                attached = await attachments.attach(
+                attached, _ = await attachments.attach(
                     engine, layers, "bench", SITE, lambda device: sae
                 )
                 slot.swap(ActiveSae("bench", "bench", "", "smollm2", attached.hook, sae))
