@@ -84,15 +84,21 @@ class BatchCache:
         assert self.cache is not None
         device = _layers(self.cache)[0].keys.device
         width = self.width
-        lengths = torch.tensor(self.lengths, device=device)
+        positions = self.positions()
         columns = torch.arange(width + 1, device=device)
         # Row r's real tokens are its last lengths[r] columns, plus the new one.
-        mask = (columns >= (width - lengths).unsqueeze(1)).long()  # [rows, width + 1]
+        mask = (columns >= (width - positions)).long()  # [rows, width + 1]
         return {
             "attention_mask": mask,
-            "position_ids": lengths.unsqueeze(1),  # [rows, 1]: each row's next position
+            "position_ids": positions,
             "cache_position": torch.tensor([width], device=device),
         }
+
+    def positions(self) -> Tensor:
+        """[rows, 1]: each row's next position (its real tokens so far)."""
+        assert self.cache is not None
+        device = _layers(self.cache)[0].keys.device
+        return torch.tensor(self.lengths, device=device).unsqueeze(1)
 
     @property
     def padded(self) -> bool:

@@ -23,9 +23,11 @@ With weight-only layers, the query, key and value projections run as one kernel
 call, and so do the MLP's gate and up projections (`quantization.joined_kernel`;
 the layers' weights become views of the joined ones): the kernels compute each
 output column alone, so the numbers are the same, and a step makes 90 fewer calls
-on the built-in model (about 10 % of a step on one CPU thread). A hook anywhere else in the model, a
-model outside the family, or an attention implementation other than SDPA takes
-the model's own forward pass (`for_model` answers None).
+on the built-in model (about 10 % of a step on one CPU thread).
+
+A hook anywhere else in the model, a model outside the family, or an attention
+implementation other than SDPA takes the model's own forward pass (`for_model`
+answers None, or `usable` False).
 """
 
 from __future__ import annotations
@@ -57,9 +59,6 @@ class LlamaDecodeStep:
         self._layers: list[nn.Module] = list(base.layers[: model.config.num_hidden_layers])
         # Built once: joining re-points the layers' weights at the joined copies.
         self._joined = [_Joined.of(layer) for layer in self._layers]
-        own = {id(layer) for layer in self._layers}
-        # Every module but the decoder layers themselves: a hook on any of them (their
-        # submodules included) is one this step would not call.
         # Padded rows attend one by one on a CPU (a handful of rows; what makes a row
         # the same alone or in a batch); on a GPU one masked call for the batch, as
         # transformers does, since a call per row and layer would cost launches.
@@ -67,6 +66,9 @@ class LlamaDecodeStep:
         # The model itself by weak reference: the step lives in `_STEPS` as long as the
         # model does, and must not be what keeps it alive.
         self._model = weakref.ref(model)
+        # Every other module but the decoder layers themselves: a hook on any of them
+        # (their submodules included) is one this step would not call.
+        own = {id(layer) for layer in self._layers}
         self._others = [m for m in model.modules() if id(m) not in own and m is not model]
 
     @classmethod
@@ -135,9 +137,7 @@ class _Joined:
 
 def _joined_outputs(joined: WeightOnlyLinear, x: Tensor, sizes: list[int]) -> list[Tensor]:
     """What the joined layers' `decode_rows` would each give, [rows, 1, size] apiece."""
-    flat = x.reshape(-1, joined.in_features)
-    out = joined.kernel(flat if flat.dtype == torch.bfloat16 else flat.to(torch.bfloat16))
-    return list(out.to(x.dtype).view(*x.shape[:-1], -1).split(sizes, dim=-1))
+    return list(joined.decode_rows(x).split(sizes, dim=-1))
 
 
 def _layer(

@@ -176,7 +176,7 @@ class Engine:
         quantization = loaded.description.extra.get("quantization", "none")
         self._prefixes = PrefixCache(budget_bytes(settings.prefix_cache_mb, quantization))
         if settings.prefix_cache_mb and not self._prefixes.enabled:
-            log.info("prefix cache off: %s quantization depends on the whole pass", quantization)
+            log.info("prefix cache off: %s quantization (prefix_cache.budget_bytes)", quantization)
         self._scheduler = BatchScheduler(
             self._lane_loaded,
             self._lane,

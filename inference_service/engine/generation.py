@@ -337,12 +337,12 @@ class DecodeBatch:
     def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [rows, 1] -> [rows, 1, V]
         """One pass over the batch's new tokens: the model's own forward pass, or the
         same operations without its per-call work where decode_step.py applies."""
-        inputs = self._cache.step_inputs() if self.batchable else {}
         fast = self._fast_step
         if self.batchable and fast is not None and fast.usable():
             # Each row's real columns after this step, when some row has padding.
             lengths = [n + 1 for n in self._cache.lengths] if self._cache.padded else None
-            return fast(input_ids, self._cache.cache, lengths, inputs["position_ids"])
+            return fast(input_ids, self._cache.cache, lengths, self._cache.positions())
+        inputs = self._cache.step_inputs() if self.batchable else {}
         return self._model(
             input_ids=input_ids,
             past_key_values=self._cache.cache,

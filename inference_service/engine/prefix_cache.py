@@ -46,21 +46,19 @@ from inference_service.engine.batch_cache import supports_batching
 # Shorter shared starts are prefilled again: copying them saves about nothing.
 MIN_REUSED_TOKENS = 8
 
-# Quantizations whose activation quantization looks at the whole pass (int8_dynamic:
-# one scale per call; bnb_8bit: outlier columns chosen per call), so a token's numbers
-# depend on which tokens share its pass. A prefix read in another pass is then not
-# the same numbers: with int8_dynamic, greedy 8-token replies differed in 14 of 18
-# requests (bench/prefix_cache.py). The weight-only modes round every layer's input
-# to bfloat16, which turns the float32 parts' last-bit differences between a whole
-# prompt and a reused prefix plus its rest (attention over another query count:
-# logits 3e-5 apart in float32) into logits 0.25 apart on the built-in model, enough
-# to change greedy answers between two identical requests. The cache is off for all.
-PASS_DEPENDENT_QUANTIZATIONS = frozenset({"int8_dynamic", "bnb_8bit", "int4_weight", "int8_weight"})
-
 
 def budget_bytes(prefix_cache_mb: int, quantization: str) -> int:
-    """The cache's size for a model loaded with `quantization` (0: off)."""
-    return 0 if quantization in PASS_DEPENDENT_QUANTIZATIONS else prefix_cache_mb * 2**20
+    """The cache's size for a model loaded with `quantization` (0: off).
+
+    Only plain weights keep a reused prefix's numbers: a prompt read whole and one read
+    as a kept prefix plus its rest differ in float32's last bits (attention over
+    another query count: logits 3e-5 apart). Every quantization magnifies that:
+    int8_dynamic and bnb_8bit quantize activations by what the whole pass holds (with
+    int8_dynamic, greedy 8-token replies differed in 14 of 18 requests,
+    bench/prefix_cache.py), and the weight-only and bnb modes round each layer's input
+    to 16 bits (logits 0.25 apart on the built-in model in int4_weight), enough to
+    change a greedy answer between two identical requests."""
+    return prefix_cache_mb * 2**20 if quantization == "none" else 0
 
 
 _PLAIN = "plain"  # the key of a prefill with no edit at the hook

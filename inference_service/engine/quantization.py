@@ -240,13 +240,23 @@ class WeightOnlyLinear(torch.nn.Module):
     out_features: int
     bias: torch.Tensor | None
 
+    def _take_shape_and_bias(self, linear: torch.nn.Linear) -> None:
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        # The dtype the rest of the model computes in: what callers get back.
+        self.compute_dtype = linear.weight.dtype
+
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:  # [rows, in] bfloat16
+        raise NotImplementedError
+
+    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:  # [rows, in] bfloat16
         raise NotImplementedError
 
     @classmethod
     def join(cls, parts: Sequence[WeightOnlyLinear]) -> WeightOnlyLinear:
         """One layer whose output is the parts' outputs side by side, for the kernel
-        only (`kernel`); the parts' weights become views of its weights."""
+        only (`decode_rows`); the parts' weights become views of its weights."""
         raise NotImplementedError
 
     @classmethod
@@ -257,9 +267,6 @@ class WeightOnlyLinear(torch.nn.Module):
         joined.out_features = sum(p.out_features for p in parts)
         joined.bias = None
         return joined
-
-    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:  # [rows, in] bfloat16
-        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, row_invariant=False)
@@ -295,25 +302,18 @@ class Int8WeightLinear(WeightOnlyLinear):
     weight to bfloat16 for one matrix product, which measured 3-13x faster at 32-512
     rows. Both compute the same int8 weights in bfloat16."""
 
-    GEMV_MAX_ROWS = 16
     qweight: torch.Tensor  # [out, in] int8
     scales: torch.Tensor  # [out] bfloat16
-    bias: torch.Tensor | None
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
+        self._take_shape_and_bias(linear)
         weight = linear.weight.detach().float()  # [out, in]
         scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # [out]
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
         self.register_buffer(
             "qweight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
         )
         self.register_buffer("scales", scales.to(torch.bfloat16))
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        # The dtype the rest of the model computes in: what callers get back.
-        self.compute_dtype = linear.weight.dtype
 
     @property
     def weight(self) -> torch.Tensor:  # [out, in] dequantized, for readers such as the lens
@@ -358,10 +358,10 @@ class Int4WeightLinear(WeightOnlyLinear):
     packed: torch.Tensor  # the kernel's layout
     dense: torch.Tensor  # [out, in] bfloat16: the same weights for many-row passes
     scales_and_zeros: torch.Tensor  # [in / GROUP, out, 2] bfloat16, for the kernel
-    bias: torch.Tensor | None
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
+        self._take_shape_and_bias(linear)
         out_features, in_features = linear.weight.shape
         groups = in_features // self.GROUP
         weight = linear.weight.detach().float().view(out_features, groups, self.GROUP)
@@ -369,7 +369,6 @@ class Int4WeightLinear(WeightOnlyLinear):
         scale = ((weight.amax(dim=-1) - low) / 15).clamp(min=1e-12)
         q = torch.round((weight - low[..., None]) / scale[..., None]).clamp(0, 15)
         q = q.to(torch.uint8).view(out_features, in_features)
-        self.in_features, self.out_features = in_features, out_features
         self.register_buffer(
             "packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         )
@@ -380,9 +379,6 @@ class Int4WeightLinear(WeightOnlyLinear):
         step, zero = self.scales_and_zeros.float().transpose(0, 1).unbind(-1)  # [out, groups]
         dense = (q.view(out_features, groups, self.GROUP).float() - 8) * step[..., None]
         self.register_buffer("dense", (dense + zero[..., None]).view_as(q).to(torch.bfloat16))
-        bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        self.compute_dtype = linear.weight.dtype
 
     @staticmethod
     def fits(linear: torch.nn.Linear) -> bool:

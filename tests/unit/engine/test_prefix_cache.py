@@ -262,10 +262,11 @@ async def test_concurrent_requests_sharing_a_prefix(make_engine, loaded) -> None
     assert all(g[1] >= 20 for g in got)
 
 
-def test_the_cache_is_off_for_quantizations_that_depend_on_the_whole_pass(loaded, settings):
+def test_the_cache_is_on_only_with_plain_weights(loaded, settings):
     for quantization, enabled in (
         ("int8_dynamic", False),
         ("bnb_8bit", False),
+        ("bnb_4bit", False),
         ("int4_weight", False),
         ("int8_weight", False),
         ("none", True),

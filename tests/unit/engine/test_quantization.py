@@ -162,17 +162,34 @@ def test_weight_only_modes_choose_bits_per_layer(mode: str, kinds: tuple[str, ..
     assert made == {"int4": kinds.count("int4"), "int8": kinds.count("int8")}
 
 
-@pytest.mark.parametrize("rows", [1, 5, 40])  # the int4 kernel, and the bfloat16 product
-def test_int4_weight_linear_computes_its_4bit_weights(rows: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "rows"),
+    [
+        # The 4-bit kernel (up to 5 rows) and the bfloat16 product; the int8 kernel (up
+        # to 16) and the dequantized product.
+        (quantization.Int4WeightLinear, 1),
+        (quantization.Int4WeightLinear, 5),
+        (quantization.Int4WeightLinear, 40),
+        (quantization.Int8WeightLinear, 1),
+        (quantization.Int8WeightLinear, 3),
+        (quantization.Int8WeightLinear, 40),
+    ],
+)
+def test_weight_only_linear_computes_its_weights(kind, rows: int) -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
-    layer = quantization.Int4WeightLinear(linear)
+    layer = kind(linear)
     x = torch.randn(2, rows, 64)
     got = layer(x)
     assert got.shape == (2, rows, 48) and got.dtype == torch.float32
     expected = torch.nn.functional.linear(x, layer.weight.float(), linear.bias)
     torch.testing.assert_close(got, expected, atol=0.05, rtol=0.02)
-    # ...which are the float weights to within half a step of their group of 32.
+
+
+def test_int4_weights_are_the_float_weights_to_half_a_group_step() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    layer = quantization.Int4WeightLinear(linear)
     groups = linear.weight.detach().view(48, 2, 32)
     step = (groups.amax(-1, keepdim=True) - groups.amin(-1, keepdim=True)) / 15
     error = (layer.weight.float() - linear.weight).abs().view(48, 2, 32)
@@ -183,17 +200,10 @@ def test_int4_weight_linear_computes_its_4bit_weights(rows: int) -> None:
     assert quantization.Int4WeightLinear(exact).relative_error(exact.weight) < 0.005
 
 
-@pytest.mark.parametrize("rows", [1, 3, 40])  # the GEMV kernel, and the dequantized product
-def test_int8_weight_linear_computes_its_int8_weights(rows: int) -> None:
+def test_int8_weights_are_the_float_weights_to_half_a_row_step() -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48)
     layer = quantization.Int8WeightLinear(linear)
-    x = torch.randn(2, rows, 64)
-    got = layer(x)
-    assert got.shape == (2, rows, 48) and got.dtype == torch.float32
-    expected = torch.nn.functional.linear(x, layer.weight.float(), linear.bias)
-    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.02)
-    # ...which are the float weights to within half a quantization step per row.
     step = linear.weight.abs().amax(dim=1, keepdim=True) / 127
     assert bool(((layer.weight.float() - linear.weight).abs() <= step * 0.51 + 1e-2).all())
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from inference_service.engine.threads import all_cores
+from inference_service.engine.threads import all_cores, usable_cores
 
 
 @pytest.fixture
@@ -21,7 +19,7 @@ def one_thread():
 def test_every_core_inside_and_the_setting_back_after(one_thread) -> None:
     with all_cores():
         inside = torch.get_num_threads()
-    assert inside == max(1, os.cpu_count() or 1)
+    assert inside == usable_cores()
     assert torch.get_num_threads() == 1
 
 
