@@ -271,10 +271,14 @@ class WeightOnlyLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, row_invariant=False)
 
-    def decode_rows(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x, row_invariant=True)
+    def decode_rows(self, x: torch.Tensor, *, native: bool = False) -> torch.Tensor:
+        """The row-by-row kernel whatever the row count. `native`: leave the output in
+        the kernel's bfloat16 when `x` is float32: a caller that adds it to a float32
+        tensor saves a cast, and the sum is the same, as every bfloat16 value is a
+        float32 one."""
+        return self._run(x, row_invariant=True, native=native)
 
-    def _run(self, x: torch.Tensor, *, row_invariant: bool) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, *, row_invariant: bool, native: bool = False) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != torch.bfloat16:
             flat = flat.to(torch.bfloat16)
@@ -282,7 +286,8 @@ class WeightOnlyLinear(torch.nn.Module):
             out = self.kernel(flat)
         else:
             out = self.many_rows(flat)
-        if out.dtype != x.dtype:
+        # float32 + bfloat16 sums in float32; other dtypes would promote, so they convert.
+        if out.dtype != x.dtype and not (native and x.dtype == torch.float32):
             out = out.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias
