@@ -37,7 +37,6 @@ from inference_service.engine.sampling import (
     read_tokens,
     token_logprobs,
 )
-from inference_service.engine.threads import all_cores
 from inference_service.engine.types import (
     FinishedEvent,
     FinishReason,
@@ -99,14 +98,15 @@ class SequenceState:
             self.cached_tokens = prefixes.restore(key, self.prompt_ids, self.cache)
         rest = self.prompt_ids[self.cached_tokens :]
         input_ids = torch.tensor([rest], dtype=torch.long, device=self.device)  # [1, P - cached]
-        with all_cores():  # a prefill's matrix products are long enough for every core
-            out = self._model(
-                input_ids=input_ids,
-                past_key_values=self.cache,
-                use_cache=True,
-                # Only the last position's logits: the prompt's [P, V] are never needed.
-                logits_to_keep=1,
-            )
+        # On the decode's threads, not every core: a prefill is hundreds of parallel
+        # kernels, and each waits for a thread the servers preempted (engine/threads.py).
+        out = self._model(
+            input_ids=input_ids,
+            past_key_values=self.cache,
+            use_cache=True,
+            # Only the last position's logits: the prompt's [P, V] are never needed.
+            logits_to_keep=1,
+        )
         if prefixes.enabled and key is not None:
             prefixes.store(key, self.prompt_ids, self.cache)
         return out.logits[0, -1].float()  # [1, 1, V] -> [V]

@@ -352,14 +352,15 @@ class Int4WeightLinear(WeightOnlyLinear):
     measured 1.9x faster over the built-in model's 211 layers (bench/cpu_decode.py).
 
     The kernel unpacks the weights again for every input row, so above `GEMV_MAX_ROWS`
-    rows a bfloat16 matrix product is faster (at 8 rows 130 against 173 us for a
-    576 x 1536 layer, at 48 rows several times): prefills and batches of more rows use
-    `dense`, the same 4-bit weights unpacked to bfloat16 once at load. That copy costs
-    2 bytes per weight beside the kernel's half byte, so the layer takes 2.5 bytes per
-    weight (float32 takes 4); it is what keeps time to first token down."""
+    rows a bfloat16 matrix product is faster: a whole prefill of the built-in model on
+    one thread took 42 against 62 ms at 8 rows and 65 against 64 ms at 16, but 168
+    against 82 ms at 48. Prefills and batches of more rows use `dense`, the same
+    4-bit weights unpacked to bfloat16 once at load. That copy costs 2 bytes per
+    weight beside the kernel's half byte, so the layer takes 2.5 bytes per weight
+    (float32 takes 4); it is what keeps time to first token down."""
 
     GROUP = 32
-    GEMV_MAX_ROWS = 5
+    GEMV_MAX_ROWS = 12
     packed: torch.Tensor  # the kernel's layout
     dense: torch.Tensor  # [out, in] bfloat16: the same weights for many-row passes
     scales_and_zeros: torch.Tensor  # [in / GROUP, out, 2] bfloat16, for the kernel

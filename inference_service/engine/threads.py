@@ -1,14 +1,17 @@
-"""Every core for the few big kernels of a CPU pass.
+"""Every core for the one big kernel of a CPU decode step.
 
 On a small CPU the thread default leaves one core to the gRPC server, the bridge
-and the event loop (`MILLM_TORCH_THREADS` 0: README "Speed"). A decode step is a
-few hundred small kernels, and with a second torch thread each of them waits for
-a thread the servers preempted: served, two threads decoded 0.7x as fast as one.
-A prefill's matrix products and the output layer (the largest single weight a
-decode step reads: 28 MB of the built-in model's int8 output layer) are long
-enough that a second thread pays: on the 2-core development machine the output
-layer on both cores lifted served decode by about 8 % (34.5 against 32.0 tok/s)
-and short prompts' time to first token by about 10 % (bench/compare_llamacpp.py).
+and the event loop (`MILLM_TORCH_THREADS` 0: README "Speed"). A pass of many
+kernels must stay on those threads: with a second torch thread each kernel waits
+at its barrier for a thread the servers preempted. Served, two threads decoded
+0.7x as fast as one; a 48-token prefill on both cores took 56 ms on an idle
+machine but 640 ms while another process kept the second core busy (82 ms on one
+thread either way), and served, prefills on one thread lowered the short prompt's
+time to first token from 115 to 95 ms and the 8-client p95 from 839 to 735 ms
+(bench/compare_llamacpp.py). One kernel a step is long enough for a second
+thread to pay: the output layer (28 MB of the built-in model's int8 output
+layer, the largest weight a step reads) on both cores lifted served decode by
+about 9 % (50.9 against 46.7 tok/s single-stream).
 """
 
 from __future__ import annotations
