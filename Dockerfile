@@ -25,6 +25,10 @@ WORKDIR /app
 # A virtual environment: the same on python:3.11-slim and on a distribution's own
 # Python, where pip may not install into the system (PEP 668).
 RUN python3 -m venv /opt/venv && pip install --upgrade pip
+# A C compiler: the service builds its CPU kernel for 4-bit layers on first use
+# (inference_service/engine/native.py); without one it falls back to PyTorch's.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 # torch first, in its own layer: it is most of the image and changes least.
 RUN case "$TORCH_VARIANT" in \
       cuda) pip install "torch==${TORCH_VERSION}" ;; \

@@ -5,11 +5,16 @@ greedy decode tok/s through the engine's own loop (`run_generation`: forward, sa
 detokenizing), medians and ratios against the old default (float32, no quantization,
 torch's default threads). Then the quality of each fast path against float32: greedy
 agreement over fixed prompts (tokens identical before the first difference, and the
-per-token agreement rate with float32's tokens forced) and perplexity on a fixed text.
+per-token agreement rate with float32's tokens forced) and perplexity on a fixed text,
+each both from one pass over the whole text and token by token through the decode
+step ("decoding"), since the 4-bit kernels only run on a decode step's few rows.
+
+A configuration is `dtype/quantization`, or `dtype/quantization:torch` for PyTorch's
+4-bit kernel instead of miLLM's own (MILLM_CPU_KERNELS, engine/native.py).
 
 Not a test (pytest does not collect it); run:
     PYTHONPATH=.:gen/python .venv/bin/python bench/cpu_decode.py [--rounds 5] [--tokens 64]
-        [--threads 1,2] [--profile] [--configs float32/none,bfloat16/int8_weight]
+        [--threads 1,2] [--profile] [--configs float32/none,float32/auto:torch,float32/auto]
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from inference_service.config import InferenceSettings
+from inference_service.engine.decode_step import LlamaDecodeStep
 from inference_service.engine.generation import run_generation
 from inference_service.engine.loader import LoadedModel, LoadOptions, load_model
 from inference_service.engine.prompts import render_chat
@@ -162,6 +169,33 @@ def perplexity(loaded: LoadedModel) -> float:
     return math.exp(float(torch.nn.functional.cross_entropy(logits, ids[0, 1:])))
 
 
+@torch.inference_mode()
+def decoded_logits(loaded: LoadedModel, ids: list[int], start: int) -> torch.Tensor:
+    """[len(ids) - start, V]: the logits after each of ids[start - 1:-1], the first from a
+    prefill of ids[:start] and every later one from a decode step fed the next token, as
+    serving computes them (the 4-bit kernels run only on the decode path's few rows)."""
+    cache = DynamicCache(config=loaded.model.config)
+    out = loaded.model(input_ids=torch.tensor([ids[:start]]), past_key_values=cache)
+    logits = [out.logits[0, -1].float()]
+    step = LlamaDecodeStep.for_model(loaded.model)
+    for position in range(start, len(ids) - 1):
+        token = torch.tensor([[ids[position]]])
+        if step is not None:
+            logits.append(step(token, cache, None, torch.tensor([[position]]))[0, -1].float())
+        else:
+            out = loaded.model(input_ids=token, past_key_values=cache)
+            logits.append(out.logits[0, -1].float())
+    return torch.stack(logits)
+
+
+def decode_perplexity(loaded: LoadedModel) -> float:
+    """Perplexity of the fixed text with every token after the first 8 predicted by a
+    decode step."""
+    ids = loaded.tokenizer(TEXT).input_ids
+    logits = decoded_logits(loaded, ids, 8)
+    return math.exp(float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[8:]))))
+
+
 def quality(models: dict[str, LoadedModel], args: argparse.Namespace) -> None:
     reference = models.get(BASELINE)
     if reference is None:
@@ -170,7 +204,7 @@ def quality(models: dict[str, LoadedModel], args: argparse.Namespace) -> None:
     prompts = [render_chat(reference.tokenizer, [ChatTurn("user", p)]) for p in PROMPTS]
     expected = [generate(reference, p, args.tokens)[0] for p in prompts]
     for config, loaded in models.items():
-        same_prefix, agree, total = [], 0, 0
+        same_prefix, agree, decode_agree, total = [], 0, 0, 0
         for prompt, want in zip(prompts, expected, strict=True):
             got = generate(loaded, prompt, args.tokens)[0]
             prefix = next(
@@ -178,15 +212,19 @@ def quality(models: dict[str, LoadedModel], args: argparse.Namespace) -> None:
                 min(len(got), len(want)),
             )
             same_prefix.append(prefix)
-            # float32's tokens forced: does this model pick the same next token?
+            # float32's tokens forced: does this model pick the same next token? Once in
+            # one pass over the whole text, once token by token as decoding does.
             predicted = forced_argmax(loaded, prompt + want)[len(prompt) - 1 : -1]
             agree += sum(p == w for p, w in zip(predicted, want, strict=True))
+            stepped = decoded_logits(loaded, prompt + want, len(prompt)).argmax(-1).tolist()
+            decode_agree += sum(p == w for p, w in zip(stepped, want, strict=True))
             total += len(want)
         print(
             f"  {config:22s} identical prefix median {statistics.median(same_prefix):4.0f} "
             f"(min {min(same_prefix)}), {sum(p == args.tokens for p in same_prefix)}/"
-            f"{len(prompts)} fully identical; per-token agreement {agree / total:6.1%}; "
-            f"perplexity {perplexity(loaded):.3f}"
+            f"{len(prompts)} fully identical; per-token agreement {agree / total:6.1%} "
+            f"(decoding {decode_agree / total:6.1%}); perplexity {perplexity(loaded):.3f} "
+            f"(decoding {decode_perplexity(loaded):.3f})"
         )
 
 
@@ -204,9 +242,11 @@ def main() -> None:
     settings = InferenceSettings(data_dir=DATA_DIR, device="cpu")
     models: dict[str, Any] = {}
     for config in args.configs.split(","):
-        dtype, quantization = config.split("/")
+        # "dtype/quantization", or "dtype/quantization:torch" for PyTorch's 4-bit kernel.
+        dtype, _, rest = config.partition("/")
+        quantization, _, kernels = rest.partition(":")
         models[config] = load_model(
-            settings,
+            settings.model_copy(update={"cpu_kernels": kernels or "auto"}),
             LoadOptions(dtype=dtype, quantization=quantization, device="cpu"),  # type: ignore[arg-type]
         )
     print(f"torch {torch.__version__}, {args.default_threads} default threads")

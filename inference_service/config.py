@@ -36,6 +36,11 @@ class InferenceSettings(BaseSettings):
         "auto", "none", "int4_weight", "int8_weight", "int8_dynamic", "bnb_8bit", "bnb_4bit"
     ] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # 4-bit layers on a CPU: "auto" takes miLLM's own kernel (4-bit weights times 8-bit
+    # activations, AVX512-VNNI; built with the machine's C compiler into
+    # <data_dir>/kernels) where the CPU and compiler allow, else PyTorch's; "torch"
+    # always PyTorch's (engine/native.py).
+    cpu_kernels: Literal["auto", "torch"] = "auto"
     data_dir: Path = Path.home() / ".cache" / "millm"
     # Empty: SQLite at <data_dir>/millm.db. Otherwise a SQLAlchemy URL, for example
     # postgresql://user:password@host/millm (driver psycopg 3).

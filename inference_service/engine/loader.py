@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from inference_service.config import BUILTIN_MODEL, InferenceSettings
 from inference_service.engine.cpu_linear import use_row_batched_linear
+from inference_service.engine.native import Q4Q8, load_q4q8
 from inference_service.engine.quantization import (
     BNB_MODES,
     CPU_WEIGHT_MODES,
@@ -114,7 +115,7 @@ def load_model(settings: InferenceSettings, options: LoadOptions | None = None) 
         elif options.quantization in CPU_WEIGHT_MODES:
             parameter_count = _parameter_count(model)
             # auto: 4-bit where the loaded weights already hold 4-bit values.
-            made = quantize_weight_only(model, requested.quantization)
+            made = quantize_weight_only(model, requested.quantization, cpu_kernel(settings))
             log.info("weight-only layers: %d 4-bit, %d int8", made["int4"], made["int8"])
             if made["int4"]:
                 options = dataclasses.replace(options, quantization="int4_weight")
@@ -136,6 +137,14 @@ def load_model(settings: InferenceSettings, options: LoadOptions | None = None) 
         time.monotonic() - started,
     )
     return LoadedModel(model, tokenizer, description, _eos_token_ids(model, tokenizer))
+
+
+def cpu_kernel(settings: InferenceSettings) -> Q4Q8 | None:
+    """The 4-bit kernel the settings ask for: miLLM's own where it runs here, else None
+    (PyTorch's)."""
+    if getattr(settings, "cpu_kernels", "auto") == "torch":
+        return None
+    return load_q4q8(settings.data_dir / "kernels")
 
 
 def unload(loaded: LoadedModel) -> None:

@@ -41,6 +41,7 @@ from typing import Any, Literal, cast, get_args
 import torch
 
 from inference_service.engine.defaults import AUTO, resolve_dtype, resolve_quantization
+from inference_service.engine.native import Q4Q8, pack
 from inference_service.errors import InvalidArgumentError, UnsupportedError
 
 Dtype = Literal["float32", "float16", "bfloat16"]
@@ -236,6 +237,8 @@ class WeightOnlyLinear(torch.nn.Module):
     batch. `forward` picks the faster of the two by the row count."""
 
     GEMV_MAX_ROWS = 16
+    # What the kernels take: layers of other dtypes are cast around them.
+    INPUT_DTYPE = torch.bfloat16
     in_features: int
     out_features: int
     bias: torch.Tensor | None
@@ -280,8 +283,8 @@ class WeightOnlyLinear(torch.nn.Module):
 
     def _run(self, x: torch.Tensor, *, row_invariant: bool, native: bool = False) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.dtype != torch.bfloat16:
-            flat = flat.to(torch.bfloat16)
+        if flat.dtype != self.INPUT_DTYPE:
+            flat = flat.to(self.INPUT_DTYPE)
         if row_invariant or flat.shape[0] <= self.GEMV_MAX_ROWS:
             out = self.kernel(flat)
         else:
@@ -370,11 +373,7 @@ class Int4WeightLinear(WeightOnlyLinear):
         self._take_shape_and_bias(linear)
         out_features, in_features = linear.weight.shape
         groups = in_features // self.GROUP
-        weight = linear.weight.detach().float().view(out_features, groups, self.GROUP)
-        low = weight.amin(dim=-1)  # [out, groups]
-        scale = ((weight.amax(dim=-1) - low) / 15).clamp(min=1e-12)
-        q = torch.round((weight - low[..., None]) / scale[..., None]).clamp(0, 15)
-        q = q.to(torch.uint8).view(out_features, in_features)
+        q, scale, low = four_bit_groups(linear.weight, self.GROUP)
         self.register_buffer(
             "packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
         )
@@ -424,6 +423,77 @@ class Int4WeightLinear(WeightOnlyLinear):
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights"
 
 
+class Int4NativeLinear(Int4WeightLinear):
+    """The same 4-bit layer computed by miLLM's own kernel (engine/native.py): float16
+    scales and minimums, activations rounded to 8 bits per group of 32 inside the
+    kernel (as llama.cpp does for Q4_1), and integer dot products. float32 in and out,
+    so a float32 model casts nothing around it. Each output row is computed alone, in
+    the same order whatever the row count: it keeps `decode_rows`' promise."""
+
+    INPUT_DTYPE = torch.float32
+    _kernel: Q4Q8
+    w: torch.Tensor  # [out / 16, in / 32, 4, 16, 4] uint8, see kernels/q4q8.c
+    wd: torch.Tensor  # [out / 16, in / 32, 16] float16 scales
+    wm: torch.Tensor  # [out / 16, in / 32, 16] float16 minimums
+
+    def __init__(self, linear: torch.nn.Linear, kernel: Q4Q8) -> None:  # noqa: super not called
+        WeightOnlyLinear.__init__(self)
+        self._take_shape_and_bias(linear)
+        self._kernel = kernel
+        _, scale, low = four_bit_groups(linear.weight, self.GROUP)
+        # The values rounded to what is stored, then the 4-bit steps against those.
+        scale, low = scale.half(), low.half()
+        q, _, _ = four_bit_groups(linear.weight, self.GROUP, scale.float(), low.float())
+        w, wd, wm = pack(q, scale, low)
+        self.register_buffer("w", w)
+        self.register_buffer("wd", wd)
+        self.register_buffer("wm", wm)
+        groups = q.view(self.out_features, -1, self.GROUP).float()
+        dense = groups * scale.float()[..., None] + low.float()[..., None]
+        self.register_buffer("dense", dense.view_as(q).to(torch.bfloat16))
+
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return self._kernel.linear(flat, self.w, self.wd, self.wm, self.out_features)
+
+    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(flat.to(torch.bfloat16), self.dense)
+
+    @classmethod
+    def join(cls, parts: Sequence[WeightOnlyLinear]) -> WeightOnlyLinear:
+        # Tiles of 16 output rows come first in every buffer: joining is concatenating.
+        joined = cast(Int4NativeLinear, cls._bare(parts))
+        joined._kernel = cast(Int4NativeLinear, parts[0])._kernel
+        for name in ("w", "wd", "wm"):
+            joined.register_buffer(name, torch.cat(_each(parts, name)))
+            _rows_as_views(parts, joined, name, dim=0)
+        return joined
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            "int4 weights, int8 activations"
+        )
+
+
+def four_bit_groups(
+    weight: torch.Tensor,
+    group: int,
+    scale: torch.Tensor | None = None,
+    low: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`weight` [out, in] as 4-bit steps q [out, in] (uint8, 0..15) over each group of
+    `group` inputs' minimum `low` and step `scale` [out, in / group] (float32): the
+    group's own unless given."""
+    out_features, in_features = weight.shape
+    groups = weight.detach().float().view(out_features, in_features // group, group)
+    if low is None or scale is None:
+        low = groups.amin(dim=-1)
+        scale = ((groups.amax(dim=-1) - low) / 15).clamp(min=1e-12)
+    # (A step rounded to zero in float16 leaves the group its minimum whatever q is.)
+    q = torch.round((groups - low[..., None]) / scale.clamp(min=1e-12)[..., None]).clamp(0, 15)
+    return q.to(torch.uint8).view(out_features, in_features), scale, low
+
+
 def _each(parts: Sequence[Any], name: str) -> list[torch.Tensor]:
     return [cast(torch.Tensor, getattr(part, name)) for part in parts]
 
@@ -455,7 +525,7 @@ def joined_kernel(parts: Sequence[Any]) -> WeightOnlyLinear | None:
 FOUR_BIT_FAITHFUL = 0.01
 
 
-def quantize_weight_only(model: Any, mode: str) -> dict[str, int]:
+def quantize_weight_only(model: Any, mode: str, kernel: Q4Q8 | None = None) -> dict[str, int]:
     """Replaces every nn.Linear (the output layer included) with a weight-only layer;
     returns how many became 4-bit and 8-bit. A tied output layer gets its own copy; the
     embedding keeps its dtype.
@@ -467,7 +537,13 @@ def quantize_weight_only(model: Any, mode: str) -> dict[str, int]:
     - ``auto``: 4-bit for each layer whose weights already hold 4-bit values (one loaded
       from a 4-bit GGUF: `FOUR_BIT_FAITHFUL`), int8 for the others, so nothing is lost
       against the loaded weights.
+
+    4-bit layers run on `kernel` (engine/native.py) when given, else on PyTorch's.
     """
+
+    def four_bit(linear: torch.nn.Linear) -> Int4WeightLinear:
+        return Int4WeightLinear(linear) if kernel is None else Int4NativeLinear(linear, kernel)
+
     output = model.get_output_embeddings()
     targets = [
         (name, module)
@@ -479,9 +555,9 @@ def quantize_weight_only(model: Any, mode: str) -> dict[str, int]:
         layer: torch.nn.Module | None = None
         if mode != "int8_weight" and Int4WeightLinear.fits(module):
             if mode == "int4_weight" and module is not output:
-                layer = Int4WeightLinear(module)
+                layer = four_bit(module)
             elif mode == AUTO:
-                candidate = Int4WeightLinear(module)
+                candidate = four_bit(module)
                 if candidate.relative_error(module.weight) <= FOUR_BIT_FAITHFUL:
                     layer = candidate
         made["int8" if layer is None else "int4"] += 1
