@@ -86,6 +86,9 @@ EVENT_SERVICE = event_service_pb2.DESCRIPTOR.services_by_name["EventService"].fu
 MONITORING_SERVICE = monitoring_service_pb2.DESCRIPTOR.services_by_name[
     "MonitoringService"
 ].full_name
+# After a shutdown's grace: the longest the ended calls' last messages may take to
+# flush before the server closes its connections (see InferenceServer.stop).
+_FLUSH_S = 5.0
 # Long generations stream slowly; keepalive pings keep idle-looking connections open.
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -337,8 +340,11 @@ class InferenceServer:
         running ends with that same status."""
         await self._health.enter_graceful_shutdown()
         await self._gate.drain(grace_s)
-        # Nothing is left running; the short grace only lets the last statuses flush.
-        await self._server.stop(min(grace_s, 1.0))
+        # Nothing is left running; this grace only lets the last messages and statuses
+        # flush (it ends as soon as they have). A stream whose client reads slowly can
+        # have many tokens queued before its status: on a loaded 2-core machine 1 s
+        # was sometimes too short, and the client saw a dropped connection instead.
+        await self._server.stop(_FLUSH_S)
         for task in (self._restore_task, self._load_task):
             if task is not None and not task.done():
                 task.cancel()

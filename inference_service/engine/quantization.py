@@ -443,7 +443,8 @@ class Int4NativeLinear(Int4WeightLinear):
     wd: torch.Tensor  # [out / 16, in / 32, 16] float16 scales
     wm: torch.Tensor  # [out / 16, in / 32, 16] float16 minimums
 
-    def __init__(self, linear: torch.nn.Linear, kernel: Q4Q8) -> None:  # noqa: super not called
+    def __init__(self, linear: torch.nn.Linear, kernel: Q4Q8) -> None:
+        # Not Int4WeightLinear's set-up: none of PyTorch's kernel's buffers are needed.
         WeightOnlyLinear.__init__(self)
         self._take_shape_and_bias(linear)
         self._kernel = kernel

@@ -1,4 +1,4 @@
-"""Every core for the one big kernel of a CPU decode step.
+"""Every core for the few long kernels of a CPU decode step.
 
 On a small CPU the thread default leaves one core to the gRPC server, the bridge
 and the event loop (`MILLM_TORCH_THREADS` 0: README "Speed"). A pass of many
@@ -11,7 +11,8 @@ time to first token from 115 to 95 ms and the 8-client p95 from 839 to 735 ms
 (bench/compare_llamacpp.py). One kernel a step is long enough for a second
 thread to pay: the output layer (28 MB of the built-in model's int8 output
 layer, the largest weight a step reads) on both cores lifted served decode by
-about 9 % (50.9 against 46.7 tok/s single-stream).
+about 9 % (50.9 against 46.7 tok/s single-stream). So does a monitored request's
+SAE encoder (38 MB of float32 weights at 16,384 features; steering/runtime.py).
 """
 
 from __future__ import annotations
