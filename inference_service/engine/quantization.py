@@ -347,30 +347,63 @@ class Int8WeightLinear(WeightOnlyLinear):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-class Int4WeightLinear(WeightOnlyLinear):
-    """A linear layer with 4-bit weights in groups of `GROUP` along the input (one
-    bfloat16 scale and minimum per group: the layout of llama.cpp's Q4_1) and bfloat16
-    activations, through `aten._weight_int4pack_mm_for_cpu`, PyTorch's weight-only
-    int4 CPU kernel. Decode reads every weight once per token; half of int8's bytes
-    measured 1.9x faster over the built-in model's 211 layers (bench/cpu_decode.py).
+class FourBitLinear(WeightOnlyLinear):
+    """What the 4-bit layers share: groups of `GROUP` weights along the input, each
+    with a scale and a minimum (the layout of llama.cpp's Q4_1), a kernel for a few
+    rows and `dense`, the same weights unpacked to bfloat16 once at load, for passes
+    of more rows than `GEMV_MAX_ROWS` (prefills, big batches). That copy costs 2
+    bytes per weight beside the kernel's half byte, so a layer takes about 2.6 bytes
+    per weight (float32 takes 4); it is what keeps time to first token down.
 
-    The kernel unpacks the weights again for every input row, so above `GEMV_MAX_ROWS`
-    rows a bfloat16 matrix product is faster: a whole prefill of the built-in model on
-    one thread took 42 against 62 ms at 8 rows and 65 against 64 ms at 16, but 168
-    against 82 ms at 48. Prefills and batches of more rows use `dense`, the same
-    4-bit weights unpacked to bfloat16 once at load. That copy costs 2 bytes per
-    weight beside the kernel's half byte, so the layer takes 2.5 bytes per weight
-    (float32 takes 4); it is what keeps time to first token down."""
+    The kernels unpack their weights again for every few rows, so above 12 rows the
+    bfloat16 product is faster: with PyTorch's kernel a whole prefill of the built-in
+    model on one thread took 42 against 62 ms at 8 rows and 65 against 64 ms at 16,
+    but 168 against 82 ms at 48. miLLM's kernel would win up to 64 rows (68 against
+    81 ms at 48), but 8-bit activations over a whole prompt moved the first token's
+    logits by about 0.6, enough to flip a near tie ("The" 25.6 against "L" 25.5 after
+    "What is the capital of France?"), so prompts take the bfloat16 copy from 13
+    rows on with either kernel."""
 
     GROUP = 32
     GEMV_MAX_ROWS = 12
-    packed: torch.Tensor  # the kernel's layout
     dense: torch.Tensor  # [out, in] bfloat16: the same weights for many-row passes
-    scales_and_zeros: torch.Tensor  # [in / GROUP, out, 2] bfloat16, for the kernel
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         self._take_shape_and_bias(linear)
+
+    @staticmethod
+    def fits(linear: torch.nn.Linear) -> bool:
+        # The kernels' packing needs whole groups and output rows in sixteens.
+        return linear.in_features % FourBitLinear.GROUP == 0 and linear.out_features % 16 == 0
+
+    @property
+    def weight(self) -> torch.Tensor:  # [out, in] dequantized, for readers such as the lens
+        return self.dense.to(self.compute_dtype)
+
+    def relative_error(self, original: torch.Tensor) -> float:
+        """How far the 4-bit weights are from `original`, relative to its norm."""
+        original = original.detach().float()
+        return float((self.dense.float() - original).norm() / original.norm())
+
+    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(flat.to(torch.bfloat16), self.dense)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights"
+
+
+class Int4WeightLinear(FourBitLinear):
+    """A 4-bit layer (bfloat16 scales and minimums) with bfloat16 activations, through
+    `aten._weight_int4pack_mm_for_cpu`, PyTorch's weight-only int4 CPU kernel. Decode
+    reads every weight once per token; half of int8's bytes measured 1.9x faster over
+    the built-in model's 211 layers (bench/cpu_decode.py)."""
+
+    packed: torch.Tensor  # the kernel's layout
+    scales_and_zeros: torch.Tensor  # [in / GROUP, out, 2] bfloat16, for the kernel
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__(linear)
         out_features, in_features = linear.weight.shape
         groups = in_features // self.GROUP
         q, scale, low = four_bit_groups(linear.weight, self.GROUP)
@@ -384,20 +417,6 @@ class Int4WeightLinear(WeightOnlyLinear):
         step, zero = self.scales_and_zeros.float().transpose(0, 1).unbind(-1)  # [out, groups]
         dense = (q.view(out_features, groups, self.GROUP).float() - 8) * step[..., None]
         self.register_buffer("dense", (dense + zero[..., None]).view_as(q).to(torch.bfloat16))
-
-    @staticmethod
-    def fits(linear: torch.nn.Linear) -> bool:
-        # The kernel's packing needs whole groups and output rows in sixteens.
-        return linear.in_features % Int4WeightLinear.GROUP == 0 and linear.out_features % 16 == 0
-
-    @property
-    def weight(self) -> torch.Tensor:  # [out, in] dequantized, for readers such as the lens
-        return self.dense.to(self.compute_dtype)
-
-    def relative_error(self, original: torch.Tensor) -> float:
-        """How far the 4-bit weights are from `original`, relative to its norm."""
-        original = original.detach().float()
-        return float((self.dense.float() - original).norm() / original.norm())
 
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -416,26 +435,13 @@ class Int4WeightLinear(WeightOnlyLinear):
         _rows_as_views(parts, joined, "packed", dim=0)
         return joined
 
-    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(flat, self.dense)
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights"
-
-
-class Int4NativeLinear(Int4WeightLinear):
-    """The same 4-bit layer computed by miLLM's own kernel (engine/native.py): float16
-    scales and minimums, activations rounded to 8 bits per group of 32 inside the
-    kernel (as llama.cpp does for Q4_1), and integer dot products. float32 in and out,
-    so a float32 model casts nothing around it. Each output row is computed alone, in
-    the same order whatever the row count: it keeps `decode_rows`' promise.
-
-    It unpacks the weights once per 8 rows, so it would beat the bfloat16 product on
-    longer prompts than PyTorch's kernel does (a whole prefill of the built-in model on
-    one thread: 68 against 81 ms at 48 rows, 91 against 93 at 64), but prompts keep
-    the bfloat16 product above `GEMV_MAX_ROWS` rows: 8-bit activations over a whole
-    prompt moved the first token's logits by about 0.6, enough to flip a near tie
-    ("The" 25.6 against "L" 25.5 after "What is the capital of France?")."""
+class Int4NativeLinear(FourBitLinear):
+    """A 4-bit layer computed by miLLM's own kernel (engine/native.py): float16 scales
+    and minimums, activations rounded to 8 bits per group of 32 inside the kernel (as
+    llama.cpp does for Q4_1), and integer dot products. float32 in and out, so a
+    float32 model casts nothing around it. Each output row is computed alone, in the
+    same order whatever the row count: it keeps `decode_rows`' promise."""
 
     INPUT_DTYPE = torch.float32
     _kernel: Q4Q8
@@ -444,14 +450,9 @@ class Int4NativeLinear(Int4WeightLinear):
     wm: torch.Tensor  # [out / 16, in / 32, 16] float16 minimums
 
     def __init__(self, linear: torch.nn.Linear, kernel: Q4Q8) -> None:
-        # Not Int4WeightLinear's set-up: none of PyTorch's kernel's buffers are needed.
-        WeightOnlyLinear.__init__(self)
-        self._take_shape_and_bias(linear)
+        super().__init__(linear)
         self._kernel = kernel
-        _, scale, low = four_bit_groups(linear.weight, self.GROUP)
-        # The values rounded to what is stored, then the 4-bit steps against those.
-        scale, low = scale.half(), low.half()
-        q, _, _ = four_bit_groups(linear.weight, self.GROUP, scale.float(), low.float())
+        q, scale, low = four_bit_groups(linear.weight, self.GROUP, stored=torch.float16)
         w, wd, wm = pack(q, scale, low)
         self.register_buffer("w", w)
         self.register_buffer("wd", wd)
@@ -462,9 +463,6 @@ class Int4NativeLinear(Int4WeightLinear):
 
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         return self._kernel.linear(flat, self.w, self.wd, self.wm, self.out_features)
-
-    def many_rows(self, flat: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(flat.to(torch.bfloat16), self.dense)
 
     @classmethod
     def join(cls, parts: Sequence[WeightOnlyLinear]) -> WeightOnlyLinear:
@@ -477,28 +475,24 @@ class Int4NativeLinear(Int4WeightLinear):
         return joined
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            "int4 weights, int8 activations"
-        )
+        return f"{super().extra_repr()}, int8 activations"
 
 
 def four_bit_groups(
-    weight: torch.Tensor,
-    group: int,
-    scale: torch.Tensor | None = None,
-    low: torch.Tensor | None = None,
+    weight: torch.Tensor, group: int, stored: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`weight` [out, in] as 4-bit steps q [out, in] (uint8, 0..15) over each group of
-    `group` inputs' minimum `low` and step `scale` [out, in / group] (float32): the
-    group's own unless given."""
+    `group` inputs' minimum `low` and step `scale` [out, in / group]: float32, or
+    rounded to `stored` first, the steps then taken against the rounded values."""
     out_features, in_features = weight.shape
     groups = weight.detach().float().view(out_features, in_features // group, group)
-    if low is None or scale is None:
-        low = groups.amin(dim=-1)
-        scale = ((groups.amax(dim=-1) - low) / 15).clamp(min=1e-12)
+    low = groups.amin(dim=-1)
+    scale = ((groups.amax(dim=-1) - low) / 15).clamp(min=1e-12)
+    if stored is not None:
+        scale, low = scale.to(stored), low.to(stored)
     # (A step rounded to zero in float16 leaves the group its minimum whatever q is.)
-    q = torch.round((groups - low[..., None]) / scale.clamp(min=1e-12)[..., None]).clamp(0, 15)
+    step = scale.float().clamp(min=1e-12)[..., None]
+    q = torch.round((groups - low.float()[..., None]) / step).clamp(0, 15)
     return q.to(torch.uint8).view(out_features, in_features), scale, low
 
 
@@ -549,7 +543,7 @@ def quantize_weight_only(model: Any, mode: str, kernel: Q4Q8 | None = None) -> d
     4-bit layers run on `kernel` (engine/native.py) when given, else on PyTorch's.
     """
 
-    def four_bit(linear: torch.nn.Linear) -> Int4WeightLinear:
+    def four_bit(linear: torch.nn.Linear) -> FourBitLinear:
         return Int4WeightLinear(linear) if kernel is None else Int4NativeLinear(linear, kernel)
 
     output = model.get_output_embeddings()
@@ -561,7 +555,7 @@ def quantize_weight_only(model: Any, mode: str, kernel: Q4Q8 | None = None) -> d
     made = {"int4": 0, "int8": 0}
     for name, module in targets:
         layer: torch.nn.Module | None = None
-        if mode != "int8_weight" and Int4WeightLinear.fits(module):
+        if mode != "int8_weight" and FourBitLinear.fits(module):
             if mode == "int4_weight" and module is not output:
                 layer = four_bit(module)
             elif mode == AUTO:

@@ -17,6 +17,7 @@ SAE encoder (38 MB of float32 weights at 16,384 features; steering/runtime.py).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +25,9 @@ from contextlib import contextmanager
 import torch
 
 
+@functools.cache
 def usable_cores() -> int:
-    """The cores this process may run on."""
+    """The cores this process may run on (read once: the decode step asks every step)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1

@@ -15,6 +15,7 @@ from inference_service.engine.decode_step import LlamaDecodeStep
 from inference_service.engine.loader import LoadedModel, LoadOptions, load_model, unload
 from inference_service.engine.quantization import Int4NativeLinear
 from inference_service.sae.hook_sites import hook_hidden_state
+from tests.fixtures.tiny_models import tiny_llama
 
 # How far 4-bit logits may move when the attention sums in another order (of logits
 # about 10 to 25 in size).
@@ -182,18 +183,7 @@ def test_the_step_neither_keeps_its_model_alive_nor_misses_a_hook_on_it() -> Non
     import gc
     import weakref
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=100,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama()
     step = LlamaDecodeStep.for_model(model)
     assert step is not None and step.usable()
     handle = model.register_forward_hook(lambda *args: None)

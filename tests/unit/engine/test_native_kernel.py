@@ -28,9 +28,8 @@ def layer_and_reference(kernel, out_features: int, in_features: int, bias: bool 
     linear = torch.nn.Linear(in_features, out_features, bias=bias)
     layer = quantization.Int4NativeLinear(linear, kernel)
     # The layer's own 4-bit weights: steps of float16 scales over float16 minimums.
-    _, scale, low = quantization.four_bit_groups(linear.weight, 32)
-    scale, low = scale.half().double(), low.half().double()
-    q, _, _ = quantization.four_bit_groups(linear.weight, 32, scale.float(), low.float())
+    q, scale, low = quantization.four_bit_groups(linear.weight, 32, stored=torch.float16)
+    scale, low = scale.double(), low.double()
     groups = q.view(out_features, -1, 32).double()
     weight = (groups * scale[..., None] + low[..., None]).view(out_features, in_features)
 
@@ -81,17 +80,6 @@ def test_many_rows_take_the_bfloat16_copy_of_the_same_weights(kernel) -> None:
     layer, reference = layer_and_reference(kernel, 48, 96)
     x = torch.randn(40, 96)  # past GEMV_MAX_ROWS: a prefill's product
     torch.testing.assert_close(layer(x).double(), reference(x), atol=0.05, rtol=0.02)
-
-
-def test_weight_only_modes_use_the_kernel_it_is_given(kernel) -> None:
-    model = torch.nn.Module()
-    model.config = type("Config", (), {"tie_word_embeddings": False})()
-    model.layer = torch.nn.Linear(64, 48)
-    model.head = torch.nn.Linear(64, 100)
-    model.get_output_embeddings = lambda: model.head
-    made = quantization.quantize_weight_only(model, "int4_weight", kernel)
-    assert made == {"int4": 1, "int8": 1}
-    assert isinstance(model.layer, quantization.Int4NativeLinear)
 
 
 def test_torch_kernels_by_setting(tmp_path) -> None:

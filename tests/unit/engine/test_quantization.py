@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inference_service.config import InferenceSettings
-from inference_service.engine import quantization
+from inference_service.engine import native, quantization
 from inference_service.engine.generation import run_generation
 from inference_service.engine.loader import LoadedModel, LoadOptions, load_model, unload
 from inference_service.engine.prompts import render_chat
@@ -106,13 +106,14 @@ def test_auto_on_a_cpu_keeps_the_built_in_models_4bit_layers_4bit(load, loaded) 
     d = fast.description
     assert (d.dtype, d.extra["quantization"]) == ("float32", "int4_weight")
     layers = fast.model.model.layers
-    assert isinstance(layers[0].mlp.up_proj, quantization.Int4WeightLinear)
-    assert isinstance(layers[-1].self_attn.k_proj, quantization.Int4WeightLinear)
+    # (whichever kernel this machine runs: test_native_kernel.py)
+    assert isinstance(layers[0].mlp.up_proj, quantization.FourBitLinear)
+    assert isinstance(layers[-1].self_attn.k_proj, quantization.FourBitLinear)
     assert isinstance(fast.model.lm_head, quantization.Int8WeightLinear)
     # 4-bit groups reproduce the loaded weights: bfloat16 scales are all that differ.
     original = loaded.model.model.layers[0].mlp.up_proj.weight
     assert layers[0].mlp.up_proj.relative_error(original) < 0.005
-    # 2.5 bytes per 4-bit weight (see Int4WeightLinear), the int8 output layer and the
+    # About 2.6 bytes per 4-bit weight (see FourBitLinear), the int8 output layer and the
     # float32 embedding: under float32's 513 MiB.
     assert 380 << 20 < int(d.extra["weights_bytes"]) < 430 << 20
     assert "Paris" in answer(fast, "What is the capital of France?", 12)
@@ -152,11 +153,20 @@ class _Tiny(torch.nn.Module):
         ("int8_weight", ("int8", "int8", "int8", "int8")),
     ],
 )
-def test_weight_only_modes_choose_bits_per_layer(mode: str, kinds: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("kernel", ["torch", "native"])
+def test_weight_only_modes_choose_bits_per_layer(
+    mode: str, kinds: tuple[str, ...], kernel: str, data_dir
+) -> None:
     torch.manual_seed(0)
     model = _Tiny()
-    made = quantization.quantize_weight_only(model, mode)
-    classes = {"int4": quantization.Int4WeightLinear, "int8": quantization.Int8WeightLinear}
+    q4q8 = None
+    if kernel == "native":
+        q4q8 = native.load_q4q8(data_dir / "kernels")
+        if q4q8 is None:
+            pytest.skip("this machine cannot run miLLM's kernel (no AVX512-VNNI or compiler)")
+    made = quantization.quantize_weight_only(model, mode, q4q8)
+    four_bit = quantization.Int4WeightLinear if q4q8 is None else quantization.Int4NativeLinear
+    classes = {"int4": four_bit, "int8": quantization.Int8WeightLinear}
     layers = (model.four, model.plain, model.odd, model.head)
     assert [type(layer) for layer in layers] == [classes[k] for k in kinds]
     assert made == {"int4": kinds.count("int4"), "int8": kinds.count("int8")}

@@ -4,14 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
 
 from inference_service.errors import InvalidArgumentError, UnsupportedError
 from inference_service.sae.attachments import SiteHook
@@ -23,33 +15,7 @@ from inference_service.sae.hook_sites import (
     module_name,
     parse_hook_site,
 )
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=3, n_head=4)).eval()
-
-
-def tiny_neox() -> GPTNeoXForCausalLM:
-    config = GPTNeoXConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-    )
-    return GPTNeoXForCausalLM(config).eval()
+from tests.fixtures.tiny_models import tiny_gpt2, tiny_llama, tiny_neox
 
 
 @pytest.mark.parametrize(
