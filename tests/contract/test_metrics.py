@@ -97,7 +97,17 @@ async def test_a_real_generation_is_counted_by_the_service_and_the_bridge(data_d
                 )
                 assert response.status_code == 200
                 usage = usage_of(response.text)
-                after = await scrape(scraper, url)
+                # The lane records a decode step's batch size after the step, whose last
+                # token may already have reached the client: wait for it (bounded).
+                steps = usage["completion_tokens"] - 1
+                deadline = asyncio.get_running_loop().time() + 5
+                while True:
+                    after = await scrape(scraper, url)
+                    counted = value(after, "millm_decode_batch_rows_count")
+                    settled = counted - value(before, "millm_decode_batch_rows_count") >= steps
+                    if settled or asyncio.get_running_loop().time() > deadline:
+                        break
+                    await asyncio.sleep(0.05)
                 bridge = parse((await http.get("/metrics")).text)
         finally:
             await calls.close()
